@@ -1,0 +1,133 @@
+"""The ReDrafter head: a recurrent draft model that reads the base model's last hidden state.
+
+Exactly Apple's `recurrent_drafting/modeling_drafter.py` computation (reference/redrafter.md §2):
+
+    s_t    = silu(rnn_w E[x_{t-1}] + rnn_u s_{t-1} + b_u)      (rnn)   or  s_{t-1} + E[x_{t-1}]
+    x      = [h, s_t]                                           h first, then the state
+    x      = input_proj(x)                                      only when exit_dim != 2 * hidden
+    x      = x + silu(W_i x + b_i)                              N residual blocks
+    logits = vocab_w x                                          no bias
+
+E is the *base model's* input embedding table, borrowed, never stored in the drafter. The residual
+blocks are stored stacked ([N, E, E]) so that the beam-search op takes a fixed set of inputs;
+`drafter_io.py` maps them to and from Apple's per-block names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from redcompile.ops import DRAFTER_BEAM_SEARCH, call
+from redcompile.ops.drafter_beam_search import drafter_logits, drafter_state
+
+
+@dataclass(frozen=True)
+class DrafterConfig:
+    """Shape of a drafter; field names follow Apple's DrafterConfig."""
+
+    hidden_size: int
+    vocab_size: int
+    exit_dim: int
+    num_draft_layers: int
+    rnn: bool = True
+    dtype: str = "float32"
+
+    @property
+    def has_input_proj(self) -> bool:
+        """Apple adds `input_proj` exactly when the MLP width differs from [h, s]'s 2H."""
+        return self.exit_dim != 2 * self.hidden_size
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form, used in manifests."""
+        return asdict(self)
+
+
+class Drafter(nn.Module):
+    """ReDrafter parameters plus its inference (beam search) and training (teacher-forced) forms."""
+
+    def __init__(self, cfg: DrafterConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        h, e, v, n = cfg.hidden_size, cfg.exit_dim, cfg.vocab_size, cfg.num_draft_layers
+        if cfg.rnn:
+            self.rnn_w = nn.Parameter(torch.empty(h, h))
+            self.rnn_u = nn.Linear(h, h, bias=True)
+        else:
+            self.rnn_w, self.rnn_u = None, None
+        self.input_proj = nn.Linear(2 * h, e, bias=True) if cfg.has_input_proj else None
+        self.res_w = nn.Parameter(torch.empty(n, e, e))
+        self.res_b = nn.Parameter(torch.empty(n, e))
+        self.vocab_w = nn.Parameter(torch.empty(v, e))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's default initialisation for every weight (the state of a fresh drafter)."""
+        for weight, bias in self._linears():
+            nn.init.kaiming_uniform_(weight, a=5**0.5)
+            if bias is not None:
+                bound = weight.shape[-1] ** -0.5
+                nn.init.uniform_(bias, -bound, bound)
+
+    def _linears(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        pairs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        if self.rnn_w is not None:
+            pairs += [(self.rnn_w, None), (self.rnn_u.weight, self.rnn_u.bias)]
+        if self.input_proj is not None:
+            pairs.append((self.input_proj.weight, self.input_proj.bias))
+        pairs += [(self.res_w[i], self.res_b[i]) for i in range(self.res_w.shape[0])]
+        pairs.append((self.vocab_w, None))
+        return pairs
+
+    def op_weights(self) -> tuple[torch.Tensor | None, ...]:
+        """Weights in the beam-search op's input order (after hidden, root, embedding)."""
+        rnn = (self.rnn_w, self.rnn_u.weight, self.rnn_u.bias) if self.rnn_w is not None else (
+            None, None, None)
+        proj = (self.input_proj.weight, self.input_proj.bias) if self.input_proj is not None else (
+            None, None)
+        return (*rnn, *proj, self.res_w, self.res_b, self.vocab_w)
+
+    def beam_search(
+        self,
+        hidden: torch.Tensor,
+        root: torch.Tensor,
+        embedding: torch.Tensor,
+        beam_width: int,
+        beam_length: int,
+        top_k: int = 50,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """beams [B, W, L] and logprobs [B, W, L - 1, V] from hidden [B, H] and root [B]."""
+        return call(DRAFTER_BEAM_SEARCH, hidden, root, embedding, *self.op_weights(),
+                    beam_width, beam_length, top_k)
+
+    def state(self, previous: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
+        """One recurrent update (shared with the beam search)."""
+        rnn_u_w, rnn_u_b = (self.rnn_u.weight, self.rnn_u.bias) if self.rnn_u else (None, None)
+        return drafter_state(previous, token_embedding, self.rnn_w, rnn_u_w, rnn_u_b)
+
+    def logits(self, hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits from context and state (shared with the beam search)."""
+        proj_w, proj_b = (
+            (self.input_proj.weight, self.input_proj.bias) if self.input_proj else (None, None))
+        return drafter_logits(hidden, state, proj_w, proj_b, self.res_w, self.res_b, self.vocab_w)
+
+    def teacher_forced_logits(
+        self, hidden: torch.Tensor, token_embeddings: torch.Tensor, depth: int
+    ) -> list[torch.Tensor]:
+        """Training form (Apple's train/model.py): every position in parallel.
+
+        hidden [B, T, H] is the base model's final-normed output at position t (the one that
+        produced token t+1); token_embeddings [B, T, H] holds E[x_t]. Returns `depth` logits
+        [B, T, V]; entry i predicts token t + i + 2 from the state that consumed x_{t+1..t+i+1}.
+        Positions whose targets run past T (the roll wraps around) must be masked by the caller.
+        """
+        state = torch.zeros_like(hidden)
+        embeddings = token_embeddings
+        out = []
+        for _ in range(depth):
+            embeddings = torch.roll(embeddings, shifts=-1, dims=1)
+            state = self.state(state, embeddings)
+            out.append(self.logits(hidden, state))
+        return out

@@ -1,0 +1,184 @@
+"""The step: verify a packed tree, accept, update the cache, draft the next tree. One module.
+
+The PyTorch generator runs this module eagerly and the compiler exports exactly this module, so
+a token-level difference between them is a bug in export or in the passes. Each batch row is
+either idle (num_tokens = 0), a prefill row (a prompt chunk, every token forced) or a decoding row
+(a deduplicated beam tree whose root the base model already chose, forced = 1); rows of all kinds
+share one batch, which is in-flight batching. With beam_length = 1 and no drafter the same module
+is the autoregressive baseline (a tree of one token per step).
+
+Every tensor the next step needs comes out as `next_<name>` (and `present.N.*` for the cache), so
+a runtime only feeds outputs back as inputs. `StepSignature` lists the contract; docs/artifact.md
+documents it for runtimes that load the artifact without redcompile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from redcompile.models.drafter import Drafter
+from redcompile.models.llama import Decoder
+from redcompile.ops import ACCEPT, BUILD_TREE, KV_COMPACTION, call
+from redcompile.ops.tree_building import ancestor_mask, lifting_steps
+
+INT64, FLOAT32 = "int64", "float32"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and symbolic shape of one step input or output."""
+
+    name: str
+    dtype: str  # "int64", "float32", or "model" for the model's dtype
+    dims: tuple[str | int, ...]
+
+    def to_dict(self) -> dict:
+        """JSON form for the manifest."""
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+
+
+@dataclass(frozen=True)
+class StepSignature:
+    """The step's I/O contract: inputs, outputs, and which output feeds which input next step."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    feedback: dict[str, str]  # output name -> input name
+
+    def input_names(self) -> list[str]:
+        """Input names in positional order."""
+        return [t.name for t in self.inputs]
+
+    def output_names(self) -> list[str]:
+        """Output names in positional order."""
+        return [t.name for t in self.outputs]
+
+    def to_dict(self) -> dict:
+        """JSON form for the manifest."""
+        return {
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "feedback": dict(self.feedback),
+        }
+
+
+# Row state fed back every step, in input order (before the cache tensors).
+ROW_STATE = ("input_ids", "parent_ids", "depths", "num_tokens", "forced", "cache_lengths")
+TREE_STATE = ("beam_paths", "draft_logprobs")
+HOST_INPUTS = ("temperature", "sample_uniforms", "accept_uniforms")
+
+
+def step_signature(num_layers: int, beam_width: int, beam_length: int) -> StepSignature:
+    """The contract of a step graph (speculative when beam_length > 1)."""
+    w, length = beam_width, beam_length
+    c, n = length - 1, beam_width * (beam_length - 1) + 1
+    speculative = length > 1
+    row_dims = {
+        "input_ids": ("batch", "tokens"), "parent_ids": ("batch", "tokens"),
+        "depths": ("batch", "tokens"), "num_tokens": ("batch",), "forced": ("batch",),
+        "cache_lengths": ("batch",),
+    }
+    inputs = [TensorSpec(name, INT64, dims) for name, dims in row_dims.items()]
+    inputs += [TensorSpec("temperature", FLOAT32, ("batch",)),
+               TensorSpec("sample_uniforms", FLOAT32, ("batch",))]
+    if speculative:
+        inputs += [TensorSpec("beam_paths", INT64, ("batch", w, length)),
+                   TensorSpec("draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
+                   TensorSpec("accept_uniforms", FLOAT32, ("batch", w, c))]
+    outputs = [TensorSpec("new_tokens", INT64, ("batch", length)),
+               TensorSpec("num_new_tokens", INT64, ("batch",))]
+    next_dims = {"input_ids": ("batch", n), "parent_ids": ("batch", n), "depths": ("batch", n),
+                 "num_tokens": ("batch",), "forced": ("batch",), "cache_lengths": ("batch",)}
+    outputs += [TensorSpec(f"next_{name}", INT64, dims) for name, dims in next_dims.items()]
+    if speculative:
+        outputs += [TensorSpec("next_beam_paths", INT64, ("batch", w, length)),
+                    TensorSpec("next_draft_logprobs", FLOAT32, ("batch", w, c, "vocab"))]
+    feedback = {t.name: t.name.removeprefix("next_") for t in outputs if t.name.startswith("next_")}
+    for i in range(num_layers):
+        for kind in ("key", "value"):
+            inputs.append(TensorSpec(f"past_key_values.{i}.{kind}", "model",
+                                     ("batch", "kv_heads", "cache", "head_dim")))
+            outputs.append(TensorSpec(f"present.{i}.{kind}", "model",
+                                      ("batch", "kv_heads", "cache", "head_dim")))
+            feedback[f"present.{i}.{kind}"] = f"past_key_values.{i}.{kind}"
+    return StepSignature(tuple(inputs), tuple(outputs), feedback)
+
+
+class SpeculativeStep(nn.Module):
+    """One ReDrafter (or autoregressive) step over a batch of packed rows; see module doc."""
+
+    def __init__(
+        self,
+        base: Decoder,
+        drafter: Drafter | None,
+        beam_width: int,
+        beam_length: int,
+        max_seq_len: int,
+        top_k: int = 50,
+    ) -> None:
+        super().__init__()
+        if (drafter is None) != (beam_length == 1):
+            raise ValueError("a drafter is needed exactly when beam_length > 1")
+        self.base, self.drafter = base, drafter
+        self.beam_width, self.beam_length = beam_width, beam_length
+        self.max_seq_len, self.top_k = max_seq_len, top_k
+        self.lifting_steps = lifting_steps(max_seq_len)
+        self.signature = step_signature(base.config.num_layers, beam_width, beam_length)
+
+    @property
+    def speculative(self) -> bool:
+        """Whether the step drafts (beam_length > 1)."""
+        return self.drafter is not None
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Positional inputs and outputs in `self.signature` order."""
+        named = dict(zip(self.signature.input_names(), args))
+        num_layers = self.base.config.num_layers
+        past = [(named[f"past_key_values.{i}.key"], named[f"past_key_values.{i}.value"])
+                for i in range(num_layers)]
+        input_ids, num_tokens, forced = named["input_ids"], named["num_tokens"], named["forced"]
+        cache_lengths = named["cache_lengths"]
+
+        tree_mask = ancestor_mask(named["parent_ids"], named["depths"], self.lifting_steps)
+        positions = cache_lengths.unsqueeze(1) + named["depths"]
+        logits, hidden, new_kv = self.base(input_ids, positions, tree_mask, cache_lengths, past)
+
+        keep_idx, keep_len, last_idx, new_tokens, num_new = call(
+            ACCEPT, logits, input_ids, num_tokens, forced, named["temperature"],
+            named["sample_uniforms"], named.get("beam_paths"), named.get("draft_logprobs"),
+            named.get("accept_uniforms"), self.top_k,
+        )
+        present = []
+        for (past_k, past_v), (k, v) in zip(past, new_kv):
+            present.append(call(KV_COMPACTION, past_k, k, cache_lengths, keep_idx, keep_len))
+            present.append(call(KV_COMPACTION, past_v, v, cache_lengths, keep_idx, keep_len))
+
+        b = input_ids.shape[0]
+        next_token = torch.gather(new_tokens, 1, (num_new - 1).clamp(min=0).unsqueeze(1))
+        active = num_new > 0
+        if self.speculative:
+            h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
+            beams, draft_logprobs = self.drafter.beam_search(
+                h.squeeze(1), next_token.squeeze(1), self.base.embedding,
+                self.beam_width, self.beam_length, self.top_k)
+            tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
+            tree_outputs = (paths, draft_logprobs)
+        else:
+            tokens = next_token
+            parents = torch.full_like(next_token, -1)
+            depths = torch.zeros_like(next_token)
+            tree_size = torch.ones_like(num_new)
+            tree_outputs = ()
+        zero = torch.zeros_like(num_new)
+        return (
+            new_tokens, num_new,
+            tokens, parents, depths,
+            torch.where(active, tree_size, zero),
+            torch.where(active, torch.ones_like(num_new), zero),
+            cache_lengths + keep_len,
+            *tree_outputs,
+            *present,
+        )

@@ -1,0 +1,115 @@
+"""A small builder for ONNX function bodies written as straight-line Python.
+
+    b = FunctionBuilder(op, spec)
+    scores = b.MatMul(q, b.Transpose(k, perm=[0, 1, 3, 2]))
+    values, indices = b.TopK(scores, b.const([4]), axis=-1, outputs=2)
+    return b.build({"y": values})
+
+Every call appends one node in the default domain and returns its output name(s). Python loops
+unroll, which is how bodies specialise to a node's attributes (beam width, beam length, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from redcompile.ops.opdef import BODY_OPSET, DOMAIN, BodySpec
+
+if TYPE_CHECKING:
+    from redcompile.ops.opdef import OpDef
+
+INT64 = TensorProto.INT64
+FLOAT = TensorProto.FLOAT
+BOOL = TensorProto.BOOL
+
+
+class FunctionBuilder:
+    """Accumulates nodes for one FunctionProto of `op`, specialised by `spec`."""
+
+    def __init__(self, op: OpDef, spec: BodySpec) -> None:
+        self.op = op
+        self.spec = spec
+        self.nodes: list[onnx.NodeProto] = []
+        self._count = 0
+
+    def input(self, name: str) -> str:
+        """Name of a formal input; fails loudly if the body reads an absent optional input."""
+        if name not in self.op.input_names:
+            raise KeyError(f"{self.op.onnx_name} has no input {name!r}")
+        if name in self.spec.input_types and self.spec.input_types[name] is None:
+            raise KeyError(f"{self.op.onnx_name}: optional input {name!r} is absent on this node")
+        return name
+
+    def _fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def node(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs: Any) -> Any:
+        """Append `op_type(inputs)` and return its output name, or a tuple of names."""
+        names = [self._fresh(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else tuple(names)
+
+    def __getattr__(self, op_type: str) -> Any:
+        if not op_type[:1].isupper():
+            raise AttributeError(op_type)
+
+        def emit(*inputs: str, outputs: int = 1, **attrs: Any) -> Any:
+            return self.node(op_type, inputs, outputs=outputs, **attrs)
+
+        return emit
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """A Constant node holding `value` (int64 by default)."""
+        array = np.asarray(value, dtype=dtype)
+        name = self._fresh("const")
+        self.nodes.append(
+            helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+        )
+        return name
+
+    def const_like(self, value: float, like: str) -> str:
+        """A float scalar cast to the element type of `like` (keeps bodies dtype-generic)."""
+        return self.CastLike(self.const(value, np.float32), like)
+
+    def dim(self, tensor: str, axis: int) -> str:
+        """Size of `tensor` along `axis` as an int64 tensor of shape [1]."""
+        return self.Shape(tensor, start=axis, end=axis + 1 if axis != -1 else None)
+
+    def build(self, outputs: dict[str, str]) -> onnx.FunctionProto:
+        """Finish the body, binding each formal output to a computed value."""
+        missing = set(self.op.output_names) - set(outputs)
+        if missing:
+            raise ValueError(f"{self.op.onnx_name} body leaves outputs {sorted(missing)} unbound")
+        nodes = list(self.nodes)
+        for name in self.op.output_names:
+            nodes.append(helper.make_node("Identity", [outputs[name]], [name]))
+        return helper.make_function(
+            DOMAIN,
+            self.op.onnx_name,
+            list(self.op.input_names),
+            list(self.op.output_names),
+            nodes,
+            opset_imports=[helper.make_opsetid("", BODY_OPSET)],
+            attributes=list(self.op.attribute_names),
+            doc_string=self.op.doc,
+        )
+
+
+def spec_from_node(
+    op: OpDef,
+    node_attrs: dict[str, Any],
+    input_types: dict[str, int | None],
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+) -> BodySpec:
+    """Normalise a node's attributes (bytes to str) into a BodySpec for `op`."""
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in node_attrs.items()}
+    unknown = set(attrs) - set(op.attribute_names)
+    if unknown:
+        raise ValueError(f"{op.onnx_name} node carries unknown attributes {sorted(unknown)}")
+    return BodySpec(attributes=attrs, input_types=input_types, input_shapes=input_shapes or {})
