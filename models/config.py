@@ -92,7 +92,9 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{what}: {path} is not valid JSON ({exc}); re-export the model") from None
+        raise ModelLoadError(
+            f"{what}: {path} is not valid JSON ({exc}); re-export the model"
+        ) from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{what}: {path} must hold a JSON object")
     return data
@@ -124,7 +126,9 @@ def _rope_from(cfg: dict[str, Any], path: Path) -> RopeConfig:
             f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
         )
     if not isinstance(theta, (int, float)) or theta <= 0:
-        raise ModelLoadError(f"config: rope_theta in {path} must be a positive number, got {theta!r}")
+        raise ModelLoadError(
+            f"config: rope_theta in {path} must be a positive number, got {theta!r}"
+        )
     factor = params.get("factor")
     if rope_type != "default" and not isinstance(factor, (int, float)):
         raise ModelLoadError(f"config: rope type '{rope_type}' in {path} needs a numeric 'factor'")

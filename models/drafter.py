@@ -83,10 +83,16 @@ class Drafter(nn.Module):
 
     def op_weights(self) -> tuple[torch.Tensor | None, ...]:
         """Weights in the beam-search op's input order (after hidden, root, embedding)."""
-        rnn = (self.rnn_w, self.rnn_u.weight, self.rnn_u.bias) if self.rnn_w is not None else (
-            None, None, None)
-        proj = (self.input_proj.weight, self.input_proj.bias) if self.input_proj is not None else (
-            None, None)
+        rnn = (
+            (self.rnn_w, self.rnn_u.weight, self.rnn_u.bias)
+            if self.rnn_w is not None
+            else (None, None, None)
+        )
+        proj = (
+            (self.input_proj.weight, self.input_proj.bias)
+            if self.input_proj is not None
+            else (None, None)
+        )
         return (*rnn, *proj, self.res_w, self.res_b, self.vocab_w)
 
     def beam_search(
@@ -99,8 +105,16 @@ class Drafter(nn.Module):
         top_k: int = 50,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """beams [B, W, L] and logprobs [B, W, L - 1, V] from hidden [B, H] and root [B]."""
-        return call(DRAFTER_BEAM_SEARCH, hidden, root, embedding, *self.op_weights(),
-                    beam_width, beam_length, top_k)
+        return call(
+            DRAFTER_BEAM_SEARCH,
+            hidden,
+            root,
+            embedding,
+            *self.op_weights(),
+            beam_width,
+            beam_length,
+            top_k,
+        )
 
     def state(self, previous: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
         """One recurrent update (shared with the beam search)."""
@@ -110,7 +124,8 @@ class Drafter(nn.Module):
     def logits(self, hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits from context and state (shared with the beam search)."""
         proj_w, proj_b = (
-            (self.input_proj.weight, self.input_proj.bias) if self.input_proj else (None, None))
+            (self.input_proj.weight, self.input_proj.bias) if self.input_proj else (None, None)
+        )
         return drafter_logits(hidden, state, proj_w, proj_b, self.res_w, self.res_b, self.vocab_w)
 
     def teacher_forced_logits(

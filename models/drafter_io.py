@@ -34,7 +34,7 @@ def canonical_name(name: str) -> str:
     """Map a variant-B or variant-C tensor name to Apple's variant A."""
     for old, new in (("input_projs.", "input_proj."), ("lm_heads.", "lm_head.")):
         if name.startswith(old):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     if re.match(r"^0\.\d+\.", name):
         return "lm_head." + name[2:]
     return name
@@ -55,8 +55,9 @@ def read_drafter_tensors(drafter_dir: Path, allow_pickle: bool = False) -> dict[
         try:
             raw = torch.load(pickle_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input
-            raise ModelLoadError(f"drafter: {pickle_path} is not a torch state dict ({exc})"
-                                 ) from None
+            raise ModelLoadError(
+                f"drafter: {pickle_path} is not a torch state dict ({exc})"
+            ) from None
         if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
             raise ModelLoadError(f"drafter: {pickle_path} does not hold a dict of tensors")
         raw = {k: v.float() for k, v in raw.items()}
@@ -86,17 +87,21 @@ def _config_from(cfg: dict, tensors: dict[str, torch.Tensor], path: Path) -> Dra
             raise ModelLoadError(
                 f"drafter: {path}/config.json says {key}={value} but the weights give {actual}"
             )
-    return DrafterConfig(hidden_size=hidden, vocab_size=vocab, exit_dim=exit_dim,
-                         num_draft_layers=n_layers, rnn=rnn)
+    return DrafterConfig(
+        hidden_size=hidden, vocab_size=vocab, exit_dim=exit_dim, num_draft_layers=n_layers, rnn=rnn
+    )
 
 
-def _state_dict_for(cfg: DrafterConfig, tensors: dict[str, torch.Tensor], path: Path
-                    ) -> dict[str, torch.Tensor]:
+def _state_dict_for(
+    cfg: DrafterConfig, tensors: dict[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
     n = cfg.num_draft_layers
     out: dict[str, torch.Tensor] = {}
     try:
-        blocks = [(tensors.pop(f"lm_head.{i}.linear.weight"), tensors.pop(f"lm_head.{i}.linear.bias"))
-                  for i in range(n)]
+        blocks = [
+            (tensors.pop(f"lm_head.{i}.linear.weight"), tensors.pop(f"lm_head.{i}.linear.bias"))
+            for i in range(n)
+        ]
         out["vocab_w"] = tensors.pop(f"lm_head.{n}.weight")
         if cfg.rnn:
             out["rnn_w"] = tensors.pop("rnn_w.weight")
@@ -191,11 +196,21 @@ def save_drafter(drafter: Drafter, out_dir: Path | str, dtype: str = "float32") 
     return out
 
 
-def random_drafter(base: DecoderConfig, num_layers: int = 2, rnn: bool = True,
-                   exit_dim: int | None = None, seed: int = 0) -> Drafter:
+def random_drafter(
+    base: DecoderConfig,
+    num_layers: int = 2,
+    rnn: bool = True,
+    exit_dim: int | None = None,
+    seed: int = 0,
+) -> Drafter:
     """A randomly initialised drafter that fits `base` (for tests and until one is trained)."""
     torch.manual_seed(seed)
-    cfg = DrafterConfig(hidden_size=base.hidden_size, vocab_size=base.vocab_size,
-                        exit_dim=exit_dim or 2 * base.hidden_size, num_draft_layers=num_layers,
-                        rnn=rnn, dtype=base.dtype)
+    cfg = DrafterConfig(
+        hidden_size=base.hidden_size,
+        vocab_size=base.vocab_size,
+        exit_dim=exit_dim or 2 * base.hidden_size,
+        num_draft_layers=num_layers,
+        rnn=rnn,
+        dtype=base.dtype,
+    )
     return Drafter(cfg).to(TORCH_DTYPES[base.dtype]).eval()

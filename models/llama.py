@@ -55,14 +55,16 @@ class Attention(nn.Module):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = (
-            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
         self.scale = cfg.head_dim**-0.5
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=cfg.qkv_bias)
         kv_width = cfg.num_kv_heads * cfg.head_dim
         self.k_proj = nn.Linear(cfg.hidden_size, kv_width, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, kv_width, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size,
-                                bias=cfg.o_proj_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_proj_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
@@ -93,8 +95,12 @@ class Attention(nn.Module):
             s = past_k.shape[2]
             mask = torch.cat([past_mask.expand(b, 1, t, s), tree_mask], dim=-1)
             y = F.scaled_dot_product_attention(
-                q, torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2),
-                attn_mask=mask, scale=self.scale, enable_gqa=True,
+                q,
+                torch.cat([past_k, k], dim=2),
+                torch.cat([past_v, v], dim=2),
+                attn_mask=mask,
+                scale=self.scale,
+                enable_gqa=True,
             )
         else:
             y = call(TREE_ATTENTION, q, k, v, past_k, past_v, past_mask, tree_mask, self.scale)
@@ -127,8 +133,9 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, past_k, past_v, past_mask, tree_mask, impl):  # noqa: ANN001, ANN201
         """Residual attention then residual MLP; returns (x, k_new, v_new)."""
-        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, past_k, past_v,
-                                    past_mask, tree_mask, impl)
+        attn, k, v = self.self_attn(
+            self.input_layernorm(x), cos, sin, past_k, past_v, past_mask, tree_mask, impl
+        )
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -180,13 +187,14 @@ class Decoder(nn.Module):
         cos, sin = rotary_cos_sin(positions, self.inv_freq, self.rope_scale, x.dtype)
         new_kv = []
         for layer, (past_k, past_v) in zip(self.model.layers, past):
-            x, k, v = layer(x, cos, sin, past_k, past_v, past_mask, tree_mask,
-                            self.attention_impl)
+            x, k, v = layer(x, cos, sin, past_k, past_v, past_mask, tree_mask, self.attention_impl)
             new_kv.append((k, v))
         hidden = self.model.norm(x)
         return self.lm_head(hidden), hidden, new_kv
 
-    def empty_cache(self, batch_size: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def empty_cache(
+        self, batch_size: int, capacity: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Zeroed cache buffers [B, Hkv, capacity, D] per layer, in the model's dtype and device."""
         cfg = self.config
         shape = (batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)

@@ -77,32 +77,57 @@ def step_signature(num_layers: int, beam_width: int, beam_length: int) -> StepSi
     c, n = length - 1, beam_width * (beam_length - 1) + 1
     speculative = length > 1
     row_dims = {
-        "input_ids": ("batch", "tokens"), "parent_ids": ("batch", "tokens"),
-        "depths": ("batch", "tokens"), "num_tokens": ("batch",), "forced": ("batch",),
+        "input_ids": ("batch", "tokens"),
+        "parent_ids": ("batch", "tokens"),
+        "depths": ("batch", "tokens"),
+        "num_tokens": ("batch",),
+        "forced": ("batch",),
         "cache_lengths": ("batch",),
     }
     inputs = [TensorSpec(name, INT64, dims) for name, dims in row_dims.items()]
-    inputs += [TensorSpec("temperature", FLOAT32, ("batch",)),
-               TensorSpec("sample_uniforms", FLOAT32, ("batch",))]
+    inputs += [
+        TensorSpec("temperature", FLOAT32, ("batch",)),
+        TensorSpec("sample_uniforms", FLOAT32, ("batch",)),
+    ]
     if speculative:
-        inputs += [TensorSpec("beam_paths", INT64, ("batch", w, length)),
-                   TensorSpec("draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
-                   TensorSpec("accept_uniforms", FLOAT32, ("batch", w, c))]
-    outputs = [TensorSpec("new_tokens", INT64, ("batch", length)),
-               TensorSpec("num_new_tokens", INT64, ("batch",))]
-    next_dims = {"input_ids": ("batch", n), "parent_ids": ("batch", n), "depths": ("batch", n),
-                 "num_tokens": ("batch",), "forced": ("batch",), "cache_lengths": ("batch",)}
+        inputs += [
+            TensorSpec("beam_paths", INT64, ("batch", w, length)),
+            TensorSpec("draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
+            TensorSpec("accept_uniforms", FLOAT32, ("batch", w, c)),
+        ]
+    outputs = [
+        TensorSpec("new_tokens", INT64, ("batch", length)),
+        TensorSpec("num_new_tokens", INT64, ("batch",)),
+    ]
+    next_dims = {
+        "input_ids": ("batch", n),
+        "parent_ids": ("batch", n),
+        "depths": ("batch", n),
+        "num_tokens": ("batch",),
+        "forced": ("batch",),
+        "cache_lengths": ("batch",),
+    }
     outputs += [TensorSpec(f"next_{name}", INT64, dims) for name, dims in next_dims.items()]
     if speculative:
-        outputs += [TensorSpec("next_beam_paths", INT64, ("batch", w, length)),
-                    TensorSpec("next_draft_logprobs", FLOAT32, ("batch", w, c, "vocab"))]
+        outputs += [
+            TensorSpec("next_beam_paths", INT64, ("batch", w, length)),
+            TensorSpec("next_draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
+        ]
     feedback = {t.name: t.name.removeprefix("next_") for t in outputs if t.name.startswith("next_")}
     for i in range(num_layers):
         for kind in ("key", "value"):
-            inputs.append(TensorSpec(f"past_key_values.{i}.{kind}", "model",
-                                     ("batch", "kv_heads", "cache", "head_dim")))
-            outputs.append(TensorSpec(f"present.{i}.{kind}", "model",
-                                      ("batch", "kv_heads", "cache", "head_dim")))
+            inputs.append(
+                TensorSpec(
+                    f"past_key_values.{i}.{kind}",
+                    "model",
+                    ("batch", "kv_heads", "cache", "head_dim"),
+                )
+            )
+            outputs.append(
+                TensorSpec(
+                    f"present.{i}.{kind}", "model", ("batch", "kv_heads", "cache", "head_dim")
+                )
+            )
             feedback[f"present.{i}.{kind}"] = f"past_key_values.{i}.{kind}"
     return StepSignature(tuple(inputs), tuple(outputs), feedback)
 
@@ -137,8 +162,10 @@ class SpeculativeStep(nn.Module):
         """Positional inputs and outputs in `self.signature` order."""
         named = dict(zip(self.signature.input_names(), args))
         num_layers = self.base.config.num_layers
-        past = [(named[f"past_key_values.{i}.key"], named[f"past_key_values.{i}.value"])
-                for i in range(num_layers)]
+        past = [
+            (named[f"past_key_values.{i}.key"], named[f"past_key_values.{i}.value"])
+            for i in range(num_layers)
+        ]
         input_ids, num_tokens, forced = named["input_ids"], named["num_tokens"], named["forced"]
         cache_lengths = named["cache_lengths"]
 
@@ -147,9 +174,17 @@ class SpeculativeStep(nn.Module):
         logits, hidden, new_kv = self.base(input_ids, positions, tree_mask, cache_lengths, past)
 
         keep_idx, keep_len, last_idx, new_tokens, num_new = call(
-            ACCEPT, logits, input_ids, num_tokens, forced, named["temperature"],
-            named["sample_uniforms"], named.get("beam_paths"), named.get("draft_logprobs"),
-            named.get("accept_uniforms"), self.top_k,
+            ACCEPT,
+            logits,
+            input_ids,
+            num_tokens,
+            forced,
+            named["temperature"],
+            named["sample_uniforms"],
+            named.get("beam_paths"),
+            named.get("draft_logprobs"),
+            named.get("accept_uniforms"),
+            self.top_k,
         )
         present = []
         for (past_k, past_v), (k, v) in zip(past, new_kv):
@@ -162,8 +197,13 @@ class SpeculativeStep(nn.Module):
         if self.speculative:
             h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
             beams, draft_logprobs = self.drafter.beam_search(
-                h.squeeze(1), next_token.squeeze(1), self.base.embedding,
-                self.beam_width, self.beam_length, self.top_k)
+                h.squeeze(1),
+                next_token.squeeze(1),
+                self.base.embedding,
+                self.beam_width,
+                self.beam_length,
+                self.top_k,
+            )
             tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
             tree_outputs = (paths, draft_logprobs)
         else:
@@ -174,8 +214,11 @@ class SpeculativeStep(nn.Module):
             tree_outputs = ()
         zero = torch.zeros_like(num_new)
         return (
-            new_tokens, num_new,
-            tokens, parents, depths,
+            new_tokens,
+            num_new,
+            tokens,
+            parents,
+            depths,
             torch.where(active, tree_size, zero),
             torch.where(active, torch.ones_like(num_new), zero),
             cache_lengths + keep_len,

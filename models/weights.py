@@ -33,7 +33,7 @@ def weight_files(model_dir: Path) -> list[Path]:
     if pickles:
         raise ModelLoadError(
             f"weights: {model_dir} has only {pickles[0]} (a pickle, which can run code); "
-            f"convert it to {SINGLE_FILE} with transformers' save_pretrained(safe_serialization=True)"
+            f"convert it to {SINGLE_FILE} with save_pretrained(safe_serialization=True)"
         )
     raise ModelLoadError(f"weights: {model_dir} has no {SINGLE_FILE} or {INDEX_FILE}")
 
@@ -55,7 +55,9 @@ def _shards_of(index: Path) -> list[Path]:
     return shards
 
 
-def iter_tensors(files: list[Path], dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_tensors(
+    files: list[Path], dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) from safetensors files, one tensor in memory at a time."""
     for path in files:
         try:
@@ -82,13 +84,18 @@ def tensor_names(files: list[Path]) -> set[str]:
                 names.update(handle.keys())
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelLoadError(f"weights: {path} is not a readable safetensors file ({message})"
-                                 ) from None
+            raise ModelLoadError(
+                f"weights: {path} is not a readable safetensors file ({message})"
+            ) from None
     return names
 
 
-def load_into(module: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], where: Path,
-              ignore: tuple[str, ...] = ()) -> None:
+def load_into(
+    module: torch.nn.Module,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    where: Path,
+    ignore: tuple[str, ...] = (),
+) -> None:
     """Assign named tensors to a module's parameters, checking names and shapes.
 
     The module may live on the meta device: tensors are assigned, not copied, so loading needs

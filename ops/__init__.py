@@ -21,6 +21,15 @@ for _op in OPS:
     register_torch_op(_op)
 
 __all__ = [
-    "ACCEPT", "BUILD_TREE", "DOMAIN", "DOMAIN_VERSION", "DRAFTER_BEAM_SEARCH", "KV_COMPACTION",
-    "OPS", "OPS_BY_ONNX_NAME", "TREE_ATTENTION", "OpDef", "call",
+    "ACCEPT",
+    "BUILD_TREE",
+    "DOMAIN",
+    "DOMAIN_VERSION",
+    "DRAFTER_BEAM_SEARCH",
+    "KV_COMPACTION",
+    "OPS",
+    "OPS_BY_ONNX_NAME",
+    "TREE_ATTENTION",
+    "OpDef",
+    "call",
 ]

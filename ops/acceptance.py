@@ -119,8 +119,9 @@ def accept_reference(
     if paths is not None:
         beam_path = paths[rows, best]  # [B, L]
         draft_slot = (positions - forced.unsqueeze(1) + 1).clamp(0, width_new - 1)
-        keep_idx = torch.where(positions >= forced.unsqueeze(1),
-                               torch.gather(beam_path, 1, draft_slot), positions)
+        keep_idx = torch.where(
+            positions >= forced.unsqueeze(1), torch.gather(beam_path, 1, draft_slot), positions
+        )
     keep_idx = torch.where(positions < keep_len.unsqueeze(1), keep_idx, torch.zeros_like(keep_idx))
 
     slots = torch.arange(width_new, device=logits.device).expand(b, width_new)
@@ -136,8 +137,18 @@ def accept_reference(
     return keep_idx, keep_len, torch.where(active, last_idx, zero), new_tokens, num_new
 
 
-def accept_fake(logits, tokens, num_tokens, forced, temperature, sample_uniforms,  # noqa: ANN001
-                paths, draft_logprobs, accept_uniforms, top_k):
+def accept_fake(
+    logits,
+    tokens,
+    num_tokens,
+    forced,
+    temperature,
+    sample_uniforms,  # noqa: ANN001
+    paths,
+    draft_logprobs,
+    accept_uniforms,
+    top_k,
+):
     """keep_idx [B, T], keep_len/last_idx/num_new [B], new_tokens [B, L] (L = 1 without paths)."""
     b = tokens.shape[0]
     width = 1 if paths is None else paths.shape[2]
@@ -180,15 +191,18 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
 
     with_tree = spec.has("paths")
     if with_tree:
-        paths = b.Clip(b.input("paths"), b.const(0), b.Squeeze(b.Sub(t, b.const([1])), b.const([0])))
+        paths = b.Clip(
+            b.input("paths"), b.const(0), b.Squeeze(b.Sub(t, b.const([1])), b.const([0]))
+        )
         length = b.dim(paths, 2)
         c = b.Sub(length, b.const([1]))
         has_tree = b.Greater(num_tokens, forced)
         draft_idx = b.Slice(paths, b.const([1]), length, b.const([2]))  # [B, W, C]
         source_idx = b.Slice(paths, b.const([0]), c, b.const([2]))
         flat = b.Concat(b.dim(paths, 0), b.const([-1]), axis=0)
-        drafts = b.Reshape(b.GatherElements(tokens, b.Reshape(draft_idx, flat), axis=1),
-                           b.Shape(draft_idx))
+        drafts = b.Reshape(
+            b.GatherElements(tokens, b.Reshape(draft_idx, flat), axis=1), b.Shape(draft_idx)
+        )
         logits_at = b.GatherND(logits, b.Unsqueeze(source_idx, b.const([-1])), batch_dims=1)
         greedy_pass = b.Equal(b.ArgMax(logits_at, axis=-1, keepdims=0), drafts)
         drafts_4d = b.Unsqueeze(drafts, b.const([-1]))
@@ -196,19 +210,22 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
         p_draft = b.Squeeze(b.GatherElements(log_p, drafts_4d, axis=3), b.const([3]))
         draft_logprobs = b.Cast(b.input("draft_logprobs"), to=FLOAT)
         q_draft = b.Squeeze(b.GatherElements(draft_logprobs, drafts_4d, axis=3), b.const([3]))
-        sample_pass = b.Less(b.Cast(b.input("accept_uniforms"), to=FLOAT),
-                             b.Exp(b.Sub(p_draft, q_draft)))
+        sample_pass = b.Less(
+            b.Cast(b.input("accept_uniforms"), to=FLOAT), b.Exp(b.Sub(p_draft, q_draft))
+        )
         greedy_3d = per_row(greedy, 3)
         chosen = b.Or(b.And(greedy_3d, greedy_pass), b.And(b.Not(greedy_3d), sample_pass))
         passed = b.And(chosen, per_row(has_tree, 3))
         failures = b.CumSum(b.Cast(b.Not(passed), to=INT64), b.const(-1))
-        per_beam = b.ReduceSum(b.Cast(b.Equal(failures, b.const(0)), to=INT64), b.const([-1]),
-                               keepdims=0)  # [B, W]
+        per_beam = b.ReduceSum(
+            b.Cast(b.Equal(failures, b.const(0)), to=INT64), b.const([-1]), keepdims=0
+        )  # [B, W]
         best = b.ArgMax(b.Cast(per_beam, to=FLOAT), axis=1, keepdims=1)  # [B, 1], first max
         n = b.Squeeze(b.GatherElements(per_beam, best, axis=1), b.const([1]))
         beam_path = b.GatherND(paths, best, batch_dims=1)  # [B, L]
-        last_tree = b.Squeeze(b.GatherElements(beam_path, b.Unsqueeze(n, b.const([1])), axis=1),
-                              b.const([1]))
+        last_tree = b.Squeeze(
+            b.GatherElements(beam_path, b.Unsqueeze(n, b.const([1])), axis=1), b.const([1])
+        )
         last_idx = b.Where(has_tree, last_tree, last_forced)
     else:
         n, last_idx = zero, last_forced
@@ -222,50 +239,56 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
         at = b.Min(n, b.Squeeze(b.Sub(c, b.const([1])), b.const([0])))
         q_at = b.Exp(b.GatherND(q_rows, b.Unsqueeze(at, b.const([1])), batch_dims=1))
         residual = b.Relu(b.Sub(weights, q_at))
-        usable = b.Greater(b.ReduceSum(residual, b.const([-1]), keepdims=0),
-                           b.const(0.0, "float32"))
+        usable = b.Greater(
+            b.ReduceSum(residual, b.const([-1]), keepdims=0), b.const(0.0, "float32")
+        )
         weights = b.Where(b.Unsqueeze(b.And(rejected, usable), b.const([1])), residual, weights)
     cdf = b.CumSum(weights, b.const(-1))
     total = b.Slice(cdf, b.const([-1]), b.const([2**62]), b.const([-1]))
-    threshold = b.Mul(b.Unsqueeze(b.Cast(b.input("sample_uniforms"), to=FLOAT), b.const([1])),
-                      total)
-    drawn = b.ReduceSum(b.Cast(b.LessOrEqual(cdf, threshold), to=INT64), b.const([-1]),
-                        keepdims=0)
+    threshold = b.Mul(
+        b.Unsqueeze(b.Cast(b.input("sample_uniforms"), to=FLOAT), b.const([1])), total
+    )
+    drawn = b.ReduceSum(b.Cast(b.LessOrEqual(cdf, threshold), to=INT64), b.const([-1]), keepdims=0)
     drawn = b.Min(drawn, b.Squeeze(b.Sub(vocab, b.const([1])), b.const([0])))
     next_token = b.Where(greedy, greedy_next, drawn)
 
     keep_len = b.Where(active, b.Add(forced, n), zero)
-    positions = b.Unsqueeze(b.Range(b.const(0), b.Squeeze(t, b.const([0])), b.const(1)),
-                            b.const([0]))  # [1, T]
+    positions = b.Unsqueeze(
+        b.Range(b.const(0), b.Squeeze(t, b.const([0])), b.const(1)), b.const([0])
+    )  # [1, T]
     forced_col = b.Unsqueeze(forced, b.const([1]))
     keep_idx = b.Add(positions, b.Unsqueeze(zero, b.const([1])))  # [B, T]
     if with_tree:
-        slot = b.Clip(b.Add(b.Sub(positions, forced_col), b.const(1)), b.const(0),
-                      b.Squeeze(c, b.const([0])))
+        slot = b.Clip(
+            b.Add(b.Sub(positions, forced_col), b.const(1)), b.const(0), b.Squeeze(c, b.const([0]))
+        )
         from_path = b.GatherElements(beam_path, slot, axis=1)
         keep_idx = b.Where(b.GreaterOrEqual(positions, forced_col), from_path, keep_idx)
-    keep_idx = b.Where(b.Less(positions, b.Unsqueeze(keep_len, b.const([1]))), keep_idx,
-                       b.const(0))
+    keep_idx = b.Where(b.Less(positions, b.Unsqueeze(keep_len, b.const([1]))), keep_idx, b.const(0))
 
     n_col = b.Unsqueeze(n, b.const([1]))
     if with_tree:
         best_drafts = b.GatherND(drafts, best, batch_dims=1)  # [B, C]
         padded = b.Concat(best_drafts, b.Unsqueeze(zero, b.const([1])), axis=1)  # [B, L]
-        slots = b.Unsqueeze(b.Range(b.const(0), b.Squeeze(length, b.const([0])), b.const(1)),
-                            b.const([0]))
+        slots = b.Unsqueeze(
+            b.Range(b.const(0), b.Squeeze(length, b.const([0])), b.const(1)), b.const([0])
+        )
         new_tokens = b.Where(b.Less(slots, n_col), padded, b.const(0))
-        new_tokens = b.Where(b.Equal(slots, n_col), b.Unsqueeze(next_token, b.const([1])),
-                             new_tokens)
+        new_tokens = b.Where(
+            b.Equal(slots, n_col), b.Unsqueeze(next_token, b.const([1])), new_tokens
+        )
     else:
         new_tokens = b.Unsqueeze(next_token, b.const([1]))
     active_col = b.Unsqueeze(active, b.const([1]))
-    return b.build({
-        "keep_idx": keep_idx,
-        "keep_len": keep_len,
-        "last_idx": b.Where(active, last_idx, zero),
-        "new_tokens": b.Where(active_col, new_tokens, b.const(0)),
-        "num_new": b.Where(active, b.Add(n, b.const(1)), zero),
-    })
+    return b.build(
+        {
+            "keep_idx": keep_idx,
+            "keep_len": keep_len,
+            "last_idx": b.Where(active, last_idx, zero),
+            "new_tokens": b.Where(active_col, new_tokens, b.const(0)),
+            "num_new": b.Where(active, b.Add(n, b.const(1)), zero),
+        }
+    )
 
 
 ACCEPT = OpDef(
@@ -280,8 +303,15 @@ ACCEPT = OpDef(
     fake=accept_fake,
     build_body=build_accept_body,
     input_names=(
-        "logits", "tokens", "num_tokens", "forced", "temperature", "sample_uniforms",
-        "paths", "draft_logprobs", "accept_uniforms",
+        "logits",
+        "tokens",
+        "num_tokens",
+        "forced",
+        "temperature",
+        "sample_uniforms",
+        "paths",
+        "draft_logprobs",
+        "accept_uniforms",
     ),
     output_names=("keep_idx", "keep_len", "last_idx", "new_tokens", "num_new"),
     attribute_names=("top_k",),

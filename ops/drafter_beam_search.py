@@ -107,8 +107,10 @@ def drafter_beam_search_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apple's drafter beam search (ground truth); see the module docstring for shapes."""
     if beam_length < 2 or beam_width < 1:
-        raise ValueError(f"beam search needs beam_length >= 2 and beam_width >= 1, "
-                         f"got {beam_length} and {beam_width}")
+        raise ValueError(
+            f"beam search needs beam_length >= 2 and beam_width >= 1, "
+            f"got {beam_length} and {beam_width}"
+        )
     b, h = hidden.shape
     w = beam_width
     context = hidden.unsqueeze(1).expand(b, w, h)
@@ -127,15 +129,30 @@ def drafter_beam_search_reference(
         beams = torch.cat([_gather_beams(beams, parent), token.unsqueeze(-1)], dim=-1)
         state = _gather_beams(state, parent)
         chosen = _gather_beams(logprobs, parent).unsqueeze(2)
-        history = chosen if history is None else torch.cat(
-            [_gather_beams(history, parent), chosen], dim=2
+        history = (
+            chosen
+            if history is None
+            else torch.cat([_gather_beams(history, parent), chosen], dim=2)
         )
     return beams.contiguous(), history.contiguous()
 
 
-def drafter_beam_search_fake(hidden, root, embedding, rnn_w, rnn_u_w, rnn_u_b,  # noqa: ANN001
-                             input_proj_w, input_proj_b, res_w, res_b, vocab_w,
-                             beam_width, beam_length, top_k):
+def drafter_beam_search_fake(
+    hidden,
+    root,
+    embedding,
+    rnn_w,
+    rnn_u_w,
+    rnn_u_b,  # noqa: ANN001
+    input_proj_w,
+    input_proj_b,
+    res_w,
+    res_b,
+    vocab_w,
+    beam_width,
+    beam_length,
+    top_k,
+):
     """beams [B, W, L] int64 and logprobs [B, W, L - 1, V] float32."""
     b = hidden.shape[0]
     v = vocab_w.shape[0]
@@ -167,8 +184,9 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
         return b.Gemm(*inputs, transB=1)
 
     context = b.Reshape(b.Expand(b.Unsqueeze(hidden, b.const([1])), bw_h), rows)  # [B*W, H]
-    beams = b.Expand(b.Reshape(root, b.const([-1, 1, 1])),
-                     b.Concat(batch, b.const([width, 1]), axis=0))  # [B, W, 1]
+    beams = b.Expand(
+        b.Reshape(root, b.const([-1, 1, 1])), b.Concat(batch, b.const([width, 1]), axis=0)
+    )  # [B, W, 1]
     seed = b.const([[0.0] + [-50000.0] * (width - 1)], "float32")  # [1, W]
     scores = b.Expand(seed, b.Concat(batch, b.const([width]), axis=0))
     state = b.Expand(b.const_like(0.0, hidden), b.Shape(context))  # zeros [B*W, H]
@@ -176,12 +194,15 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
     res_w_list = [b.Gather(res_w, b.const(i), axis=0) for i in range(num_res)]
     res_b_list = [b.Gather(res_b, b.const(i), axis=0) for i in range(num_res)]
     for _ in range(length - 1):
-        last = b.Reshape(b.Slice(beams, b.const([-1]), b.const([2**62]), b.const([2])),
-                         b.const([-1]))  # [B*W]
+        last = b.Reshape(
+            b.Slice(beams, b.const([-1]), b.const([2**62]), b.const([2])), b.const([-1])
+        )  # [B*W]
         emb = b.Gather(embedding, last, axis=0)  # [B*W, H]
         if spec.has("rnn_w"):
-            pre = b.Add(linear(emb, b.input("rnn_w"), None),
-                        linear(state, b.input("rnn_u_w"), b.input("rnn_u_b")))
+            pre = b.Add(
+                linear(emb, b.input("rnn_w"), None),
+                linear(state, b.input("rnn_u_w"), b.input("rnn_u_b")),
+            )
             state = b.Mul(pre, b.Sigmoid(pre))
         else:
             state = b.Add(state, emb)
@@ -197,18 +218,23 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
             kth_all, _ = b.TopK(logits, b.Min(b.const([top_k]), vocab), axis=-1, outputs=2)
             kth = b.Slice(kth_all, b.const([-1]), b.const([2**62]), b.const([-1]))
             logits = b.Where(b.Less(logits, kth), b.const(-50000.0, "float32"), logits)
-        logprobs = b.Reshape(b.LogSoftmax(logits, axis=-1),
-                             b.Concat(batch, b.const([width]), vocab, axis=0))  # [B, W, V]
-        joint = b.Reshape(b.Add(logprobs, b.Unsqueeze(scores, b.const([-1]))),
-                          b.Concat(batch, b.const([-1]), axis=0))  # [B, W*V]
+        logprobs = b.Reshape(
+            b.LogSoftmax(logits, axis=-1), b.Concat(batch, b.const([width]), vocab, axis=0)
+        )  # [B, W, V]
+        joint = b.Reshape(
+            b.Add(logprobs, b.Unsqueeze(scores, b.const([-1]))),
+            b.Concat(batch, b.const([-1]), axis=0),
+        )  # [B, W*V]
         scores, flat = b.TopK(joint, b.const([width]), axis=-1, outputs=2)
         parent = b.Unsqueeze(b.Div(flat, vocab), b.const([-1]))  # [B, W, 1]
         token = b.Unsqueeze(b.Mod(flat, vocab), b.const([-1]))
         beams = b.Concat(b.GatherND(beams, parent, batch_dims=1), token, axis=-1)
         state = b.Reshape(b.GatherND(b.Reshape(state, bw_h), parent, batch_dims=1), rows)
         chosen = b.Unsqueeze(b.GatherND(logprobs, parent, batch_dims=1), b.const([2]))
-        history = chosen if history is None else b.Concat(
-            b.GatherND(history, parent, batch_dims=1), chosen, axis=2
+        history = (
+            chosen
+            if history is None
+            else b.Concat(b.GatherND(history, parent, batch_dims=1), chosen, axis=2)
         )
     return b.build({"beams": beams, "logprobs": history})
 
@@ -226,8 +252,17 @@ DRAFTER_BEAM_SEARCH = OpDef(
     fake=drafter_beam_search_fake,
     build_body=build_drafter_beam_search_body,
     input_names=(
-        "hidden", "root", "embedding", "rnn_w", "rnn_u_w", "rnn_u_b",
-        "input_proj_w", "input_proj_b", "res_w", "res_b", "vocab_w",
+        "hidden",
+        "root",
+        "embedding",
+        "rnn_w",
+        "rnn_u_w",
+        "rnn_u_b",
+        "input_proj_w",
+        "input_proj_b",
+        "res_w",
+        "res_b",
+        "vocab_w",
     ),
     output_names=("beams", "logprobs"),
     attribute_names=("beam_width", "beam_length", "top_k"),

@@ -36,8 +36,10 @@ def kv_compaction_reference(
     b, h, s, d = past.shape
     t = new.shape[2]
     if bool((cache_lengths + t > s).any()):
-        raise ValueError(f"kv_compaction: cache capacity {s} is too small for "
-                         f"{int(cache_lengths.max())} cached + {t} step tokens")
+        raise ValueError(
+            f"kv_compaction: cache capacity {s} is too small for "
+            f"{int(cache_lengths.max())} cached + {t} step tokens"
+        )
     slots = torch.arange(t, device=past.device).expand(b, t)
     positions = cache_lengths.unsqueeze(1) + slots  # [B, T]
     kept = torch.gather(new, 2, keep_idx.view(b, 1, t, 1).expand(b, h, t, d))
@@ -56,7 +58,10 @@ def build_kv_compaction_body(spec: BodySpec):  # noqa: ANN201
     b = FunctionBuilder(KV_COMPACTION, spec)
     past, new = b.input("past"), b.input("new")
     cache_lengths, keep_idx, keep_len = (
-        b.input("cache_lengths"), b.input("keep_idx"), b.input("keep_len"))
+        b.input("cache_lengths"),
+        b.input("keep_idx"),
+        b.input("keep_len"),
+    )
     batch, heads, t = b.dim(past, 0), b.dim(past, 1), b.dim(new, 2)
     t_scalar = b.Squeeze(t, b.const([0]))
     slots = b.Unsqueeze(b.Range(b.const(0), t_scalar, b.const(1)), b.const([0]))  # [1, T]
@@ -72,10 +77,18 @@ def build_kv_compaction_body(spec: BodySpec):  # noqa: ANN201
     values = b.Where(keep, kept, current)
 
     # ScatterND addresses (b, h, s) triples: [B, H, T, 3].
-    b_index = b.Expand(b.Reshape(b.Range(b.const(0), b.Squeeze(batch, b.const([0])), b.const(1)),
-                                 b.const([-1, 1, 1, 1])), bht)
-    h_index = b.Expand(b.Reshape(b.Range(b.const(0), b.Squeeze(heads, b.const([0])), b.const(1)),
-                                 b.const([1, -1, 1, 1])), bht)
+    b_index = b.Expand(
+        b.Reshape(
+            b.Range(b.const(0), b.Squeeze(batch, b.const([0])), b.const(1)), b.const([-1, 1, 1, 1])
+        ),
+        bht,
+    )
+    h_index = b.Expand(
+        b.Reshape(
+            b.Range(b.const(0), b.Squeeze(heads, b.const([0])), b.const(1)), b.const([1, -1, 1, 1])
+        ),
+        bht,
+    )
     indices = b.Concat(b_index, h_index, per_head(positions), axis=3)
     return b.build({"present": b.ScatterND(past, indices, values)})
 

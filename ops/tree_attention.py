@@ -1,6 +1,7 @@
 """Tree attention: the packed tokens of a step attend to their row's cache and their ancestors.
 
-Shapes (B batch, Hq query heads, Hkv key/value heads, T packed tokens, S cache capacity, D head dim):
+Shapes (B batch, Hq query heads, Hkv key/value heads, T packed tokens, S cache capacity,
+D head dim):
 
     q            [B, Hq, T, D]     queries of the packed tokens (RoPE applied)
     k, v         [B, Hkv, T, D]    keys/values of the packed tokens

@@ -51,7 +51,7 @@ def build_tree_reference(beams: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
     def pack(values: torch.Tensor, fill: int) -> torch.Tensor:
         out = torch.full((b, n + 1), fill, dtype=torch.int64, device=beams.device)
-        return out.scatter(1, target, values.reshape(b, w * length))[:, :n]
+        return out.scatter(1, target, values.reshape(b, w * length))[:, :n].contiguous()
 
     root_parent = torch.full((b, w, 1), -1, dtype=torch.int64, device=beams.device)
     parents_full = torch.cat([root_parent, paths[:, :, :-1]], dim=2)
@@ -88,7 +88,7 @@ def ancestor_mask(parents: torch.Tensor, depths: torch.Tensor, steps: int) -> to
     b, t = parents.shape
     index = torch.arange(t, device=parents.device).expand(b, t)
     up = torch.where(parents < 0, index, parents)  # roots point at themselves
-    climb = (depths.unsqueeze(2) - depths.unsqueeze(1))  # [B, T(i), T(j)] steps from i up to j
+    climb = depths.unsqueeze(2) - depths.unsqueeze(1)  # [B, T(i), T(j)] steps from i up to j
     node = index.unsqueeze(2).expand(b, t, t)
     for bit in range(steps):
         take = ((climb >> bit) & 1).bool()
@@ -111,8 +111,9 @@ def build_build_tree_body(spec: BodySpec):  # noqa: ANN201
     prefix_equal = b.Cast(b.Equal(mismatches, b.const(0)), to=1)
     first = b.ArgMax(prefix_equal, axis=2, keepdims=0)  # [B, W, L]
 
-    beam_index = b.Reshape(b.Range(b.const(0), b.Squeeze(width, b.const([0])), b.const(1)),
-                           b.const([1, -1, 1]))
+    beam_index = b.Reshape(
+        b.Range(b.const(0), b.Squeeze(width, b.const([0])), b.const(1)), b.const([1, -1, 1])
+    )
     flat_shape = b.Concat(batch, b.const([-1]), axis=0)
     is_new = b.Reshape(b.Equal(first, beam_index), flat_shape)  # [B, W*L]
     slot = b.Sub(b.CumSum(b.Cast(is_new, to=7), b.const(1)), b.const(1))
@@ -129,18 +130,22 @@ def build_build_tree_body(spec: BodySpec):  # noqa: ANN201
 
     root_shape = b.Concat(batch, width, b.const([1]), axis=0)
     last = b.Sub(length, b.const([1]))
-    parents_full = b.Concat(b.Expand(b.const(-1), root_shape),
-                            b.Slice(paths, b.const([0]), last, b.const([2])), axis=2)
-    depth_row = b.Reshape(b.Range(b.const(0), b.Squeeze(length, b.const([0])), b.const(1)),
-                          b.const([1, 1, -1]))
+    parents_full = b.Concat(
+        b.Expand(b.const(-1), root_shape), b.Slice(paths, b.const([0]), last, b.const([2])), axis=2
+    )
+    depth_row = b.Reshape(
+        b.Range(b.const(0), b.Squeeze(length, b.const([0])), b.const(1)), b.const([1, 1, -1])
+    )
     depths_full = b.Expand(depth_row, shape)
-    return b.build({
-        "tokens": pack(beams, 0),
-        "parents": pack(parents_full, -1),
-        "depths": pack(depths_full, 0),
-        "num_tokens": num_tokens,
-        "paths": paths,
-    })
+    return b.build(
+        {
+            "tokens": pack(beams, 0),
+            "parents": pack(parents_full, -1),
+            "depths": pack(depths_full, 0),
+            "num_tokens": num_tokens,
+            "paths": paths,
+        }
+    )
 
 
 BUILD_TREE = OpDef(

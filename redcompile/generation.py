@@ -126,7 +126,9 @@ def cache_capacity(prompt_lengths: Sequence[int], max_new_tokens: int, backend: 
     return longest + max_new_tokens + backend.beam_length + max(backend.tree_width, longest)
 
 
-def check_lengths(prompts: Sequence[Sequence[int]], cfg: GenerationConfig, max_seq_len: int) -> None:
+def check_lengths(
+    prompts: Sequence[Sequence[int]], cfg: GenerationConfig, max_seq_len: int
+) -> None:
     """One clear line for a prompt that cannot fit the model's or artifact's maximum length."""
     for index, prompt in enumerate(prompts):
         if not prompt:
@@ -228,8 +230,15 @@ def generate_ids(
         for row, index in enumerate(slot_of):
             if index is None or num_new[row] == 0:
                 continue
-            done = _append(completions[index], new_tokens[row, : num_new[row]].tolist(),
-                           prefilled[index], cfg.max_new_tokens, stops, on_tokens, index)
+            done = _append(
+                completions[index],
+                new_tokens[row, : num_new[row]].tolist(),
+                prefilled[index],
+                cfg.max_new_tokens,
+                stops,
+                on_tokens,
+                index,
+            )
             prefilled[index] = True
             if done:
                 finished_rows.append(row)
@@ -249,8 +258,15 @@ def generate_ids(
     return GenerationResult(completions, steps, time.perf_counter() - start, step_seconds)
 
 
-def _append(completion: Completion, tokens: list[int], counted: bool, max_new: int,
-            stops: set[int], on_tokens: StreamCallback | None, index: int) -> bool:
+def _append(
+    completion: Completion,
+    tokens: list[int],
+    counted: bool,
+    max_new: int,
+    stops: set[int],
+    on_tokens: StreamCallback | None,
+    index: int,
+) -> bool:
     """Add a step's tokens to a completion; True when it is finished."""
     emitted = []
     finished = False
@@ -271,8 +287,12 @@ def _append(completion: Completion, tokens: list[int], counted: bool, max_new: i
     return finished
 
 
-def _uniforms(backend: StepBackend, slot_of: list[int | None], rngs: list[np.random.Generator],
-              temps: Sequence[float]) -> dict[str, np.ndarray]:
+def _uniforms(
+    backend: StepBackend,
+    slot_of: list[int | None],
+    rngs: list[np.random.Generator],
+    temps: Sequence[float],
+) -> dict[str, np.ndarray]:
     """Fresh U(0, 1) for sampling rows (each prompt draws from its own generator), zeros else."""
     batch = len(slot_of)
     sample = np.zeros(batch, dtype=np.float32)

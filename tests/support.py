@@ -8,30 +8,45 @@ import onnxruntime as ort
 import torch
 from onnx import helper
 
+from redcompile.example import char_tokenizer_json
 from redcompile.ops.onnx_builder import spec_from_node
 from redcompile.ops.opdef import BODY_OPSET, DOMAIN, DOMAIN_VERSION, OpDef
 
-ONNX_TYPES = {torch.float32: onnx.TensorProto.FLOAT, torch.float16: onnx.TensorProto.FLOAT16,
-              torch.int64: onnx.TensorProto.INT64, torch.bool: onnx.TensorProto.BOOL}
+ONNX_TYPES = {
+    torch.float32: onnx.TensorProto.FLOAT,
+    torch.float16: onnx.TensorProto.FLOAT16,
+    torch.int64: onnx.TensorProto.INT64,
+    torch.bool: onnx.TensorProto.BOOL,
+}
 
 
 def single_op_model(op: OpDef, inputs: list, attrs: dict) -> onnx.ModelProto:
     """A model holding one `redcompile` node of `op` with its function body attached."""
     names = [name if t is not None else "" for name, t in zip(op.input_names, inputs)]
     graph_inputs = [
-        helper.make_tensor_value_info(name, ONNX_TYPES[t.dtype], [f"{name}_{i}" for i in range(t.dim())])
-        for name, t in zip(op.input_names, inputs) if t is not None
+        helper.make_tensor_value_info(
+            name, ONNX_TYPES[t.dtype], [f"{name}_{i}" for i in range(t.dim())]
+        )
+        for name, t in zip(op.input_names, inputs)
+        if t is not None
     ]
     outputs = [helper.make_empty_tensor_value_info(name) for name in op.output_names]
     node = helper.make_node(op.onnx_name, names, list(op.output_names), domain=DOMAIN, **attrs)
-    types = {name: (ONNX_TYPES[t.dtype] if t is not None else None)
-             for name, t in zip(op.input_names, inputs)}
+    types = {
+        name: (ONNX_TYPES[t.dtype] if t is not None else None)
+        for name, t in zip(op.input_names, inputs)
+    }
     shapes = {name: tuple(t.shape) for name, t in zip(op.input_names, inputs) if t is not None}
     body = op.build_body(spec_from_node(op, attrs, types, shapes))
     graph = helper.make_graph([node], op.onnx_name, graph_inputs, outputs)
     model = helper.make_model(
-        graph, functions=[body], ir_version=10,
-        opset_imports=[helper.make_opsetid("", BODY_OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+        graph,
+        functions=[body],
+        ir_version=10,
+        opset_imports=[
+            helper.make_opsetid("", BODY_OPSET),
+            helper.make_opsetid(DOMAIN, DOMAIN_VERSION),
+        ],
     )
     return model
 
@@ -42,3 +57,74 @@ def run_op_body(op: OpDef, inputs: list, attrs: dict) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(op.input_names, inputs) if t is not None}
     return session.run(list(op.output_names), feeds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny Hugging Face model folders, written with transformers' own save_pretrained.
+
+TINY = dict(
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+)
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def save_tiny_model(
+    path,
+    arch: str = "llama",
+    *,
+    tie: bool = False,
+    dtype=None,
+    seed: int = 0,
+    rope_scaling: dict | None = None,
+    max_shard_size: str | None = None,
+    eos_token_id: int | None = 0,
+    **overrides,
+):
+    """Save a randomly initialised tiny `arch` model (and a tokenizer) to `path`; return path."""
+    import transformers
+
+    classes = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }
+    config_cls, model_cls = classes[arch]
+    kwargs = {
+        **TINY,
+        "tie_word_embeddings": tie,
+        "bos_token_id": None,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": None,
+        **overrides,
+    }
+    if rope_scaling is not None:
+        kwargs["rope_parameters"] = {"rope_theta": 10000.0, **rope_scaling}
+    config = config_cls(**kwargs)
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():  # larger weights than the default init: peakier, more varied logits
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    if dtype is not None:
+        model = model.to(dtype)
+    save_kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(path, **save_kwargs)
+    (path / "tokenizer.json").write_text(char_tokenizer_json())
+    return path
+
+
+def hf_model(path):
+    """Load a saved folder with transformers (the parity oracle)."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path).eval()

@@ -31,9 +31,16 @@ class TorchBackend(StepBackend):
         for spec in self.signature.inputs:
             dims = []
             for dim in spec.dims:
-                dims.append({"batch": batch_size, "tokens": 1, "cache": capacity,
-                             "vocab": cfg.vocab_size, "kv_heads": cfg.num_kv_heads,
-                             "head_dim": cfg.head_dim}.get(dim, dim))
+                dims.append(
+                    {
+                        "batch": batch_size,
+                        "tokens": 1,
+                        "cache": capacity,
+                        "vocab": cfg.vocab_size,
+                        "kv_heads": cfg.num_kv_heads,
+                        "head_dim": cfg.head_dim,
+                    }.get(dim, dim)
+                )
             torch_dtype = {"int64": torch.int64, "float32": torch.float32}.get(spec.dtype, dtype)
             self.state[spec.name] = torch.zeros(dims, dtype=torch_dtype, device=self.device)
 

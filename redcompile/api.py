@@ -1,0 +1,167 @@
+"""The library API: everything the CLI does is a call into this module.
+
+gen = redcompile.open_generator("model_dir", beam=BeamShape(4, 5))
+report = gen.generate(["def fib(n):"], GenerationConfig(max_new_tokens=64))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redcompile.config import BeamShape
+from redcompile.errors import InputError, ModelLoadError
+from redcompile.generation import GenerationConfig, GenerationResult, StepBackend, generate_ids
+from redcompile.tokenizer import StreamDecoder, TextCodec
+
+TextCallback = Callable[[int, str], None]  # (prompt index, text delta)
+
+
+@dataclass
+class Generator:
+    """A loaded step (model folder or artifact) with its tokenizer and stop tokens."""
+
+    backend: StepBackend
+    codec: TextCodec
+    stop_token_ids: tuple[int, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        cfg: GenerationConfig,
+        on_tokens: Callable[[int, list[int]], None] | None = None,
+    ) -> GenerationResult:
+        """Generate from token ids; the model's stop tokens apply unless cfg names others."""
+        if not cfg.stop_token_ids:
+            cfg = GenerationConfig(**{**cfg.__dict__, "stop_token_ids": self.stop_token_ids})
+        return generate_ids(self.backend, prompts, cfg, on_tokens)
+
+    def generate(
+        self, prompts: Sequence[str], cfg: GenerationConfig, on_text: TextCallback | None = None
+    ) -> GenerationReport:
+        """Generate from text prompts; `on_text` receives text deltas as they are decoded."""
+        ids = [self.codec.encode(p) for p in prompts]
+        streams = [StreamDecoder(self.codec) for _ in prompts]
+
+        def on_tokens(index: int, tokens: list[int]) -> None:
+            delta = streams[index].push(tokens)
+            if delta and on_text is not None:
+                on_text(index, delta)
+
+        result = self.generate_ids(ids, cfg, on_tokens if on_text else None)
+        if on_text is not None:
+            for index, stream in enumerate(streams):
+                if tail := stream.flush():
+                    on_text(index, tail)
+        return GenerationReport(list(prompts), result, self.codec, dict(self.info))
+
+
+@dataclass
+class GenerationReport:
+    """Texts, token ids and counters of a run; `to_json` is the CLI's --json output."""
+
+    prompts: list[str]
+    result: GenerationResult
+    codec: TextCodec
+    info: dict[str, Any]
+
+    def texts(self) -> list[str]:
+        """Decoded completions, in prompt order."""
+        return [self.codec.decode(c.token_ids) for c in self.result.completions]
+
+    def to_json(self) -> dict[str, Any]:
+        """Per prompt: text, token ids, steps and tokens per step; then run totals."""
+        r = self.result
+        return {
+            **self.info,
+            "completions": [
+                {
+                    "prompt": prompt,
+                    "text": text,
+                    "token_ids": c.token_ids,
+                    "num_tokens": len(c.token_ids),
+                    "finish_reason": c.finish_reason,
+                    "steps": c.steps,
+                    "tokens_per_step": round(c.tokens_per_step, 4),
+                }
+                for prompt, text, c in zip(self.prompts, self.texts(), r.completions)
+            ],
+            "steps": r.steps,
+            "generated_tokens": r.generated_tokens,
+            "tokens_per_step": round(r.tokens_per_step, 4),
+            "tokens_per_second": round(r.tokens_per_second, 2),
+            "seconds": round(r.seconds, 4),
+        }
+
+
+def stop_tokens_of(model_dir: Path, eos_from_config: tuple[int, ...]) -> tuple[int, ...]:
+    """EOS ids from config.json and, when present, generation_config.json."""
+    ids = list(eos_from_config)
+    gen_cfg = Path(model_dir) / "generation_config.json"
+    if gen_cfg.is_file():
+        try:
+            value = json.loads(gen_cfg.read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            raise ModelLoadError(f"config: {gen_cfg} is not valid JSON") from None
+        for token in [value] if isinstance(value, int) else (value or []):
+            if isinstance(token, int) and token not in ids:
+                ids.append(token)
+    return tuple(ids)
+
+
+def open_model_folder(
+    model_dir: Path | str,
+    drafter_dir: Path | str | None = None,
+    beam: BeamShape | None = None,
+    autoregressive: bool = False,
+    random_drafter: bool = False,
+    allow_pickle: bool = False,
+    dtype: str | None = None,
+    max_seq_len: int | None = None,
+) -> Generator:
+    """A Generator running the PyTorch reference step on a Hugging Face folder (+ drafter)."""
+    from redcompile.models.drafter_io import load_drafter
+    from redcompile.models.drafter_io import random_drafter as make_random_drafter
+    from redcompile.models.loader import check_model_dir, load_decoder
+    from redcompile.models.step import SpeculativeStep
+    from redcompile.runtime.torch_backend import TorchBackend
+
+    model_dir = check_model_dir(Path(model_dir))
+    beam = (beam or BeamShape()).validate()
+    base = load_decoder(model_dir, dtype=dtype, max_seq_len=max_seq_len)
+    max_len = max_seq_len or base.config.max_position_embeddings
+    codec = TextCodec.from_file(model_dir / "tokenizer.json")
+    if autoregressive:
+        step = SpeculativeStep(base, None, 1, 1, max_len)
+        mode = {"mode": "autoregressive", "beam_width": 1, "beam_length": 1}
+    else:
+        if random_drafter:
+            drafter = make_random_drafter(base.config)
+        else:
+            path = Path(drafter_dir) if drafter_dir else model_dir / "drafter"
+            if drafter_dir is None and not path.exists():
+                raise InputError(
+                    f"drafter: no drafter at {path}; pass --drafter DIR, --random-drafter or "
+                    f"--autoregressive (train one with `redcompile train-drafter`)"
+                )
+            drafter = load_drafter(path, base.config, allow_pickle=allow_pickle)
+        step = SpeculativeStep(base, drafter, beam.width, beam.length, max_len)
+        mode = {"mode": "redrafter", "beam_width": beam.width, "beam_length": beam.length}
+    info = {"source": str(model_dir), "runtime": "torch", "dtype": base.config.dtype, **mode}
+    return Generator(
+        TorchBackend(step), codec, stop_tokens_of(model_dir, base.config.eos_token_ids), info
+    )
+
+
+def open_generator(source: Path | str, **options: Any) -> Generator:
+    """Open a model folder or an artifact file (by suffix) as a Generator."""
+    path = Path(source)
+    if path.is_dir() or not path.exists():
+        return open_model_folder(path, **options)
+    from redcompile.runtime.loading import open_artifact
+
+    return open_artifact(path, **options)

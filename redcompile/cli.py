@@ -1,0 +1,211 @@
+"""`redcompile` command line: a thin Click layer over `redcompile.api`.
+
+Exit codes: 0 success, 1 a check failed (e.g. verify found a mismatch), 2 bad input
+(one line on stderr, no traceback; `--debug` shows it), 3 an internal error (with traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from redcompile.config import BeamShape
+from redcompile.errors import RedcompileError
+from redcompile.generation import GenerationConfig
+
+EXIT_INTERNAL = 3
+_BEAM = BeamShape()
+_GEN = GenerationConfig()
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Print user errors as one line with their exit code; keep tracebacks for bugs."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except RedcompileError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception:  # noqa: BLE001 - everything else is a bug: show it
+            traceback.print_exc()
+            click.echo(
+                "internal error: this is a bug in redcompile; please report it with the "
+                "traceback above",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+def debug_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--debug: show tracebacks for user errors too."""
+    return click.option("--debug", is_flag=True, help="Show tracebacks for errors.")(command)
+
+
+def emit_json(data: Any) -> None:
+    """Write one JSON document to stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="redcompile")
+def main() -> None:
+    """Compile a Hugging Face causal LM plus a ReDrafter draft head into one artifact that
+    decodes speculatively inside ONNX Runtime, PyTorch or TensorRT."""
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=str))
+@click.option("--prompt", help="One prompt.")
+@click.option(
+    "--prompts-file",
+    type=click.Path(path_type=str),
+    help="JSONL file, one object with a 'prompt' field per line.",
+)
+@click.option(
+    "--drafter",
+    "drafter_dir",
+    type=click.Path(path_type=str),
+    help="Drafter folder (default: SOURCE/drafter). Model folders only.",
+)
+@click.option(
+    "--random-drafter",
+    is_flag=True,
+    help="Use a randomly initialised drafter (pipeline checks; ~1 token/step).",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow loading a drafter model.pt pickle (it can run code).",
+)
+@click.option("--max-new-tokens", type=int, default=_GEN.max_new_tokens, show_default=True)
+@click.option("--batch-size", type=int, default=_GEN.batch_size, show_default=True)
+@click.option(
+    "--beam-width",
+    type=int,
+    default=None,
+    help=f"Beams drafted per step [default: {_BEAM.width}; artifacts: as compiled].",
+)
+@click.option(
+    "--beam-length",
+    type=int,
+    default=None,
+    help=f"Tokens per beam counting the root (5 drafts four) [default: {_BEAM.length}].",
+)
+@click.option("--autoregressive", is_flag=True, help="Plain decoding, one token per step.")
+@click.option(
+    "--temperature",
+    type=float,
+    default=_GEN.temperature,
+    show_default=True,
+    help="0 is greedy; above 0 samples (speculative sampling).",
+)
+@click.option("--seed", type=int, default=_GEN.seed, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
+@debug_option
+@handle_errors
+def generate(
+    source: str,
+    prompt: str | None,
+    prompts_file: str | None,
+    drafter_dir: str | None,
+    random_drafter: bool,
+    allow_pickle: bool,
+    max_new_tokens: int,
+    batch_size: int,
+    beam_width: int | None,
+    beam_length: int | None,
+    autoregressive: bool,
+    temperature: float,
+    seed: int,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Generate text from a model folder (PyTorch reference) or a compiled artifact.
+
+    SOURCE is a Hugging Face model folder or an artifact file (.onnx, .pt2).
+    """
+    from redcompile.api import open_generator
+    from redcompile.errors import InputError
+    from redcompile.prompts import read_prompts_file
+
+    if (prompt is None) == (prompts_file is None):
+        raise InputError("give exactly one of --prompt TEXT or --prompts-file F.jsonl")
+    prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
+    if prompt == "":
+        raise InputError("--prompt is empty")
+    cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size
+    )
+    cfg.validate()
+    options: dict[str, Any] = dict(
+        drafter_dir=drafter_dir,
+        autoregressive=autoregressive,
+        random_drafter=random_drafter,
+        allow_pickle=allow_pickle,
+    )
+    if beam_width is not None or beam_length is not None:
+        options["beam"] = BeamShape(
+            _BEAM.width if beam_width is None else beam_width,
+            _BEAM.length if beam_length is None else beam_length,
+        )
+    generator = open_generator(source, **options)
+
+    streaming = not as_json and len(prompts) == 1
+
+    def on_text(_index: int, delta: str) -> None:
+        click.echo(delta, nl=False)
+
+    report = generator.generate(prompts, cfg, on_text=on_text if streaming else None)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    if streaming:
+        click.echo()
+    else:
+        for index, text in enumerate(report.texts()):
+            click.echo(f"=== {index}\n{prompts[index]}{text}")
+    summary = report.to_json()
+    click.echo(
+        f"{summary['generated_tokens']} tokens, {summary['tokens_per_step']:.2f} tokens/step, "
+        f"{summary['tokens_per_second']:.1f} tokens/s ({summary['mode']}, {summary['runtime']})",
+        err=True,
+    )
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=str))
+@click.option("--seed", type=int, default=0, show_default=True)
+@debug_option
+@handle_errors
+def example(out_dir: str, seed: int, debug: bool) -> None:
+    """Write a small random model folder (with a random drafter) to OUT_DIR to try commands on.
+
+    No network needed. The weights are random, so the text is gibberish and few drafts are
+    accepted; it exercises every command end to end.
+    """
+    from redcompile.example import write_example
+
+    path = write_example(out_dir, seed=seed)
+    click.echo(f"wrote {path} (config.json, model.safetensors, tokenizer.json, drafter/)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

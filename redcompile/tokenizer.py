@@ -1,0 +1,71 @@
+"""Text <-> token ids through a Hugging Face `tokenizer.json` (the `tokenizers` library)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from redcompile.errors import ModelLoadError
+
+
+class TextCodec:
+    """Encode prompts and decode completions, including incremental decoding for streaming."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_file(cls, path: Path) -> TextCodec:
+        """Load `tokenizer.json`; a one-line error when it is missing or unreadable."""
+        if not path.is_file():
+            raise ModelLoadError(f"tokenizer: {path} not found; the model folder must contain it")
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as exc:  # noqa: BLE001 - the library raises bare Exceptions
+            raise ModelLoadError(
+                f"tokenizer: {path} is not a valid tokenizer.json ({exc})"
+            ) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> TextCodec:
+        """Load from the JSON text of a tokenizer.json (as stored in artifacts)."""
+        return cls(Tokenizer.from_str(text))
+
+    def to_json(self) -> str:
+        """The tokenizer.json text."""
+        return self.tokenizer.to_str()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt, with the tokenizer's own special-token template."""
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of generated ids (special tokens skipped)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class StreamDecoder:
+    """Turns growing token lists into text deltas, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, codec: TextCodec) -> None:
+        self.codec = codec
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, new_ids: list[int]) -> str:
+        """Add tokens; return the text that is now final."""
+        self.ids.extend(new_ids)
+        text = self.codec.decode(self.ids)
+        if text.endswith("\ufffd"):  # a multi-byte character split across tokens
+            return ""
+        delta = text[self.emitted :]
+        self.emitted = len(text)
+        return delta
+
+    def flush(self) -> str:
+        """Whatever text is still held back (at the end of generation)."""
+        text = self.codec.decode(self.ids)
+        delta = text[self.emitted :]
+        self.emitted = len(text)
+        return delta

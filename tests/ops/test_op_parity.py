@@ -1,0 +1,204 @@
+"""Every implementation of every op is held to its torch reference.
+
+Parametrised over `OPS`, so a new op without sample inputs here fails the meta-test.
+Implementations: the registered torch op (torch.library.opcheck), the fake (shapes/dtypes), and
+the ONNX function body run by stock ONNX Runtime. CUDA kernels are compared in tests/cuda/.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from redcompile.ops import (
+    ACCEPT,
+    BUILD_TREE,
+    DRAFTER_BEAM_SEARCH,
+    KV_COMPACTION,
+    OPS,
+    TREE_ATTENTION,
+)
+from redcompile.ops.tree_building import ancestor_mask, build_tree_reference
+from support import run_op_body
+
+
+def tree_attention_samples(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    b, hq, hkv, t, s, d = 3, 4, 2, 6, 9, 8
+    r = lambda *shape: torch.randn(*shape, generator=g).to(dtype)  # noqa: E731
+    lengths = torch.tensor([0, 4, 9])
+    past_mask = (torch.arange(s)[None] < lengths[:, None])[:, None, None, :]
+    parents = torch.tensor([[-1, 0, 1, 1, 0, 4]] * 2 + [[-1, 0, 1, 2, 3, 4]])
+    depths = torch.tensor([[0, 1, 2, 2, 1, 2]] * 2 + [[0, 1, 2, 3, 4, 5]])
+    tree_mask = ancestor_mask(parents, depths, 3)[:, None]
+    yield (
+        [
+            r(b, hq, t, d),
+            r(b, hkv, t, d),
+            r(b, hkv, t, d),
+            r(b, hkv, s, d),
+            r(b, hkv, s, d),
+            past_mask,
+            tree_mask,
+        ],
+        {"scale": d**-0.5},
+    )
+
+
+def beam_search_samples():
+    from redcompile.models.drafter import Drafter, DrafterConfig
+
+    for rnn, exit_dim, layers, (w, length, top_k) in [
+        (True, 24, 2, (4, 4, 0)),
+        (False, 16, 1, (3, 3, 5)),
+        (True, 20, 0, (1, 5, 50)),
+    ]:
+        torch.manual_seed(layers)
+        drafter = Drafter(DrafterConfig(12, 40, exit_dim, layers, rnn))
+        weights = [p.detach() if p is not None else None for p in drafter.op_weights()]
+        yield (
+            [torch.randn(2, 12), torch.tensor([3, 17]), torch.randn(40, 12), *weights],
+            {"beam_width": w, "beam_length": length, "top_k": top_k},
+        )
+
+
+def build_tree_samples():
+    g = torch.Generator().manual_seed(1)
+    for b, w, length in [(2, 3, 4), (1, 5, 2), (3, 1, 5)]:
+        beams = torch.randint(0, 3, (b, w, length), generator=g)
+        beams[:, :, 0] = 7
+        yield [beams], {}
+
+
+def accept_samples():
+    g = torch.Generator().manual_seed(2)
+    beams = torch.randint(0, 3, (4, 3, 4), generator=g)
+    beams[:, :, 0] = 5
+    tokens, _, _, num_tokens, paths = build_tree_reference(beams)
+    t = tokens.shape[1]
+    tokens[3, :6] = torch.tensor([1, 2, 3, 4, 5, 6])
+    num_tokens = num_tokens.clone()
+    num_tokens[3] = 6
+    forced = torch.tensor([1, 1, 1, 6])
+    logits = torch.randn(4, t, 12, generator=g) * 3
+    logits[0, 0, beams[0, 0, 1]] += 20  # row 0 accepts some drafts greedily
+    temperature = torch.tensor([0.0, 0.8, 1.2, 0.0])
+    common = [logits, tokens, num_tokens, forced, temperature, torch.rand(4, generator=g)]
+    tree = [
+        paths,
+        torch.log_softmax(torch.randn(4, 3, 3, 12, generator=g), -1),
+        torch.rand(4, 3, 3, generator=g),
+    ]
+    for top_k in (0, 5):
+        yield common + tree, {"top_k": top_k}
+    yield common + [None, None, None], {"top_k": 0}
+
+
+def kv_compaction_samples():
+    g = torch.Generator().manual_seed(3)
+    past, new = torch.randn(2, 2, 12, 4, generator=g), torch.randn(2, 2, 5, 4, generator=g)
+    yield (
+        [
+            past,
+            new,
+            torch.tensor([2, 7]),
+            torch.tensor([[0, 1, 3, 0, 0], [0, 1, 2, 3, 4]]),
+            torch.tensor([3, 5]),
+        ],
+        {},
+    )
+
+
+SAMPLES = {
+    TREE_ATTENTION: tree_attention_samples,
+    DRAFTER_BEAM_SEARCH: beam_search_samples,
+    BUILD_TREE: build_tree_samples,
+    ACCEPT: accept_samples,
+    KV_COMPACTION: kv_compaction_samples,
+}
+CASES = [(op, i, case) for op in OPS for i, case in enumerate(SAMPLES.get(op, list)())]
+
+
+def case_id(value):
+    return value.onnx_name if hasattr(value, "onnx_name") else None
+
+
+def test_every_op_has_samples():
+    assert {op.name for op in OPS} == {op.name for op in SAMPLES}
+
+
+def as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def call_args(op, inputs, attrs):
+    return [*inputs, *(attrs[name] for name in op.attribute_names)]
+
+
+@pytest.mark.parametrize("op,index,case", CASES, ids=case_id)
+def test_registered_op_passes_opcheck(op, index, case):
+    inputs, attrs = case
+    torch.library.opcheck(
+        getattr(torch.ops.redcompile, op.name),
+        call_args(op, inputs, attrs),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+@pytest.mark.parametrize("op,index,case", CASES, ids=case_id)
+def test_fake_matches_reference_shapes_and_dtypes(op, index, case):
+    inputs, attrs = case
+    args = call_args(op, inputs, attrs)
+    real, fake = as_tuple(op.reference(*args)), as_tuple(op.fake(*args))
+    assert [(t.shape, t.dtype) for t in real] == [(t.shape, t.dtype) for t in fake]
+
+
+@pytest.mark.parametrize("op,index,case", CASES, ids=case_id)
+def test_onnx_function_body_matches_reference(op, index, case):
+    inputs, attrs = case
+    expected = as_tuple(op.reference(*call_args(op, inputs, attrs)))
+    actual = run_op_body(op, inputs, attrs)
+    for name, want, got in zip(op.output_names, expected, actual):
+        want = want.numpy()
+        assert got.shape == want.shape, name
+        if np.issubdtype(want.dtype, np.integer):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_tree_attention_equals_one_attention_over_concatenated_cache():
+    ((inputs, attrs),) = tree_attention_samples()
+    q, k, v, pk, pv, pm, tm = inputs
+    b, _, t, _ = q.shape
+    mask = torch.cat([pm.expand(b, 1, t, pk.shape[2]), tm], -1)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q,
+        torch.cat([pk, k], 2),
+        torch.cat([pv, v], 2),
+        attn_mask=mask,
+        scale=attrs["scale"],
+        enable_gqa=True,
+    )
+    got = TREE_ATTENTION.reference(*inputs, attrs["scale"])
+    assert (got - expected).abs().max() < 1e-5
+
+
+def test_tree_attention_body_in_float16_is_within_half_precision():
+    ((inputs, attrs),) = tree_attention_samples(torch.float16)
+    expected = TREE_ATTENTION.reference(*inputs, attrs["scale"]).float().numpy()
+    got = run_op_body(TREE_ATTENTION, inputs, attrs)[0]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), expected, atol=1e-2, rtol=1e-2)
+
+
+def test_kv_compaction_writes_only_the_kept_path():
+    ((inputs, _),) = kv_compaction_samples()
+    past, new, lengths, keep_idx, keep_len = inputs
+    out = KV_COMPACTION.reference(*inputs)
+    expected = past.clone()
+    for b in range(2):
+        for j in range(int(keep_len[b])):
+            expected[b, :, int(lengths[b]) + j] = new[b, :, int(keep_idx[b, j])]
+    assert torch.equal(out, expected)
