@@ -191,6 +191,118 @@ def generate(
 
 
 @main.command()
+@click.argument("model_dir", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option(
+    "--drafter",
+    "drafter_dir",
+    type=click.Path(path_type=str),
+    help="Drafter folder (default: MODEL_DIR/drafter).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["onnxruntime", "torch", "tensorrt"]),
+    help="Runtime to compile for [default: from OUT's suffix: .onnx, .pt2, .engine].",
+)
+@click.option(
+    "--beam-width", type=int, default=_BEAM.width, show_default=True, help="Beams drafted per step."
+)
+@click.option(
+    "--beam-length",
+    type=int,
+    default=_BEAM.length,
+    show_default=True,
+    help="Tokens per beam counting the root (5 drafts four).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    help="Weights and compute dtype [default: the checkpoint's].",
+)
+@click.option(
+    "--max-seq-len",
+    type=int,
+    help="Longest prompt + generation the artifact accepts "
+    "[default: the model's max_position_embeddings].",
+)
+@click.option(
+    "--autoregressive", is_flag=True, help="Compile the plain decoding baseline (no drafter)."
+)
+@click.option(
+    "--random-drafter",
+    is_flag=True,
+    help="Use a randomly initialised drafter (pipeline checks until one is trained).",
+)
+@click.option("--allow-pickle", is_flag=True, help="Allow a drafter model.pt pickle.")
+@click.option(
+    "--dump-passes",
+    type=click.Path(path_type=str),
+    help="Write the graph after each pass (.onnx and .txt) to this folder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@debug_option
+@handle_errors
+def convert(
+    model_dir: str,
+    out: str,
+    drafter_dir: str | None,
+    target: str | None,
+    beam_width: int,
+    beam_length: int,
+    dtype: str | None,
+    max_seq_len: int | None,
+    autoregressive: bool,
+    random_drafter: bool,
+    allow_pickle: bool,
+    dump_passes: str | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Compile MODEL_DIR (a Hugging Face causal LM) and its drafter into the artifact OUT.
+
+    The artifact runs the whole speculative step (verify, accept, update the cache, draft, build
+    the next tree) in one graph; `redcompile generate OUT` runs it.
+    """
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from redcompile.compiler import ConvertOptions
+    from redcompile.compiler import convert as run_convert
+
+    options = ConvertOptions(
+        target=target,
+        beam=BeamShape(beam_width, beam_length),
+        dtype=dtype,
+        max_seq_len=max_seq_len,
+        autoregressive=autoregressive,
+        random_drafter=random_drafter,
+        allow_pickle=allow_pickle,
+        dump_passes=Path(dump_passes) if dump_passes else None,
+    )
+    with tqdm(
+        total=9, desc="convert", unit="stage", file=sys.stderr, leave=False, disable=None
+    ) as bar:
+
+        def progress(stage: str) -> None:
+            bar.set_description(stage)
+            bar.update(1)
+
+        report = run_convert(model_dir, out, drafter_dir, options, progress)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    summary = report.to_json()
+    sizes = ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.1f} MB)" for f in summary["files"])
+    seconds = sum(summary["seconds"].values())
+    click.echo(
+        f"wrote {sizes}: {summary['mode']} W={summary['beam_width']} "
+        f"L={summary['beam_length']} {summary['dtype']} for {summary['target']} in "
+        f"{seconds:.1f}s"
+    )
+
+
+@main.command()
 @click.argument("out_dir", type=click.Path(path_type=str))
 @click.option("--seed", type=int, default=0, show_default=True)
 @debug_option

@@ -1,0 +1,282 @@
+"""`convert`: model folder (+ drafter) -> one artifact. Load, export, passes, package.
+
+Memory: weights are loaded once (in the artifact's dtype), exported straight to a temporary
+external-data file, and released before the passes run on the weight-free graph; the artifact is
+then written from that file one tensor at a time. Peak memory is about one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from redcompile import __version__
+from redcompile.artifact import FORMAT, FORMAT_VERSION, write_artifact
+from redcompile.config import BeamShape
+from redcompile.errors import InputError, TargetUnavailableError
+
+SUFFIX_TARGETS = {
+    ".onnx": "onnxruntime",
+    ".pt2": "torch",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+}
+DTYPE_NAMES = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+}
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything `redcompile convert` can set; defaults defined here once."""
+
+    target: str | None = None  # None: from OUT's suffix
+    beam: BeamShape = field(default_factory=BeamShape)
+    dtype: str | None = None  # None: the checkpoint's dtype
+    max_seq_len: int | None = None  # None: the model's max_position_embeddings
+    autoregressive: bool = False
+    random_drafter: bool = False
+    allow_pickle: bool = False
+    top_k: int = 50
+    dump_passes: Path | None = None
+
+
+@dataclass
+class ConvertReport:
+    """What convert produced and what it cost."""
+
+    out: Path
+    files: list[Path]
+    target: str
+    manifest: dict[str, Any]
+    stage_seconds: dict[str, float]
+    peak_rss_bytes: int
+    weight_bytes: int
+    passes: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's --json output."""
+        return {
+            "out": str(self.out),
+            "files": [{"path": str(p), "bytes": p.stat().st_size} for p in self.files],
+            "target": self.target,
+            "mode": self.manifest["mode"],
+            "beam_width": self.manifest["beam"]["width"],
+            "beam_length": self.manifest["beam"]["length"],
+            "dtype": self.manifest["dtype"],
+            "max_seq_len": self.manifest["max_seq_len"],
+            "weight_bytes": self.weight_bytes,
+            "seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "passes": self.passes,
+        }
+
+
+def resolve_target(out: Path, target: str | None) -> str:
+    """The target named by --target or by OUT's suffix; checks its runtime is installed."""
+    if target is None:
+        target = SUFFIX_TARGETS.get(out.suffix.lower())
+        if target is None:
+            raise InputError(
+                f"convert: cannot tell the target from '{out.name}'; use a .onnx, "
+                f".pt2 or .engine name, or pass --target"
+            )
+    if target == "onnxruntime":
+        _require("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu)")
+    elif target == "tensorrt":
+        _require("tensorrt", "install TensorRT: pip install 'redcompile[tensorrt]'")
+    elif target == "torch":
+        raise TargetUnavailableError(
+            "convert: the torch (.pt2) target needs the CUDA ops library of cuda/, which is "
+            "not built in this installation; use a .onnx output"
+        )
+    else:
+        raise InputError(f"convert: unknown target '{target}' (onnxruntime, torch, tensorrt)")
+    return target
+
+
+def _require(module: str, hint: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise TargetUnavailableError(
+            f"convert: this target needs {module}, which is not installed; {hint}"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    """Streaming sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of the files of a model or drafter folder that define it."""
+    names = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and (p.suffix in (".json", ".safetensors") or p.name == "model.pt")
+    )
+    return {name: sha256_file(folder / name) for name in names}
+
+
+def command_line(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, target: str) -> str:
+    """The convert command that reproduces this artifact (OUT written as <out>)."""
+    parts = ["redcompile", "convert", str(model_dir), "<out>", "--target", target]
+    if drafter_dir is not None:
+        parts += ["--drafter", str(drafter_dir)]
+    if o.autoregressive:
+        parts.append("--autoregressive")
+    else:
+        parts += ["--beam-width", str(o.beam.width), "--beam-length", str(o.beam.length)]
+    for flag, value in (("--dtype", o.dtype), ("--max-seq-len", o.max_seq_len)):
+        if value is not None:
+            parts += [flag, str(value)]
+    for flag, on in (("--random-drafter", o.random_drafter), ("--allow-pickle", o.allow_pickle)):
+        if on:
+            parts.append(flag)
+    return " ".join(parts)
+
+
+def convert(
+    model_dir: Path | str,
+    out: Path | str,
+    drafter_dir: Path | str | None = None,
+    options: ConvertOptions | None = None,
+    progress: Progress | None = None,
+) -> ConvertReport:
+    """Compile `model_dir` (+ drafter) into the artifact `out`; see the module docstring."""
+    from redcompile.models.loader import check_model_dir
+
+    o = options or ConvertOptions()
+    model_dir, out = Path(model_dir), Path(out)
+    drafter_path = Path(drafter_dir) if drafter_dir else None
+    target = resolve_target(out, o.target)  # before any work
+    if not o.autoregressive:
+        o.beam.validate()
+    dtype = DTYPE_NAMES.get(o.dtype) if o.dtype else None
+    if o.dtype and dtype is None:
+        raise InputError(f"--dtype must be fp32, fp16 or bf16, got {o.dtype!r}")
+    if o.max_seq_len is not None and o.max_seq_len < 2:
+        raise InputError(f"--max-seq-len must be at least 2, got {o.max_seq_len}")
+    if not out.parent.is_dir():
+        raise InputError(f"convert: output folder {out.parent} does not exist")
+    check_model_dir(model_dir)
+    say = progress or (lambda _msg: None)
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="redcompile-", dir=out.parent) as tmp:
+        workdir = Path(tmp)
+        start = time.perf_counter()
+        say("loading model and drafter")
+        step, codec, manifest = _load(model_dir, drafter_path, o, dtype)
+        manifest["target"] = target
+        times["load"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        say("exporting the step with torch.onnx.export")
+        exported = _export_to(workdir, step)
+        signature = step.signature
+        del step
+        gc.collect()
+        times["export"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        model, records = _run_passes(exported, workdir, signature, manifest, target, o, say)
+        times["passes"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        say(f"writing {out}")
+        manifest["sources"] = {"model": source_hashes(model_dir)}
+        if manifest["drafter"] is not None and not o.random_drafter:
+            manifest["sources"]["drafter"] = source_hashes(drafter_path or model_dir / "drafter")
+        manifest["command"] = command_line(model_dir, drafter_path, o, target)
+        manifest["passes"] = [{"name": r.name, "matches": r.matches} for r in records]
+        weights = sum(_weight_bytes(t, workdir) for t in model.graph.initializer)
+        files = write_artifact(model, manifest, codec.to_json(), out, weights_dir=workdir)
+        times["write"] = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return ConvertReport(
+        out, files, target, manifest, times, peak, weights, [r.to_dict() for r in records]
+    )
+
+
+def _weight_bytes(tensor: onnx.TensorProto, workdir: Path) -> int:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return int({e.key: e.value for e in tensor.external_data}["length"])
+    return len(tensor.raw_data) or tensor.ByteSize()
+
+
+def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: str | None):
+    """The step module, tokenizer and the manifest's model part."""
+    from redcompile.api import open_model_folder, stop_tokens_of
+
+    generator = open_model_folder(
+        model_dir,
+        drafter_dir=drafter_dir,
+        beam=o.beam,
+        autoregressive=o.autoregressive,
+        random_drafter=o.random_drafter,
+        allow_pickle=o.allow_pickle,
+        dtype=dtype,
+        max_seq_len=o.max_seq_len,
+    )
+    step = generator.backend.module
+    base_cfg = step.base.config
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "redcompile_version": __version__,
+        "mode": "autoregressive" if o.autoregressive else "redrafter",
+        "target": "onnxruntime",
+        "model": base_cfg.to_dict(),
+        "drafter": None
+        if step.drafter is None
+        else {**step.drafter.config.to_dict(), "random": o.random_drafter},
+        "beam": {"width": step.beam_width, "length": step.beam_length},
+        "top_k": step.top_k,
+        "max_seq_len": step.max_seq_len,
+        "dtype": base_cfg.dtype,
+        "stop_token_ids": list(stop_tokens_of(model_dir, base_cfg.eos_token_ids)),
+        "io": step.signature.to_dict(),
+    }
+    return step, generator.codec, manifest
+
+
+def _export_to(workdir: Path, step) -> Path:  # noqa: ANN001
+    """Export and save with every weight in workdir/step.onnx.data; returns the model path."""
+    from redcompile.export import export_program
+
+    program = export_program(step)
+    path = workdir / "step.onnx"
+    program.save(str(path), external_data=True)
+    del program
+    return path
+
+
+def _run_passes(path: Path, workdir: Path, signature, manifest, target, o, say):  # noqa: ANN001
+    from redcompile.passes.base import PassContext
+    from redcompile.passes.manager import PassManager
+    from redcompile.passes.pipelines import pipeline
+
+    model = onnx.load(str(path), load_external_data=False)
+    passes = pipeline(target, signature, manifest["dtype"])
+    manager = PassManager(passes, dump_dir=o.dump_passes, on_pass=lambda n: say(f"pass {n}"))
+    return manager.run(model, PassContext(target=target, weights_dir=workdir))
