@@ -4,10 +4,10 @@ Before:  Constant[2] ── Concat ── Constant[3]        After:  Constant[3]
          Constant[1] ──┘
 
 Why: rewrites leave constant subgraphs behind (shape arithmetic, casts of constants) and every
-node costs a kernel launch per step. The exporter already folds what torch.export produced, so on
-a fresh export this pass usually finds nothing; it keeps the pipeline's output folded whatever the
-earlier passes or exporter versions leave. Only default-domain nodes are evaluated (custom ops stay),
-and results larger than `max_elements` are left unfolded so that weights are never copied.
+node costs a kernel launch per step. The exporter already folds what torch.export produced, so
+on a fresh export this pass usually finds nothing; it keeps the pipeline's output folded whatever
+earlier passes or exporter versions leave. Only default-domain nodes are evaluated (custom ops
+stay), and results larger than `max_elements` are left unfolded so weights are never copied.
 """
 
 from __future__ import annotations
