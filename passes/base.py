@@ -85,6 +85,13 @@ class GraphPass(ABC):
         return PassError(f"{self.name}: {message}")
 
 
+def replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make `node` read `new` wherever it read `old` (graphsurgeon lists sync both ends)."""
+    for index, tensor in enumerate(node.inputs):
+        if tensor is old:
+            node.inputs[index] = new
+
+
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     """The node writing `tensor`, or None for graph inputs and constants."""
     return tensor.inputs[0] if tensor.inputs else None

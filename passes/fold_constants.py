@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 
-from redcompile.passes.base import GraphPass, Match, PassContext, constant_array
+from redcompile.passes.base import GraphPass, Match, PassContext, constant_array, replace_input
 
 OPSET = 23
 NEVER_FOLD = {
@@ -40,10 +40,13 @@ class FoldConstants(GraphPass):
 
     def match(self, graph: gs.Graph, ctx: PassContext) -> Iterator[Match]:
         """Default-domain nodes with only small constant inputs."""
+        outputs = {id(t) for t in graph.outputs}
         for node in graph.nodes:
             if node.domain not in (None, "", "ai.onnx") or node.op in NEVER_FOLD:
                 continue
-            if node.subgraphs():
+            if node.op == "Identity" and id(node.outputs[0]) in outputs:
+                continue  # how a folded graph output is written: already folded
+            if any(True for _ in node.subgraphs()):
                 continue
             inputs = [t for t in node.inputs if t.name != ""]
             if not all(isinstance(t, gs.Constant) for t in inputs):
@@ -67,7 +70,7 @@ class FoldConstants(GraphPass):
         for tensor, value in zip(list(node.outputs), results):
             folded = gs.Constant(f"{tensor.name}_folded", np.asarray(value))
             for consumer in list(tensor.outputs):
-                consumer.inputs[:] = [folded if t is tensor else t for t in consumer.inputs]
+                replace_input(consumer, tensor, folded)
             for i, out in enumerate(graph.outputs):
                 if out is tensor:  # a graph output stays a named tensor: feed it an Identity
                     graph.layer(op="Identity", inputs=[folded], outputs=[tensor])

@@ -44,6 +44,7 @@ class FuseTreeAttention(GraphPass):
 
     def match(self, graph: gs.Graph, ctx: PassContext) -> Iterator[Match]:
         """Attention nodes whose K, V and mask are two-part Concats (cache first)."""
+        graph_outputs = {id(t) for t in graph.outputs}
         for node in graph.nodes:
             if node.op != "Attention" or node.domain not in (None, "", "ai.onnx"):
                 continue
@@ -53,7 +54,7 @@ class FuseTreeAttention(GraphPass):
             if attr(node, "is_causal", 0) != 0 or attr(node, "softcap", 0.0) != 0.0:
                 ctx.reject(node, "uses is_causal or softcap, which TreeAttention does not take")
                 continue
-            if any(out.outputs for out in node.outputs[1:]):
+            if any(out.outputs or id(out) in graph_outputs for out in node.outputs[1:]):
                 ctx.reject(node, "its present or qk outputs are consumed")
                 continue
             q, k, v, mask = node.inputs
@@ -101,11 +102,10 @@ class FuseTreeAttention(GraphPass):
         )
 
     def verify(self, graph: gs.Graph, ctx: PassContext) -> None:
-        """No Attention may still read a concatenated cache."""
+        """Every fusable Attention was fused, and every TreeAttention has seven inputs."""
+        left = list(self.match(graph, PassContext()))
+        if left:
+            raise self.fail(f"{left[0].root.name} still attends over a concatenated cache")
         for node in graph.nodes:
-            if (
-                node.op == "Attention"
-                and len(node.inputs) >= 2
-                and _concat_parts(node.inputs[1], (2, -2))
-            ):
-                raise self.fail(f"{node.name} still attends over a concatenated cache")
+            if node.op == TREE_ATTENTION.onnx_name and len(node.inputs) != 7:
+                raise self.fail(f"{node.name} has {len(node.inputs)} inputs, not 7")

@@ -24,7 +24,14 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from redcompile.passes.base import GraphPass, Match, PassContext, constant_array, constant_digest
+from redcompile.passes.base import (
+    GraphPass,
+    Match,
+    PassContext,
+    constant_array,
+    constant_digest,
+    replace_input,
+)
 
 
 def _constants(graph: gs.Graph) -> list[gs.Constant]:
@@ -83,7 +90,7 @@ class ShareWeights(GraphPass):
         copy, original = match.bindings["copy"], match.bindings["original"]
         if match.bindings["kind"] == "duplicate":
             for node in list(copy.outputs):
-                node.inputs[:] = [original if t is copy else t for t in node.inputs]
+                replace_input(node, copy, original)
             return
         hidden, vocab = copy.shape
         for matmul in match.nodes:

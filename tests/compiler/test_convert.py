@@ -1,0 +1,156 @@
+"""`convert` end to end on tiny models: the artifact runs in stock ONNX Runtime, losslessly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from redcompile.api import open_generator, open_model_folder
+from redcompile.artifact import read_artifact
+from redcompile.cli import main
+from redcompile.compiler import ConvertOptions, convert
+from redcompile.config import BeamShape
+from redcompile.generation import GenerationConfig
+
+PROMPTS = [
+    [5, 17, 33],
+    [40, 2, 9, 61, 8, 30, 12],
+    [3],
+    [70, 71, 72, 73, 74],
+    [11, 12],
+    [90, 1, 2, 3, 4, 5, 6, 7, 8],
+    [20, 21],
+    [33, 34, 35],
+]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifacts")
+    spec = convert(
+        tiny_models["qwen3"],
+        out / "spec.onnx",
+        options=ConvertOptions(beam=BeamShape(3, 4), random_drafter=True),
+    )
+    ar = convert(tiny_models["qwen3"], out / "ar.onnx", options=ConvertOptions(autoregressive=True))
+    return {"spec": spec, "ar": ar, "model": tiny_models["qwen3"]}
+
+
+def ids(result):
+    return [c.token_ids for c in result.completions]
+
+
+def test_artifact_is_one_file_of_standard_ops_and_redcompile_ops_with_bodies(artifacts):
+    report = artifacts["spec"]
+    assert report.files == [report.out]
+    model = onnx.load(str(report.out))
+    domains = Counter(n.domain or "ai.onnx" for n in model.graph.node)
+    assert set(domains) == {"ai.onnx", "redcompile"}
+    bodies = {f.name for f in model.functions}
+    assert {n.op_type for n in model.graph.node if n.domain == "redcompile"} == bodies
+    assert bodies == {"TreeAttention", "DrafterBeamSearch", "BuildTree", "Accept", "KVCompaction"}
+    assert model.ir_version == 10 and {(o.domain, o.version) for o in model.opset_import} == {
+        ("", 23),
+        ("redcompile", 1),
+    }
+    manifest = read_artifact(report.out).manifest
+    assert manifest["beam"] == {"width": 3, "length": 4} and manifest["mode"] == "redrafter"
+    assert [p["name"] for p in manifest["passes"]][0] == "fuse-tree-attention"
+
+
+def test_stock_onnxruntime_runs_it_without_redcompile(artifacts):
+    code = f"""
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession({str(artifacts["spec"].out)!r}, providers=['CPUExecutionProvider'])
+feeds = {{}}
+for i in s.get_inputs():
+    dims = [{{'batch': 1, 'tokens': 2, 'cache': 8}}.get(d, d) for d in i.shape]
+    dtype = np.int64 if i.type == 'tensor(int64)' else np.float32
+    feeds[i.name] = np.zeros(dims, dtype)
+feeds['input_ids'][:] = [[5, 6]]; feeds['parent_ids'][:] = [[-1, 0]]; feeds['depths'][:] = [[0, 1]]
+feeds['num_tokens'][:] = 2; feeds['forced'][:] = 2
+out = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+assert 'redcompile' not in sys.modules
+print(int(out['num_new_tokens'][0]), int(out['next_cache_lengths'][0]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "2"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_greedy_artifact_equals_pytorch_and_autoregressive(artifacts, batch_size):
+    cfg = GenerationConfig(max_new_tokens=24, batch_size=batch_size, stop_token_ids=())
+    expected = ids(
+        open_model_folder(artifacts["model"], autoregressive=True).generate_ids(PROMPTS, cfg)
+    )
+    reference = open_model_folder(artifacts["model"], beam=BeamShape(3, 4), random_drafter=True)
+    assert ids(reference.generate_ids(PROMPTS, cfg)) == expected
+    assert ids(open_generator(artifacts["spec"].out).generate_ids(PROMPTS, cfg)) == expected
+    assert ids(open_generator(artifacts["ar"].out).generate_ids(PROMPTS, cfg)) == expected
+
+
+def test_new_prompts_join_rows_that_are_decoding(artifacts):
+    generator = open_generator(artifacts["spec"].out)
+    solo = [
+        ids(generator.generate_ids([p], GenerationConfig(max_new_tokens=20)))[0] for p in PROMPTS
+    ]
+    # 3 rows for 8 prompts, with a stop token: rows finish at different steps and each takes the
+    # next prompt as a prefill row beside rows that are mid-decoding.
+    stop = solo[0][9]
+    expected = [s[: s.index(stop)] if stop in s else s for s in solo]
+    cfg = GenerationConfig(max_new_tokens=20, batch_size=3, stop_token_ids=(stop,))
+    assert ids(generator.generate_ids(PROMPTS, cfg)) == expected
+    assert len({len(e) for e in expected}) > 1
+
+
+def test_sampling_artifact_matches_pytorch_for_the_same_seed(artifacts):
+    cfg = GenerationConfig(max_new_tokens=16, temperature=0.8, seed=3, batch_size=2)
+    torch_ids = ids(
+        open_model_folder(
+            artifacts["model"], beam=BeamShape(3, 4), random_drafter=True
+        ).generate_ids(PROMPTS[:4], cfg)
+    )
+    ort_ids = ids(open_generator(artifacts["spec"].out).generate_ids(PROMPTS[:4], cfg))
+    assert ort_ids == torch_ids
+
+
+def test_cli_convert_json_and_dump_passes(tiny_llama, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(
+        main,
+        [
+            "convert",
+            str(tiny_llama),
+            str(out),
+            "--random-drafter",
+            "--beam-width",
+            "2",
+            "--beam-length",
+            "3",
+            "--json",
+            "--dump-passes",
+            str(tmp_path / "dump"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["target"] == "onnxruntime" and report["files"][0]["path"] == str(out)
+    assert [p["name"] for p in report["passes"]] == [
+        "fuse-tree-attention",
+        "share-weights",
+        "fold-constants",
+        "attach-function-bodies",
+        "check-graph",
+    ]
+    assert report["passes"][0]["matches"] == 2  # one Attention per layer
+    assert (tmp_path / "dump" / "01_fuse-tree-attention.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "m.onnx"]  # no temp files
