@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from test_tree_building import BEAMS
 
 from redcompile.ops.acceptance import accept_reference
 from redcompile.ops.tree_building import build_tree_reference
+from test_tree_building import BEAMS
 
 V = 100
 
