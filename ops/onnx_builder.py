@@ -86,9 +86,20 @@ class FunctionBuilder:
         missing = set(self.op.output_names) - set(outputs)
         if missing:
             raise ValueError(f"{self.op.onnx_name} body leaves outputs {sorted(missing)} unbound")
-        nodes = list(self.nodes)
+        nodes = [_copy(n) for n in self.nodes]
+        produced = {out for n in nodes for out in n.output}
+        renamed: dict[str, str] = {}
         for name in self.op.output_names:
-            nodes.append(helper.make_node("Identity", [outputs[name]], [name]))
+            value = outputs[name]
+            # Write the output directly from its producing node; an Identity would make ONNX
+            # Runtime allocate (and copy into) a second buffer, e.g. a whole KV cache.
+            if value in produced and value not in renamed:
+                renamed[value] = name
+            else:
+                nodes.append(helper.make_node("Identity", [renamed.get(value, value)], [name]))
+        for node in nodes:
+            node.input[:] = [renamed.get(i, i) for i in node.input]
+            node.output[:] = [renamed.get(o, o) for o in node.output]
         return helper.make_function(
             DOMAIN,
             self.op.onnx_name,
@@ -99,6 +110,12 @@ class FunctionBuilder:
             attributes=list(self.op.attribute_names),
             doc_string=self.op.doc,
         )
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
 
 
 def spec_from_node(

@@ -74,7 +74,8 @@ def build_tree_attention_body(spec: BodySpec):  # noqa: ANN201
     neg_inf = b.const(float("-inf"), "float32")
 
     def scores(keys: str, mask: str) -> str:
-        keys_t = b.Unsqueeze(b.Transpose(keys, perm=[0, 1, 3, 2]), b.const([2]))
+        # Transpose directly feeding MatMul: ORT fuses the pair (FusedMatMul, transB).
+        keys_t = b.Transpose(b.Unsqueeze(keys, b.const([2])), perm=[0, 1, 2, 4, 3])
         raw = b.Cast(b.MatMul(q5, keys_t), to=1)  # [B, Hkv, G, T, S|T] float32
         return b.Where(b.Unsqueeze(mask, b.const([1])), raw, neg_inf)
 
