@@ -38,8 +38,10 @@ def feeds_for(session: ort.InferenceSession, manifest: dict, capacity: int) -> d
     t = 4
     feeds = {}
     for spec in session.get_inputs():
-        dims = [{"batch": BATCH, "tokens": t, "cache": capacity, "vocab": model["vocab_size"]}
-                .get(d, d) for d in spec.shape]
+        dims = [
+            {"batch": BATCH, "tokens": t, "cache": capacity, "vocab": model["vocab_size"]}.get(d, d)
+            for d in spec.shape
+        ]
         dtype = np.int64 if spec.type == "tensor(int64)" else np.float32
         feeds[spec.name] = np.zeros(dims, dtype)
     feeds["input_ids"][:] = 7
@@ -61,16 +63,21 @@ def scatter_seconds(profile_path: str) -> list[float]:
         if event.get("cat") == "Session" and event.get("name") == "model_run":
             runs.append(current)
             current = 0.0
-        elif event.get("cat") == "Node" and event.get("args", {}).get("op_name") == "ScatterND" \
-                and event["name"].endswith("_kernel_time"):
+        elif (
+            event.get("cat") == "Node"
+            and event.get("args", {}).get("op_name") == "ScatterND"
+            and event["name"].endswith("_kernel_time")
+        ):
             current += event["dur"] / 1e6
     return runs
 
 
 def bind(session: ort.InferenceSession, manifest: dict, capacity: int, in_place: bool):
     """An IO binding holding one capacity's buffers for the whole run (as the runtime does)."""
-    values = {k: ort.OrtValue.ortvalue_from_numpy(v)
-              for k, v in feeds_for(session, manifest, capacity).items()}
+    values = {
+        k: ort.OrtValue.ortvalue_from_numpy(v)
+        for k, v in feeds_for(session, manifest, capacity).items()
+    }
     binding = session.io_binding()
     for name, value in values.items():
         binding.bind_ortvalue_input(name, value)
@@ -125,12 +132,16 @@ def main() -> None:
     manifest = read_artifact(args.artifact).manifest
     record = {
         "what": "KV compaction (ScatterND) time and step time per decoding step vs cache "
-                "capacity, same 64 cached tokens and 4 step tokens per row, batch 4",
+        "capacity, same 64 cached tokens and 4 step tokens per row, batch 4",
         "device": f"CPU: {platform.processor() or platform.machine()}, {ort.get_device()}",
         "versions": {"onnxruntime": ort.__version__, "python": platform.python_version()},
         "command": f"python bench/kv_cache_scaling.py {args.artifact.name}",
-        "artifact": {"model": "pycode-lm", "mode": manifest["mode"], "beam": manifest["beam"],
-                     "dtype": manifest["dtype"]},
+        "artifact": {
+            "model": "pycode-lm",
+            "mode": manifest["mode"],
+            "beam": manifest["beam"],
+            "dtype": manifest["dtype"],
+        },
         "repeats": REPEATS,
         "in_place_io_binding": measure(args.artifact, in_place=True),
         "new_output_buffers": measure(args.artifact, in_place=False),

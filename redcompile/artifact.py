@@ -43,6 +43,7 @@ KEY_MANIFEST_SHA = "redcompile.manifest_sha256"
 KEY_TOKENIZER = "redcompile.tokenizer"
 KEY_COMPLETE = "redcompile.complete"
 INLINE_LIMIT = 1_800_000_000
+SMALL_TENSOR = 1024  # bytes; smaller tensors stay in the .onnx file even with external data
 
 
 @dataclass
@@ -185,13 +186,18 @@ def _write_external(
     with open(data_tmp, "wb") as data:
         for tensor in model.graph.initializer:
             raw = _tensor_bytes(tensor, weights_dir)
+            if len(raw) < SMALL_TENSOR:  # shapes and axes stay inline: shape inference reads them
+                header.graph.initializer.append(onnx.TensorProto(
+                    name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, raw_data=raw))
+                continue
             pad = (-offset) % 64  # keep tensors aligned for memory mapping
             data.write(b"\0" * pad)
             offset += pad
             data.write(raw)
-            ref = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-            onnx.external_data_helper.set_external_data(ref, data_name, offset, len(raw))
-            ref.data_location = onnx.TensorProto.EXTERNAL
+            ref = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
+                                   dims=tensor.dims, data_location=onnx.TensorProto.EXTERNAL)
+            for key, value in (("location", data_name), ("offset", offset), ("length", len(raw))):
+                ref.external_data.add(key=key, value=str(value))
             header.graph.initializer.append(ref)
             offset += len(raw)
             del raw
