@@ -160,7 +160,9 @@ def open_model_folder(
 def open_generator(source: Path | str, **options: Any) -> Generator:
     """Open a model folder or an artifact file (by suffix) as a Generator."""
     path = Path(source)
-    if path.is_dir() or not path.exists():
+    if not path.exists():
+        raise InputError(f"source: {path} does not exist (give a model folder or an artifact)")
+    if path.is_dir():
         return open_model_folder(path, **options)
     from redcompile.runtime.loading import open_artifact
 

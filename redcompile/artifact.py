@@ -187,15 +187,22 @@ def _write_external(
         for tensor in model.graph.initializer:
             raw = _tensor_bytes(tensor, weights_dir)
             if len(raw) < SMALL_TENSOR:  # shapes and axes stay inline: shape inference reads them
-                header.graph.initializer.append(onnx.TensorProto(
-                    name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, raw_data=raw))
+                header.graph.initializer.append(
+                    onnx.TensorProto(
+                        name=tensor.name, data_type=tensor.data_type, dims=tensor.dims, raw_data=raw
+                    )
+                )
                 continue
             pad = (-offset) % 64  # keep tensors aligned for memory mapping
             data.write(b"\0" * pad)
             offset += pad
             data.write(raw)
-            ref = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
-                                   dims=tensor.dims, data_location=onnx.TensorProto.EXTERNAL)
+            ref = onnx.TensorProto(
+                name=tensor.name,
+                data_type=tensor.data_type,
+                dims=tensor.dims,
+                data_location=onnx.TensorProto.EXTERNAL,
+            )
             for key, value in (("location", data_name), ("offset", offset), ("length", len(raw))):
                 ref.external_data.add(key=key, value=str(value))
             header.graph.initializer.append(ref)

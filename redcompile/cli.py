@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 import click
 
 from redcompile.config import BeamShape
-from redcompile.errors import RedcompileError
+from redcompile.errors import EXIT_BAD_INPUT, RedcompileError
 from redcompile.generation import GenerationConfig
 
 EXIT_INTERNAL = 3
@@ -64,11 +65,37 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _terminate(signum: int, _frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary files are removed on the way out."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class OneLineErrors(click.Group):
+    """Click group whose usage errors (bad option values, missing arguments) print one line."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - click's entry point
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "redcompile"
+            click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(
+    cls=OneLineErrors,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="redcompile")
 def main() -> None:
     """Compile a Hugging Face causal LM plus a ReDrafter draft head into one artifact that
     decodes speculatively inside ONNX Runtime, PyTorch or TensorRT."""
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 @main.command()
@@ -300,6 +327,84 @@ def convert(
         f"L={summary['beam_length']} {summary['dtype']} for {summary['target']} in "
         f"{seconds:.1f}s"
     )
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.argument("model_dir", type=click.Path(path_type=str))
+@click.option(
+    "--prompts-file",
+    type=click.Path(path_type=str),
+    help="JSONL prompts to decode (default: four built-in prompts).",
+)
+@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--atol", type=float, help="Absolute tolerance [default: 1e-4 fp32, 2e-2 fp16].")
+@click.option("--rtol", type=float, help="Relative tolerance [default: 1e-3 fp32, 2e-2 fp16].")
+@click.option(
+    "--drafter",
+    "drafter_dir",
+    type=click.Path(path_type=str),
+    help="Drafter folder the artifact was made with (default: MODEL_DIR/drafter).",
+)
+@click.option("--allow-pickle", is_flag=True, help="Allow a drafter model.pt pickle.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@debug_option
+@handle_errors
+def verify(
+    artifact: str,
+    model_dir: str,
+    prompts_file: str | None,
+    max_new_tokens: int,
+    atol: float | None,
+    rtol: float | None,
+    drafter_dir: str | None,
+    allow_pickle: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Check ARTIFACT against the PyTorch reference of MODEL_DIR.
+
+    Compares the source hashes, every output of the first step (per-output error statistics
+    with --atol/--rtol) and the generated tokens of the artifact, the reference and the
+    autoregressive baseline. Exit 0 when everything matches, 1 on any mismatch.
+    """
+    from redcompile.errors import CheckFailed, InputError
+    from redcompile.prompts import read_prompts_file
+    from redcompile.verification import verify as run_verify
+
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    for name, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and not value >= 0:
+            raise InputError(f"{name} must be >= 0, got {value}")
+    prompts = read_prompts_file(prompts_file) if prompts_file else None
+    report = run_verify(
+        artifact, model_dir, prompts, max_new_tokens, atol, rtol, drafter_dir, allow_pickle
+    )
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.passed:
+        raise CheckFailed(f"verify: {artifact} does not match {model_dir}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON description.")
+@debug_option
+@handle_errors
+def inspect(artifact: str, as_json: bool, debug: bool) -> None:
+    """Describe ARTIFACT: manifest, inputs and outputs, ops by domain, custom ops and their
+    function bodies, weight size, and the command that made it."""
+    from redcompile.inspection import describe_artifact, format_description
+
+    info = describe_artifact(artifact)
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(format_description(info))
 
 
 @main.command()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
+import re
 import resource
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -85,6 +88,37 @@ class ConvertReport:
             "peak_rss_bytes": self.peak_rss_bytes,
             "passes": self.passes,
         }
+
+
+TEMP_PREFIX = ".redcompile-tmp-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete scratch folders and partial files left in `folder` by killed converts."""
+    removed = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(rf"{re.escape(TEMP_PREFIX)}(\d+)-.*|\..+\.tmp-(\d+)", entry.name)
+        if not match:
+            continue
+        pid = int(match.group(1) or match.group(2))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def resolve_target(out: Path, target: str | None) -> str:
@@ -179,10 +213,15 @@ def convert(
         raise InputError(f"--max-seq-len must be at least 2, got {o.max_seq_len}")
     if not out.parent.is_dir():
         raise InputError(f"convert: output folder {out.parent} does not exist")
+    if out.is_dir():
+        raise InputError(f"convert: {out} is a folder; OUT must be a file name like model.onnx")
     check_model_dir(model_dir)
     say = progress or (lambda _msg: None)
     times: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="redcompile-", dir=out.parent) as tmp:
+    remove_stale_temporaries(out.parent)
+    # The scratch folder sits next to OUT: it holds a copy of the weights, so it needs the
+    # output's disk, not /tmp's. A killed convert leaves it behind; the next one removes it.
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=out.parent) as tmp:
         workdir = Path(tmp)
         start = time.perf_counter()
         say("loading model and drafter")

@@ -119,6 +119,10 @@ class StepBackend(ABC):
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """Run one step, feed outputs back; return (new_tokens [B, L], num_new_tokens [B])."""
 
+    @abstractmethod
+    def last_outputs(self) -> dict[str, np.ndarray]:
+        """Every output of the last step, on the host (for verification; copies everything)."""
+
 
 def cache_capacity(prompt_lengths: Sequence[int], max_new_tokens: int, backend: StepBackend) -> int:
     """Cache slots a batch needs: longest prompt + new tokens + one step's overshoot and writes."""
@@ -309,3 +313,22 @@ def _uniforms(
         if accept is not None:
             accept[row] = rngs[index].random(accept.shape[1:])
     return out
+
+
+def first_step_outputs(
+    backend: StepBackend, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> dict[str, np.ndarray]:
+    """Every output of the prefill step of `prompts` (one row each, greedy)."""
+    capacity = cache_capacity([len(p) for p in prompts], max_new_tokens, backend)
+    backend.reset(len(prompts), capacity)
+    rows = _Rows(backend)
+    rows.load()
+    for row, prompt in enumerate(prompts):
+        rows.admit(row, prompt)
+    rows.store()
+    idle: list[int | None] = [None] * len(prompts)
+    backend.write(
+        {"temperature": np.zeros(len(prompts), np.float32), **_uniforms(backend, idle, [], [])}
+    )
+    backend.step()
+    return backend.last_outputs()

@@ -86,7 +86,12 @@ class OrtBackend(StepBackend):
                 binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
+        self._last = outputs
         for out_name, in_name in self.signature.feedback.items():
             if out_name not in self.cache_outputs:
                 self.state[in_name] = outputs[out_name]
         return outputs["new_tokens"].numpy(), outputs["num_new_tokens"].numpy()
+
+    def last_outputs(self) -> dict[str, np.ndarray]:
+        """Host copies of every output of the last step (the cache as it is after the step)."""
+        return {name: value.numpy().copy() for name, value in self._last.items()}

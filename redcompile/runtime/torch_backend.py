@@ -58,6 +58,14 @@ class TorchBackend(StepBackend):
         with torch.inference_mode():
             outputs = self.module(*(self.state[n] for n in self.signature.input_names()))
         named = dict(zip(self.signature.output_names(), outputs))
+        self._last = named
         for out_name, in_name in self.signature.feedback.items():
             self.state[in_name] = named[out_name]
         return named["new_tokens"].cpu().numpy(), named["num_new_tokens"].cpu().numpy()
+
+    def last_outputs(self) -> dict[str, np.ndarray]:
+        """Host copies of every output of the last step."""
+        return {
+            name: t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+            for name, t in self._last.items()
+        }

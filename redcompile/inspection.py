@@ -1,0 +1,105 @@
+"""`inspect`: what an artifact holds, without running it.
+
+The JSON form (`describe_artifact`) is a stable contract documented in docs/cli.md: the keys
+below are always present, in this order, and new keys are only ever added.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from redcompile.artifact import read_artifact
+
+ELEMENT_TYPES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
+
+
+def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    tensor = value.type.tensor_type
+    dims = [d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in tensor.shape.dim]
+    return {"name": value.name, "dtype": ELEMENT_TYPES.get(tensor.elem_type, "?"), "shape": dims}
+
+
+def _weight_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return int({e.key: e.value for e in tensor.external_data}["length"])
+    return len(tensor.raw_data) or tensor.ByteSize()
+
+
+def describe_artifact(path: Path | str) -> dict[str, Any]:
+    """A JSON-ready description of an artifact (see docs/cli.md, `inspect --json`)."""
+    artifact = read_artifact(path)
+    model, manifest = artifact.model, artifact.manifest
+    domains = Counter(n.domain or "ai.onnx" for n in model.graph.node)
+    bodies = {(f.domain, f.name) for f in model.functions}
+    custom = Counter(n.op_type for n in model.graph.node if n.domain == "redcompile")
+    weights = list(model.graph.initializer)
+    external = [t for t in weights if t.data_location == onnx.TensorProto.EXTERNAL]
+    return {
+        "path": str(artifact.path),
+        "format_version": manifest["format_version"],
+        "redcompile_version": manifest["redcompile_version"],
+        "target": manifest["target"],
+        "mode": manifest["mode"],
+        "dtype": manifest["dtype"],
+        "beam": manifest["beam"],
+        "max_seq_len": manifest["max_seq_len"],
+        "top_k": manifest["top_k"],
+        "model": manifest["model"],
+        "drafter": manifest["drafter"],
+        "stop_token_ids": manifest["stop_token_ids"],
+        "inputs": [_value_info(v) for v in model.graph.input],
+        "outputs": [_value_info(v) for v in model.graph.output],
+        "ops_by_domain": dict(sorted(domains.items())),
+        "custom_ops": [
+            {
+                "op": f"redcompile::{name}",
+                "nodes": count,
+                "function_body": ("redcompile", name) in bodies,
+            }
+            for name, count in sorted(custom.items())
+        ],
+        "weights": {
+            "tensors": len(weights),
+            "bytes": sum(_weight_bytes(t) for t in weights),
+            "external_data_file": (artifact.path.name + ".data") if external else None,
+        },
+        "passes": manifest["passes"],
+        "sources": manifest["sources"],
+        "command": manifest["command"],
+    }
+
+
+def format_description(info: dict[str, Any]) -> str:
+    """The human-readable form of `describe_artifact`."""
+    lines = [
+        f"{info['path']}: redcompile artifact v{info['format_version']} "
+        f"(redcompile {info['redcompile_version']}), target {info['target']}",
+        f"  mode {info['mode']}, beam W={info['beam']['width']} L={info['beam']['length']}, "
+        f"dtype {info['dtype']}, max_seq_len {info['max_seq_len']}, top_k {info['top_k']}",
+        f"  model {info['model']['architecture']}: {info['model']['num_layers']} layers, hidden "
+        f"{info['model']['hidden_size']}, vocab {info['model']['vocab_size']}",
+    ]
+    if info["drafter"]:
+        d = info["drafter"]
+        lines.append(
+            f"  drafter: {d['num_draft_layers']} blocks, exit_dim {d['exit_dim']}, "
+            f"rnn {d['rnn']}{' (random)' if d.get('random') else ''}"
+        )
+    w = info["weights"]
+    where = f" in {w['external_data_file']}" if w["external_data_file"] else ""
+    lines.append(f"  weights: {w['tensors']} tensors, {w['bytes'] / 1e6:.1f} MB{where}")
+    lines.append("  ops: " + ", ".join(f"{d} {n}" for d, n in info["ops_by_domain"].items()))
+    for op in info["custom_ops"]:
+        body = "function body" if op["function_body"] else "NO function body"
+        lines.append(f"    {op['op']} x{op['nodes']} ({body})")
+    lines.append("  inputs:")
+    lines += [f"    {v['name']}: {v['dtype']} {v['shape']}" for v in info["inputs"]]
+    lines.append("  outputs:")
+    lines += [f"    {v['name']}: {v['dtype']} {v['shape']}" for v in info["outputs"]]
+    lines.append("  passes: " + ", ".join(f"{p['name']} ({p['matches']})" for p in info["passes"]))
+    lines.append(f"  made by: {info['command']}")
+    return "\n".join(lines)

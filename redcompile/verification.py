@@ -1,0 +1,238 @@
+"""`verify`: prove an artifact right against the model folder it was made from.
+
+Three checks, reported per item in the manner of Polygraphy:
+1. sources: the model (and drafter) files still hash to what the manifest recorded;
+2. first step: every output of the prefill step, artifact vs the PyTorch reference step; integer
+   outputs must be equal, float outputs within |a - b| <= atol + rtol * |b| elementwise;
+3. tokens: greedy generation from the artifact equals the PyTorch reference and the
+   autoregressive baseline, token for token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from redcompile.compiler import source_hashes
+from redcompile.config import BeamShape
+from redcompile.generation import GenerationConfig, first_step_outputs
+
+DEFAULT_PROMPTS = (
+    "def main():\n",
+    "import os\n\n",
+    "class Node:\n    def __init__(self",
+    "The quick brown fox",
+)
+TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (2e-2, 2e-2), "bfloat16": (6e-2, 6e-2)}
+
+
+@dataclass
+class OutputCheck:
+    """How one output of the first step compares (Polygraphy-style statistics)."""
+
+    name: str
+    passed: bool
+    exact: bool
+    elements: int
+    mismatches: int
+    max_abs: float = 0.0
+    mean_abs: float = 0.0
+    p99_abs: float = 0.0
+    max_rel: float = 0.0
+    worst_index: list[int] = field(default_factory=list)
+
+    def line(self, atol: float, rtol: float) -> str:
+        """One summary line."""
+        status = "PASSED" if self.passed else "FAILED"
+        if self.exact:
+            return f"{self.name:<28} exact      {self.mismatches}/{self.elements} differ  {status}"
+        return (
+            f"{self.name:<28} max abs {self.max_abs:.3g} at {tuple(self.worst_index)}, mean "
+            f"{self.mean_abs:.3g}, p99 {self.p99_abs:.3g}, max rel {self.max_rel:.3g}; "
+            f"{self.mismatches}/{self.elements} outside atol {atol:g} rtol {rtol:g}  {status}"
+        )
+
+
+def compare_output(
+    name: str, got: np.ndarray, want: np.ndarray, atol: float, rtol: float
+) -> OutputCheck:
+    """Elementwise comparison with error statistics."""
+    if got.shape != want.shape:
+        return OutputCheck(name, False, True, int(want.size), int(want.size))
+    if np.issubdtype(want.dtype, np.integer) or want.dtype == np.bool_:
+        bad = int((got != want).sum())
+        return OutputCheck(name, bad == 0, True, int(want.size), bad)
+    a, b = got.astype(np.float64), want.astype(np.float64)
+    diff = np.abs(a - b)
+    finite = np.isfinite(a) == np.isfinite(b)
+    diff = np.where(np.isfinite(diff), diff, np.where(a == b, 0.0, np.inf))
+    outside = (diff > atol + rtol * np.abs(b)) | ~finite
+    rel = diff / np.maximum(np.abs(b), 1e-12)
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
+    return OutputCheck(
+        name,
+        not outside.any(),
+        False,
+        int(diff.size),
+        int(outside.sum()),
+        max_abs=float(diff.max(initial=0.0)),
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        p99_abs=float(np.quantile(diff, 0.99)) if diff.size else 0.0,
+        max_rel=float(rel.max(initial=0.0)),
+        worst_index=[int(i) for i in worst],
+    )
+
+
+@dataclass
+class VerifyReport:
+    """All checks and the verdict."""
+
+    artifact: str
+    model_dir: str
+    atol: float
+    rtol: float
+    sources: dict[str, Any]
+    first_step: list[OutputCheck]
+    tokens: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        """Every check passed."""
+        return (
+            self.sources["match"]
+            and all(c.passed for c in self.first_step)
+            and all(t["identical"] == t["prompts"] for t in self.tokens.values())
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's --json output."""
+        return {
+            "passed": self.passed,
+            "artifact": self.artifact,
+            "model_dir": self.model_dir,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "sources": self.sources,
+            "first_step": [asdict(c) for c in self.first_step],
+            "tokens": self.tokens,
+        }
+
+    def lines(self) -> list[str]:
+        """The human-readable report."""
+        sources = (
+            "match the manifest"
+            if self.sources["match"]
+            else ("DIFFER: " + ", ".join(self.sources["differences"]))
+        )
+        out = [f"[I] sources: {sources}"]
+        out.append("[I] first step, artifact vs PyTorch reference:")
+        out += [f"[I]   {c.line(self.atol, self.rtol)}" for c in self.first_step]
+        for name, t in self.tokens.items():
+            status = "PASSED" if t["identical"] == t["prompts"] else "FAILED"
+            first = (
+                ""
+                if not t["first_difference"]
+                else (
+                    f", first difference: prompt {t['first_difference'][0]} token "
+                    f"{t['first_difference'][1]}"
+                )
+            )
+            out.append(
+                f"[I] tokens, {name}: {t['identical']}/{t['prompts']} prompts identical"
+                f"{first}  {status}"
+            )
+        verdict = "PASSED | All checks matched" if self.passed else "FAILED | Mismatches found"
+        out.append(f"[I] {verdict}")
+        return out
+
+
+def _token_check(got: list[list[int]], want: list[list[int]]) -> dict[str, Any]:
+    identical = sum(g == w for g, w in zip(got, want))
+    first = []
+    for prompt, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            index = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), min(len(g), len(w)))
+            first = [prompt, index]
+            break
+    return {"prompts": len(want), "identical": identical, "first_difference": first}
+
+
+def _sources_check(
+    manifest: dict[str, Any], model_dir: Path, drafter_dir: Path | None
+) -> dict[str, Any]:
+    recorded = manifest.get("sources", {})
+    differences = []
+    folders = {"model": model_dir}
+    if "drafter" in recorded and drafter_dir is not None:
+        folders["drafter"] = drafter_dir
+    for key, folder in folders.items():
+        now = source_hashes(folder)
+        for name, digest in recorded.get(key, {}).items():
+            if now.get(name) != digest:
+                differences.append(f"{key}/{name}")
+    return {"match": not differences, "differences": differences}
+
+
+def verify(
+    artifact_path: Path | str,
+    model_dir: Path | str,
+    prompts: list[str] | None = None,
+    max_new_tokens: int = 32,
+    atol: float | None = None,
+    rtol: float | None = None,
+    drafter_dir: Path | str | None = None,
+    allow_pickle: bool = False,
+) -> VerifyReport:
+    """Run the three checks of the module docstring."""
+    from redcompile.api import open_model_folder
+    from redcompile.runtime.loading import open_artifact
+
+    artifact = open_artifact(artifact_path)
+    manifest = artifact.backend.manifest
+    model_dir = Path(model_dir)
+    default_atol, default_rtol = TOLERANCES.get(manifest["dtype"], TOLERANCES["float32"])
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
+    random_drafter = bool(manifest["drafter"] and manifest["drafter"].get("random"))
+    drafter_path = (
+        Path(drafter_dir)
+        if drafter_dir
+        else (None if random_drafter or manifest["drafter"] is None else model_dir / "drafter")
+    )
+    common = dict(dtype=manifest["dtype"], max_seq_len=manifest["max_seq_len"])
+    reference = open_model_folder(
+        model_dir,
+        drafter_dir=drafter_path,
+        allow_pickle=allow_pickle,
+        beam=BeamShape(manifest["beam"]["width"], max(manifest["beam"]["length"], 2)),
+        autoregressive=manifest["mode"] == "autoregressive",
+        random_drafter=random_drafter,
+        **common,
+    )
+    baseline = open_model_folder(model_dir, autoregressive=True, **common)
+
+    ids = [artifact.codec.encode(p) for p in (prompts or list(DEFAULT_PROMPTS))]
+    got = first_step_outputs(artifact.backend, ids, max_new_tokens)
+    want = first_step_outputs(reference.backend, ids, max_new_tokens)
+    first = [compare_output(name, got[name], want[name], atol, rtol) for name in want]
+
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=len(ids))
+    produced = [c.token_ids for c in artifact.generate_ids(ids, cfg).completions]
+    expected = [c.token_ids for c in reference.generate_ids(ids, cfg).completions]
+    plain = [c.token_ids for c in baseline.generate_ids(ids, cfg).completions]
+    tokens = {
+        "artifact vs PyTorch reference": _token_check(produced, expected),
+        "artifact vs autoregressive": _token_check(produced, plain),
+    }
+    return VerifyReport(
+        str(artifact_path),
+        str(model_dir),
+        atol,
+        rtol,
+        _sources_check(manifest, model_dir, drafter_path),
+        first,
+        tokens,
+    )

@@ -1,0 +1,397 @@
+"""Trust: verify and inspect, atomic and reproducible artifacts, and a table of bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from redcompile.cli import main
+from redcompile.compiler import ConvertOptions, convert
+from redcompile.config import BeamShape
+
+INSPECT_KEYS = [
+    "path",
+    "format_version",
+    "redcompile_version",
+    "target",
+    "mode",
+    "dtype",
+    "beam",
+    "max_seq_len",
+    "top_k",
+    "model",
+    "drafter",
+    "stop_token_ids",
+    "inputs",
+    "outputs",
+    "ops_by_domain",
+    "custom_ops",
+    "weights",
+    "passes",
+    "sources",
+    "command",
+]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_llama, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trust")
+    out = folder / "good.onnx"
+    convert(tiny_llama, out, options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True))
+    return out
+
+
+def test_verify_passes_a_good_artifact(compiled, tiny_llama):
+    result = invoke("verify", compiled, tiny_llama, "--json", "--max-new-tokens", 12)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["sources"]["match"]
+    names = [c["name"] for c in report["first_step"]]
+    assert names[0] == "new_tokens" and "present.1.value" in names
+    assert all(t["identical"] == t["prompts"] == 4 for t in report["tokens"].values())
+
+
+def test_verify_catches_a_corrupted_weight(compiled, tiny_llama, tmp_path):
+    model = onnx.load(str(compiled))
+    # The first MLP up-projection ([hidden, intermediate] after export): layer 1's keys change.
+    weight = next(t for t in model.graph.initializer if list(t.dims) == [64, 96])
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values[0, :] += 0.5  # one row of one matrix
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    result = invoke("verify", broken, tiny_llama, "--max-new-tokens", 12)
+    assert result.exit_code == 1, result.output
+    assert "FAILED | Mismatches found" in result.stdout
+    assert "present.1" in "".join(line for line in result.stdout.splitlines() if "FAILED" in line)
+    assert result.stderr.strip().startswith("error: verify:")
+
+
+def test_verify_reports_changed_sources(compiled, tiny_llama, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_llama, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(config, indent=4))  # same model, other bytes
+    result = invoke("verify", compiled, copy, "--json", "--max-new-tokens", 4)
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["sources"]["differences"] == ["model/config.json"]
+
+
+def test_inspect_json_is_the_documented_contract(compiled):
+    result = invoke("inspect", compiled, "--json")
+    assert result.exit_code == 0
+    info = json.loads(result.stdout)
+    assert list(info) == INSPECT_KEYS
+    assert info["custom_ops"] == [
+        {"op": "redcompile::Accept", "nodes": 1, "function_body": True},
+        {"op": "redcompile::BuildTree", "nodes": 1, "function_body": True},
+        {"op": "redcompile::DrafterBeamSearch", "nodes": 1, "function_body": True},
+        {"op": "redcompile::KVCompaction", "nodes": 4, "function_body": True},
+        {"op": "redcompile::TreeAttention", "nodes": 2, "function_body": True},
+    ]
+    assert info["weights"]["external_data_file"] is None and info["weights"]["bytes"] > 0
+    assert info["command"].startswith("redcompile convert ")
+    assert {"name": "input_ids", "dtype": "int64", "shape": ["batch", "tokens"]} in info["inputs"]
+    assert invoke("inspect", compiled).stdout == invoke("inspect", compiled).stdout
+
+
+def test_converting_twice_gives_identical_bytes(tiny_llama, tmp_path):
+    options = ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)
+    a = convert(tiny_llama, tmp_path / "a.onnx", options=options).out
+    b = convert(tiny_llama, tmp_path / "b.onnx", options=options).out
+    assert a.read_bytes() == b.read_bytes()
+
+
+def convert_process(model, out):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "redcompile.cli",
+            "convert",
+            str(model),
+            str(out),
+            "--random-drafter",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for_scratch(folder, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if any(p.name.startswith(".redcompile-tmp-") for p in folder.iterdir()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_killed_convert_leaves_nothing_at_out_and_the_next_one_cleans_up(tiny_llama, tmp_path):
+    out = tmp_path / "m.onnx"
+    process = convert_process(tiny_llama, out)
+    assert wait_for_scratch(tmp_path, process)
+    time.sleep(1.0)  # inside loading or export
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+    assert (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "redcompile.cli",
+                "convert",
+                str(tiny_llama),
+                str(out),
+                "--random-drafter",
+            ],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_terminated_convert_removes_its_temporaries(tiny_llama, tmp_path):
+    out = tmp_path / "m.onnx"
+    process = convert_process(tiny_llama, out)
+    assert wait_for_scratch(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and b"Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_pass_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
+    from redcompile.passes.share_weights import ShareWeights
+
+    def explode(self, graph, ctx):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(ShareWeights, "match", explode)
+    with pytest.raises(RuntimeError, match="injected"):
+        convert(tiny_llama, tmp_path / "m.onnx", options=ConvertOptions(random_drafter=True))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs through the CLI: one line, exit code 2, no traceback, no output file.
+
+
+def _artifact_variant(kind):
+    def make(good, tmp):
+        path = tmp / f"{kind}.onnx"
+        if kind == "truncated":
+            data = good.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        elif kind == "cut at the end":
+            data = good.read_bytes()
+            path.write_bytes(data[:-30])
+        elif kind == "not onnx":
+            path.write_text("this is not a model\n")
+        elif kind == "plain onnx":
+            model = onnx.load(str(good))
+            del model.metadata_props[:]
+            onnx.save(model, str(path))
+        else:
+            model = onnx.load(str(good))
+            props = {p.key: p for p in model.metadata_props}
+            if kind == "future version":
+                props["redcompile.format_version"].value = "99"
+            elif kind == "tampered manifest":
+                manifest = json.loads(props["redcompile.manifest"].value)
+                manifest["beam"]["width"] = 64
+                props["redcompile.manifest"].value = json.dumps(manifest)
+            elif kind == "missing data file":
+                onnx.save(
+                    model,
+                    str(path),
+                    save_as_external_data=True,
+                    location=path.name + ".data",
+                    size_threshold=1024,
+                )
+                (tmp / (path.name + ".data")).unlink()
+                return path
+            onnx.save(model, str(path))
+        return path
+
+    return make
+
+
+def _prompts(text):
+    def make(good, tmp):
+        path = tmp / "p.jsonl"
+        path.write_text(text)
+        return path
+
+    return make
+
+
+A = _artifact_variant
+TABLE = [
+    # (name, command builder(good, tmp, model) -> args, expected words)
+    (
+        "artifact missing",
+        lambda g, t, m: ["generate", t / "nope.onnx", "--prompt", "x"],
+        "does not exist",
+    ),
+    (
+        "artifact truncated",
+        lambda g, t, m: ["generate", A("truncated")(g, t), "--prompt", "x"],
+        "artifact:",
+    ),
+    (
+        "artifact cut at the end",
+        lambda g, t, m: ["inspect", A("cut at the end")(g, t)],
+        "truncated",
+    ),
+    ("not an onnx file", lambda g, t, m: ["inspect", A("not onnx")(g, t)], "not an ONNX file"),
+    (
+        "onnx without magic",
+        lambda g, t, m: ["inspect", A("plain onnx")(g, t)],
+        "not a redcompile artifact",
+    ),
+    (
+        "unknown format version",
+        lambda g, t, m: ["generate", A("future version")(g, t), "--prompt", "x"],
+        "format version 99",
+    ),
+    ("tampered manifest", lambda g, t, m: ["verify", A("tampered manifest")(g, t), m], "checksum"),
+    ("missing external data", lambda g, t, m: ["inspect", A("missing data file")(g, t)], "missing"),
+    (
+        "prompt longer than the artifact allows",
+        lambda g, t, m: ["generate", g, "--prompt", "y" * 600],
+        "maximum sequence length 512",
+    ),
+    (
+        "beam shape differs from the artifact",
+        lambda g, t, m: ["generate", g, "--prompt", "x", "--beam-width", "4"],
+        "compiled with",
+    ),
+    (
+        "drafter given for an artifact",
+        lambda g, t, m: ["generate", g, "--prompt", "x", "--drafter", m],
+        "applies to model folders",
+    ),
+    (
+        "prompts file missing",
+        lambda g, t, m: ["generate", g, "--prompts-file", t / "no.jsonl"],
+        "not found",
+    ),
+    (
+        "prompts file bad json",
+        lambda g, t, m: [
+            "generate",
+            g,
+            "--prompts-file",
+            _prompts('{"prompt": "a"}\n{oops\n')(g, t),
+        ],
+        "line 2 is not valid JSON",
+    ),
+    (
+        "prompts file without prompt field",
+        lambda g, t, m: ["generate", g, "--prompts-file", _prompts('{"text": "a"}\n')(g, t)],
+        "'prompt' field",
+    ),
+    (
+        "prompts file empty",
+        lambda g, t, m: ["generate", g, "--prompts-file", _prompts("\n")(g, t)],
+        "holds no prompts",
+    ),
+    (
+        "verify: model folder missing",
+        lambda g, t, m: ["verify", g, t / "no-model"],
+        "does not exist",
+    ),
+    ("verify: negative tolerance", lambda g, t, m: ["verify", g, m, "--atol", "-1"], "--atol"),
+    (
+        "convert: model folder missing",
+        lambda g, t, m: ["convert", t / "nope", t / "out.onnx"],
+        "does not exist",
+    ),
+    (
+        "convert: unknown suffix",
+        lambda g, t, m: ["convert", m, t / "out.bin", "--random-drafter"],
+        "cannot tell the target",
+    ),
+    (
+        "convert: output folder missing",
+        lambda g, t, m: ["convert", m, t / "no" / "out.onnx", "--random-drafter"],
+        "does not exist",
+    ),
+    (
+        "convert: output is a folder",
+        lambda g, t, m: ["convert", m, t, "--random-drafter", "--target", "onnxruntime"],
+        "folder",
+    ),
+    (
+        "convert: bad dtype",
+        lambda g, t, m: ["convert", m, t / "out.onnx", "--dtype", "fp8"],
+        "--dtype",
+    ),
+    (
+        "convert: beam width 0",
+        lambda g, t, m: ["convert", m, t / "out.onnx", "--random-drafter", "--beam-width", "0"],
+        "--beam-width",
+    ),
+    (
+        "convert: beam length too long",
+        lambda g, t, m: ["convert", m, t / "out.onnx", "--random-drafter", "--beam-length", "12"],
+        "--beam-length",
+    ),
+    (
+        "convert: max-seq-len too small",
+        lambda g, t, m: ["convert", m, t / "out.onnx", "--random-drafter", "--max-seq-len", "1"],
+        "--max-seq-len",
+    ),
+    (
+        "convert: torch target unavailable",
+        lambda g, t, m: ["convert", m, t / "out.pt2", "--random-drafter"],
+        "torch (.pt2) target",
+    ),
+    ("convert: no drafter", lambda g, t, m: ["convert", m, t / "out.onnx"], "no drafter at"),
+    ("convert: missing argument", lambda g, t, m: ["convert", m], "Missing argument"),
+    (
+        "unknown option",
+        lambda g, t, m: ["generate", g, "--prompt", "x", "--beams", "3"],
+        "No such option",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,build,words", TABLE, ids=[row[0] for row in TABLE])
+def test_bad_inputs_get_one_line_and_exit_code_2(
+    compiled, tiny_llama, tmp_path, name, build, words
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    args = build(compiled, work, tiny_llama)
+    before = set(os.listdir(work))
+    result = invoke(*args)
+    assert result.exit_code == 2, f"{name}: {result.output}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert words in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    created = set(os.listdir(work)) - before
+    assert not {p for p in created if p.startswith("out") or ".tmp-" in p or "redcompile" in p}
+
+
+def test_the_table_is_long_enough():
+    assert len(TABLE) >= 20
+    assert np.unique([row[0] for row in TABLE]).size == len(TABLE)
