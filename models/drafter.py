@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from redcompile.ops import DRAFTER_BEAM_SEARCH, call
-from redcompile.ops.drafter_beam_search import drafter_logits, drafter_state
+from redcompile.ops.drafter_beam_search import drafter_features, drafter_state
 
 
 @dataclass(frozen=True)
@@ -121,22 +122,27 @@ class Drafter(nn.Module):
         rnn_u_w, rnn_u_b = (self.rnn_u.weight, self.rnn_u.bias) if self.rnn_u else (None, None)
         return drafter_state(previous, token_embedding, self.rnn_w, rnn_u_w, rnn_u_b)
 
-    def logits(self, hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits from context and state (shared with the beam search)."""
+    def features(self, hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Features before the vocabulary projection, from context and state ([..., E])."""
         proj_w, proj_b = (
             (self.input_proj.weight, self.input_proj.bias) if self.input_proj else (None, None)
         )
-        return drafter_logits(hidden, state, proj_w, proj_b, self.res_w, self.res_b, self.vocab_w)
+        return drafter_features(hidden, state, proj_w, proj_b, self.res_w, self.res_b)
 
-    def teacher_forced_logits(
+    def logits(self, hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits from context and state (the beam search computes the same)."""
+        return F.linear(self.features(hidden, state), self.vocab_w)
+
+    def teacher_forced_features(
         self, hidden: torch.Tensor, token_embeddings: torch.Tensor, depth: int
     ) -> list[torch.Tensor]:
         """Training form (Apple's train/model.py): every position in parallel.
 
         hidden [B, T, H] is the base model's final-normed output at position t (the one that
-        produced token t+1); token_embeddings [B, T, H] holds E[x_t]. Returns `depth` logits
-        [B, T, V]; entry i predicts token t + i + 2 from the state that consumed x_{t+1..t+i+1}.
-        Positions whose targets run past T (the roll wraps around) must be masked by the caller.
+        produced token t+1); token_embeddings [B, T, H] holds E[x_t]. Returns `depth` feature
+        tensors [B, T, E]; entry i predicts token t + i + 2 from the state that consumed
+        x_{t+1..t+i+1}. Positions whose targets run past T (the roll wraps around) must be
+        masked by the caller.
         """
         state = torch.zeros_like(hidden)
         embeddings = token_embeddings
@@ -144,5 +150,12 @@ class Drafter(nn.Module):
         for _ in range(depth):
             embeddings = torch.roll(embeddings, shifts=-1, dims=1)
             state = self.state(state, embeddings)
-            out.append(self.logits(hidden, state))
+            out.append(self.features(hidden, state))
         return out
+
+    def teacher_forced_logits(
+        self, hidden: torch.Tensor, token_embeddings: torch.Tensor, depth: int
+    ) -> list[torch.Tensor]:
+        """`teacher_forced_features` projected to the vocabulary ([B, T, V] each)."""
+        features = self.teacher_forced_features(hidden, token_embeddings, depth)
+        return [F.linear(f, self.vocab_w) for f in features]

@@ -30,7 +30,8 @@ from redcompile.ops import TREE_ATTENTION, call
 # "op": the redcompile TreeAttention op (reference on CPU, CUDA kernel on GPU).
 # "sdpa": one standard attention over concat(cache, new), what the ONNX exporter turns into the
 # standard Attention node that the fuse-tree-attention pass then replaces. Both are exact.
-ATTENTION_IMPLS = ("op", "sdpa")
+# "causal": whole sequences without a cache, for training.
+ATTENTION_IMPLS = ("op", "sdpa", "causal")
 
 
 class RMSNorm(nn.Module):
@@ -91,7 +92,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q.transpose(1, 2), cos, sin)
         k = apply_rotary(k.transpose(1, 2), cos, sin)
-        if impl == "sdpa":
+        if impl == "causal":  # whole sequences, no cache (training)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=self.scale, enable_gqa=True
+            )
+        elif impl == "sdpa":
             s = past_k.shape[2]
             mask = torch.cat([past_mask.expand(b, 1, t, s), tree_mask], dim=-1)
             y = F.scaled_dot_product_attention(
@@ -191,6 +196,16 @@ class Decoder(nn.Module):
             new_kv.append((k, v))
         hidden = self.model.norm(x)
         return self.lm_head(hidden), hidden, new_kv
+
+    def causal_hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states [B, T, H] of whole sequences, no cache (for training)."""
+        b, t = input_ids.shape
+        positions = torch.arange(t, device=input_ids.device).expand(b, t)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(positions, self.inv_freq, self.rope_scale, x.dtype)
+        for layer in self.model.layers:
+            x, _, _ = layer(x, cos, sin, None, None, None, None, "causal")
+        return self.model.norm(x)
 
     def empty_cache(
         self, batch_size: int, capacity: int

@@ -14,6 +14,7 @@ documents it for runtimes that load the artifact without redcompile.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,8 @@ from torch import nn
 
 from redcompile.models.drafter import Drafter
 from redcompile.models.llama import Decoder
-from redcompile.ops import ACCEPT, BUILD_TREE, KV_COMPACTION, call
-from redcompile.ops.tree_building import ancestor_mask, lifting_steps
+from redcompile.ops import ACCEPT, ANCESTOR_MASK, BUILD_TREE, KV_COMPACTION, call
+from redcompile.ops.tree_building import lifting_steps
 
 INT64, FLOAT32 = "int64", "float32"
 
@@ -132,6 +133,17 @@ def step_signature(num_layers: int, beam_width: int, beam_length: int) -> StepSi
     return StepSignature(tuple(inputs), tuple(outputs), feedback)
 
 
+def section(name: str) -> contextlib.AbstractContextManager:
+    """A named profiler range for `bench`'s step split (nothing while exporting)."""
+    if (
+        torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    ):
+        return contextlib.nullcontext()
+    return torch.profiler.record_function(f"redcompile.{name}")
+
+
 class SpeculativeStep(nn.Module):
     """One ReDrafter (or autoregressive) step over a batch of packed rows; see module doc."""
 
@@ -169,42 +181,49 @@ class SpeculativeStep(nn.Module):
         input_ids, num_tokens, forced = named["input_ids"], named["num_tokens"], named["forced"]
         cache_lengths = named["cache_lengths"]
 
-        tree_mask = ancestor_mask(named["parent_ids"], named["depths"], self.lifting_steps)
-        positions = cache_lengths.unsqueeze(1) + named["depths"]
-        logits, hidden, new_kv = self.base(input_ids, positions, tree_mask, cache_lengths, past)
-
-        keep_idx, keep_len, last_idx, new_tokens, num_new = call(
-            ACCEPT,
-            logits,
-            input_ids,
-            num_tokens,
-            forced,
-            named["temperature"],
-            named["sample_uniforms"],
-            named.get("beam_paths"),
-            named.get("draft_logprobs"),
-            named.get("accept_uniforms"),
-            self.top_k,
-        )
+        with section("tree"):
+            tree_mask = call(
+                ANCESTOR_MASK, named["parent_ids"], named["depths"], self.lifting_steps
+            )
+            positions = cache_lengths.unsqueeze(1) + named["depths"]
+        with section("base"):
+            logits, hidden, new_kv = self.base(input_ids, positions, tree_mask, cache_lengths, past)
+        with section("acceptance"):
+            keep_idx, keep_len, last_idx, new_tokens, num_new = call(
+                ACCEPT,
+                logits,
+                input_ids,
+                num_tokens,
+                forced,
+                named["temperature"],
+                named["sample_uniforms"],
+                named.get("beam_paths"),
+                named.get("draft_logprobs"),
+                named.get("accept_uniforms"),
+                self.top_k,
+            )
         present = []
-        for (past_k, past_v), (k, v) in zip(past, new_kv):
-            present.append(call(KV_COMPACTION, past_k, k, cache_lengths, keep_idx, keep_len))
-            present.append(call(KV_COMPACTION, past_v, v, cache_lengths, keep_idx, keep_len))
+        with section("kv"):
+            for (past_k, past_v), (k, v) in zip(past, new_kv):
+                present.append(call(KV_COMPACTION, past_k, k, cache_lengths, keep_idx, keep_len))
+                present.append(call(KV_COMPACTION, past_v, v, cache_lengths, keep_idx, keep_len))
 
         b = input_ids.shape[0]
         next_token = torch.gather(new_tokens, 1, (num_new - 1).clamp(min=0).unsqueeze(1))
         active = num_new > 0
         if self.speculative:
             h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
-            beams, draft_logprobs = self.drafter.beam_search(
-                h.squeeze(1),
-                next_token.squeeze(1),
-                self.base.embedding,
-                self.beam_width,
-                self.beam_length,
-                self.top_k,
-            )
-            tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
+            with section("drafting"):
+                beams, draft_logprobs = self.drafter.beam_search(
+                    h.squeeze(1),
+                    next_token.squeeze(1),
+                    self.base.embedding,
+                    self.beam_width,
+                    self.beam_length,
+                    self.top_k,
+                )
+            with section("tree"):
+                tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
             tree_outputs = (paths, draft_logprobs)
         else:
             tokens = next_token

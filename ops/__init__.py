@@ -12,9 +12,16 @@ from redcompile.ops.drafter_beam_search import DRAFTER_BEAM_SEARCH
 from redcompile.ops.kv_compaction import KV_COMPACTION
 from redcompile.ops.opdef import DOMAIN, DOMAIN_VERSION, OpDef, call, register_torch_op
 from redcompile.ops.tree_attention import TREE_ATTENTION
-from redcompile.ops.tree_building import BUILD_TREE
+from redcompile.ops.tree_building import ANCESTOR_MASK, BUILD_TREE
 
-OPS: tuple[OpDef, ...] = (TREE_ATTENTION, DRAFTER_BEAM_SEARCH, BUILD_TREE, ACCEPT, KV_COMPACTION)
+OPS: tuple[OpDef, ...] = (
+    TREE_ATTENTION,
+    DRAFTER_BEAM_SEARCH,
+    BUILD_TREE,
+    ANCESTOR_MASK,
+    ACCEPT,
+    KV_COMPACTION,
+)
 OPS_BY_ONNX_NAME: dict[str, OpDef] = {op.onnx_name: op for op in OPS}
 
 for _op in OPS:
@@ -22,6 +29,7 @@ for _op in OPS:
 
 __all__ = [
     "ACCEPT",
+    "ANCESTOR_MASK",
     "BUILD_TREE",
     "DOMAIN",
     "DOMAIN_VERSION",

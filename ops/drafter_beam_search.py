@@ -44,6 +44,24 @@ def drafter_state(
     return F.silu(F.linear(token_embedding, rnn_w) + F.linear(state, rnn_u_w, rnn_u_b))
 
 
+def drafter_features(
+    hidden: torch.Tensor,
+    state: torch.Tensor,
+    input_proj_w: torch.Tensor | None,
+    input_proj_b: torch.Tensor | None,
+    res_w: torch.Tensor,
+    res_b: torch.Tensor,
+) -> torch.Tensor:
+    """The drafter's features before the vocabulary projection ([..., E]): [h, s] (h first),
+    optional input projection, then the residual SiLU blocks."""
+    x = torch.cat([hidden, state], dim=-1)
+    if input_proj_w is not None:
+        x = F.linear(x, input_proj_w, input_proj_b)
+    for i in range(res_w.shape[0]):
+        x = x + F.silu(F.linear(x, res_w[i], res_b[i]))
+    return x
+
+
 def drafter_logits(
     hidden: torch.Tensor,
     state: torch.Tensor,
@@ -54,12 +72,9 @@ def drafter_logits(
     vocab_w: torch.Tensor,
 ) -> torch.Tensor:
     """Drafter vocabulary logits from the context `hidden` and the recurrent `state` ([..., V])."""
-    x = torch.cat([hidden, state], dim=-1)
-    if input_proj_w is not None:
-        x = F.linear(x, input_proj_w, input_proj_b)
-    for i in range(res_w.shape[0]):
-        x = x + F.silu(F.linear(x, res_w[i], res_b[i]))
-    return F.linear(x, vocab_w)
+    return F.linear(
+        drafter_features(hidden, state, input_proj_w, input_proj_b, res_w, res_b), vocab_w
+    )
 
 
 def warp_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:

@@ -98,6 +98,50 @@ def ancestor_mask(parents: torch.Tensor, depths: torch.Tensor, steps: int) -> to
     return (climb >= 0) & (node == index.unsqueeze(1))
 
 
+def ancestor_mask_fake(parents, depths, steps):  # noqa: ANN001, ANN201
+    """[B, T, T] bool."""
+    b, t = parents.shape
+    return parents.new_empty((b, t, t), dtype=torch.bool)
+
+
+def build_ancestor_mask_body(spec: BodySpec):  # noqa: ANN201
+    """Binary lifting unrolled `steps` times (GatherElements, Div, Mod, Where)."""
+    b = FunctionBuilder(ANCESTOR_MASK, spec)
+    parents, depths = b.input("parents"), b.input("depths")
+    t = b.dim(parents, 1)
+    index = b.Add(
+        b.Mul(parents, b.const(0)), b.Range(b.const(0), b.Squeeze(t, b.const([0])), b.const(1))
+    )  # [B, T]
+    up = b.Where(b.Less(parents, b.const(0)), index, parents)
+    climb = b.Sub(b.Unsqueeze(depths, b.const([2])), b.Unsqueeze(depths, b.const([1])))
+    square = b.Shape(climb)
+    flat = b.Concat(b.dim(parents, 0), b.const([-1]), axis=0)
+    node = b.Expand(b.Unsqueeze(index, b.const([2])), square)
+    for bit in range(int(spec.attributes["steps"])):
+        take = b.Equal(b.Mod(b.Div(climb, b.const(2**bit)), b.const(2)), b.const(1))
+        jumped = b.Reshape(b.GatherElements(up, b.Reshape(node, flat), axis=1), square)
+        node = b.Where(take, jumped, node)
+        up = b.GatherElements(up, up, axis=1)
+    own = b.Equal(node, b.Unsqueeze(index, b.const([1])))
+    return b.build({"mask": b.And(b.GreaterOrEqual(climb, b.const(0)), own)})
+
+
+ANCESTOR_MASK = OpDef(
+    name="ancestor_mask",
+    onnx_name="AncestorMask",
+    schema="(Tensor parents, Tensor depths, int steps) -> Tensor",
+    reference=ancestor_mask,
+    fake=ancestor_mask_fake,
+    build_body=build_ancestor_mask_body,
+    input_names=("parents", "depths"),
+    output_names=("mask",),
+    attribute_names=("steps",),
+    cuda_kernel="redcompile_ancestor_mask",
+    doc="mask[b, i, j] = packed token j is token i or one of its ancestors ([B, T, T] bool), "
+    "from parents and depths of any packed forest whose parents precede their children.",
+)
+
+
 def build_build_tree_body(spec: BodySpec):  # noqa: ANN201
     """Prefix dedup and packing in standard ops (Equal, CumSum, ArgMax, ScatterElements)."""
     b = FunctionBuilder(BUILD_TREE, spec)

@@ -98,6 +98,7 @@ def test_inspect_json_is_the_documented_contract(compiled):
     assert list(info) == INSPECT_KEYS
     assert info["custom_ops"] == [
         {"op": "redcompile::Accept", "nodes": 1, "function_body": True},
+        {"op": "redcompile::AncestorMask", "nodes": 1, "function_body": True},
         {"op": "redcompile::BuildTree", "nodes": 1, "function_body": True},
         {"op": "redcompile::DrafterBeamSearch", "nodes": 1, "function_body": True},
         {"op": "redcompile::KVCompaction", "nodes": 4, "function_body": True},

@@ -54,7 +54,14 @@ def test_artifact_is_one_file_of_standard_ops_and_redcompile_ops_with_bodies(art
     assert set(domains) == {"ai.onnx", "redcompile"}
     bodies = {f.name for f in model.functions}
     assert {n.op_type for n in model.graph.node if n.domain == "redcompile"} == bodies
-    assert bodies == {"TreeAttention", "DrafterBeamSearch", "BuildTree", "Accept", "KVCompaction"}
+    assert bodies == {
+        "TreeAttention",
+        "DrafterBeamSearch",
+        "BuildTree",
+        "AncestorMask",
+        "Accept",
+        "KVCompaction",
+    }
     assert model.ir_version == 10 and {(o.domain, o.version) for o in model.opset_import} == {
         ("", 23),
         ("redcompile", 1),

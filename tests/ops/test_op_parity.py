@@ -13,6 +13,7 @@ import torch
 
 from redcompile.ops import (
     ACCEPT,
+    ANCESTOR_MASK,
     BUILD_TREE,
     DRAFTER_BEAM_SEARCH,
     KV_COMPACTION,
@@ -71,6 +72,16 @@ def build_tree_samples():
         yield [beams], {}
 
 
+def ancestor_mask_samples():
+    g = torch.Generator().manual_seed(4)
+    beams = torch.randint(0, 3, (3, 4, 4), generator=g)
+    beams[:, :, 0] = 1
+    _, parents, depths, _, _ = build_tree_reference(beams)
+    yield [parents, depths], {"steps": 4}
+    chain = torch.arange(-1, 37).unsqueeze(0)  # a prompt chain of 38 tokens
+    yield [chain, torch.arange(38).unsqueeze(0)], {"steps": 6}
+
+
 def accept_samples():
     g = torch.Generator().manual_seed(2)
     beams = torch.randint(0, 3, (4, 3, 4), generator=g)
@@ -114,6 +125,7 @@ SAMPLES = {
     TREE_ATTENTION: tree_attention_samples,
     DRAFTER_BEAM_SEARCH: beam_search_samples,
     BUILD_TREE: build_tree_samples,
+    ANCESTOR_MASK: ancestor_mask_samples,
     ACCEPT: accept_samples,
     KV_COMPACTION: kv_compaction_samples,
 }
