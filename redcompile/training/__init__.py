@@ -1,0 +1,1 @@
+"""Drafter training: data (data.py) and the training loop (trainer.py)."""

@@ -1,0 +1,457 @@
+"""`train-drafter`: Apple's recipe for the ReDrafter head, plus self-distillation.
+
+The base model is frozen; the drafter reads its final-normed hidden state at position t and is
+trained, teacher-forced, to predict tokens t+2 ... t+T (T-1 = `beam_length_train` - 1 drafted
+positions; token t+1 is the base model's own choice) with cross-entropy, equal weights per
+position (reference/redrafter.md §7). AdamW, linear warm-up then cosine decay. Matrix products
+run in bfloat16 autocast (fp32 master weights), as Apple's recipe does.
+
+Runs unchanged under `torchrun` (DistributedDataParallel; NCCL on GPUs, gloo on CPU): every rank
+takes its slice of each global batch, so N processes compute what one process computes.
+Deterministic for a seed; resumable from `OUT/checkpoint/`.
+
+Self-distillation (`self_distill`) trains on what greedy decoding will show the drafter: labels
+are the base model's greedy tokens, and a (position, depth) is scored only when the drafter's
+input tokens are themselves greedy tokens. Half of each batch is the base model's own greedy
+continuations of corpus prefixes (generated once, `distill_examples` of them), half is corpus
+windows whose greedy stretches are scored (no generation cost, no repetition of examples).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from redcompile.errors import InputError
+from redcompile.models.drafter import Drafter, DrafterConfig
+from redcompile.training.data import (
+    Examples,
+    distilled_examples,
+    plain_examples,
+    prefixes,
+    read_corpus,
+    token_stream,
+)
+
+CHECKPOINT = "checkpoint"
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of `train-drafter`; defaults are defined once, here."""
+
+    steps: int = 1800
+    batch_size: int = 16
+    seq_len: int = 160
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    layers: int = 2
+    rnn: bool = True
+    beam_length_train: int = 5  # counts the root like --beam-length: 5 trains 4 drafted tokens
+    self_distill: bool = False
+    prefix_len: int = 32
+    distill_examples: int = 2048
+    window_fraction: float = 0.5  # with self_distill: share of each batch from corpus windows
+    eval_examples: int = 64
+    eval_every: int = 300
+    save_every: int = 300
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = True
+
+    def validate(self) -> None:
+        """One clear line for values no run can use."""
+        checks = [
+            (self.steps >= 1, "--steps must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.layers >= 0, "--layers must be >= 0"),
+            (self.beam_length_train >= 2, "--beam-length-train must be at least 2"),
+            (self.seq_len > self.beam_length_train + 1, "--seq-len is too short"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.device in ("cpu", "cuda"), "--device must be cpu or cuda"),
+            (
+                not self.self_distill or self.prefix_len < self.seq_len,
+                "--seq-len must exceed the distillation prefix",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available")
+
+
+@dataclass
+class TrainReport:
+    """What a run did: data, time, losses, held-out accuracy per drafted position."""
+
+    out_dir: str
+    examples: int
+    eval_examples: int
+    target_tokens: int
+    distill_seconds: float
+    train_seconds: float
+    steps: int
+    world_size: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The --json output."""
+        return asdict(self)
+
+
+class DrafterObjective(nn.Module):
+    """The training loss around the drafter (what DistributedDataParallel wraps).
+
+    forward(hidden [B, T, H], embeddings [B, T, H], labels [B, T], scored [B, depth, T] bool)
+        -> (mean cross-entropy, correct [depth], counted [depth])
+    Position t at depth i (the drafter having consumed tokens t+1 .. t+i+1) is scored against
+    labels[t + i + 2] where scored[:, i, t] is set.
+    """
+
+    def __init__(self, drafter: Drafter, depth: int) -> None:
+        super().__init__()
+        self.drafter, self.depth = drafter, depth
+
+    def forward(self, hidden, embeddings, labels, scored):  # noqa: ANN001, ANN201
+        """Loss over every scored (position, depth)."""
+        t = labels.shape[1]
+        features = self.drafter.teacher_forced_features(hidden, embeddings, self.depth)
+        losses, correct, counted = [], [], []
+        for i, feats in enumerate(features):
+            shift = i + 2
+            mask = scored[:, i, : t - shift]
+            selected = feats[:, : t - shift][mask]  # only scored positions are projected
+            target = labels[:, shift:][mask]
+            logits = F.linear(selected, self.drafter.vocab_w).float()
+            losses.append(F.cross_entropy(logits, target, reduction="sum"))
+            correct.append((logits.argmax(-1) == target).sum())
+            counted.append(target.new_tensor(target.numel()))
+        total = torch.stack(counted).sum().clamp(min=1)
+        return torch.stack(losses).sum() / total, torch.stack(correct), torch.stack(counted)
+
+
+def supervision(
+    base,
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    hidden: torch.Tensor,
+    depth: int,
+    greedy_labels: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels [B, T], scored [B, depth, T]) for a batch.
+
+    Ground truth (Apple's recipe): labels are the tokens, position t at depth i is scored when
+    token t+i+2 is a target. Greedy (self-distillation): labels are the base model's greedy
+    choices given the prefix, and position t at depth i is scored only when the drafter's
+    inputs t+1 .. t+i+1 are themselves the base model's greedy choices, which is the only
+    situation greedy decoding ever shows the drafter.
+    """
+    b, t = tokens.shape
+    scored = torch.zeros(b, depth, t, dtype=torch.bool, device=tokens.device)
+    if not greedy_labels:
+        for i in range(depth):
+            scored[:, i, : t - i - 2] = targets[:, i + 2 :]
+        return tokens, scored
+    greedy = torch.full_like(tokens, -1)
+    greedy[:, 1:] = base.lm_head(hidden[:, :-1]).argmax(-1)
+    on_path = (tokens == greedy) & targets
+    run = torch.ones(b, t, dtype=torch.bool, device=tokens.device)  # inputs t+1..t+i+1 on path
+    for i in range(depth):
+        run[:, : t - i - 1] &= on_path[:, i + 1 :]
+        scored[:, i, : t - i - 2] = run[:, : t - i - 2] & targets[:, i + 2 :]
+    return greedy, scored
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = (
+            "nccl"
+            if torch.cuda.is_available() and os.environ.get("REDCOMPILE_DEVICE", "cpu") == "cuda"
+            else "gloo"
+        )
+        dist.init_process_group(backend=backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _lr_factor(step: int, total: int, warmup_ratio: float) -> float:
+    warmup = max(1, int(total * warmup_ratio))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class TrainingData:
+    """Training sources and the held-out set.
+
+    `continuations`: prefix + greedy continuation (self-distillation), or None;
+    `windows`: corpus windows (ground-truth labels, or greedy labels when self-distilling);
+    `held_out`: greedy continuations when self-distilling (the distribution greedy decoding
+    shows the drafter), else corpus windows.
+    """
+
+    continuations: Examples | None
+    windows: Examples | None
+    held_out: Examples
+    distill_seconds: float
+
+
+def build_examples(
+    base, codec, data: list[Path], cfg: TrainConfig, rank: int, world: int, log: Log
+) -> TrainingData:
+    """The training data of the module docstring (identical on every rank)."""
+    eos = (base.config.eos_token_ids or (0,))[0]
+    stream = token_stream(read_corpus(data), codec.encode, eos)
+    rng = np.random.default_rng(cfg.seed)
+    windows = plain_examples(stream, cfg.seq_len)
+    windows = windows.subset(torch.from_numpy(rng.permutation(len(windows))))
+    if not cfg.self_distill:
+        if len(windows) <= cfg.eval_examples:
+            raise InputError(
+                f"--data gives {len(windows)} windows of {cfg.seq_len} tokens; "
+                f"more than the {cfg.eval_examples} held out are needed"
+            )
+        held = windows.subset(range(cfg.eval_examples))
+        return TrainingData(None, windows.subset(range(cfg.eval_examples, len(windows))), held, 0.0)
+    start = time.perf_counter()
+    count = cfg.distill_examples + cfg.eval_examples
+    prompts = prefixes(stream, count, cfg.prefix_len, rng)
+    mine = list(range(rank, count, world))
+    log(
+        f"self-distillation: greedy continuations of {count} prefixes "
+        f"({cfg.seq_len - cfg.prefix_len} tokens each)"
+    )
+    continuations = _greedy(base, [prompts[i] for i in mine], cfg.seq_len - cfg.prefix_len, eos)
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, list(zip(mine, continuations)))
+        by_index = dict(pair for part in gathered for pair in part)
+        continuations = [by_index[i] for i in range(count)]
+    generated = distilled_examples(prompts, continuations, cfg.seq_len, eos)
+    # The held-out prompts come first, so they do not depend on --distill-examples.
+    held = generated.subset(range(cfg.eval_examples))
+    train = generated.subset(range(cfg.eval_examples, count)) if cfg.distill_examples else None
+    use_windows = cfg.window_fraction > 0 or train is None
+    return TrainingData(train, windows if use_windows else None, held, time.perf_counter() - start)
+
+
+def _greedy(base, prompts: list[list[int]], new_tokens: int, eos: int) -> list[list[int]]:
+    """The base model's greedy continuations (the PyTorch reference step, batched)."""
+    from redcompile.generation import GenerationConfig, generate_ids
+    from redcompile.models.step import SpeculativeStep
+    from redcompile.runtime.torch_backend import TorchBackend
+
+    if not prompts:
+        return []
+    backend = TorchBackend(SpeculativeStep(base, None, 1, 1, max(2048, 4 * new_tokens)))
+    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=64, stop_token_ids=(eos,))
+    return [c.token_ids for c in generate_ids(backend, prompts, cfg).completions]
+
+
+def _batch_sources(data: TrainingData, cfg: TrainConfig) -> list[tuple[Examples, int]]:
+    """(examples, rows per global batch) for each source that feeds the batches."""
+    if data.continuations is None:
+        return [(data.windows, cfg.batch_size)]
+    if data.windows is None:
+        return [(data.continuations, cfg.batch_size)]
+    from_windows = round(cfg.batch_size * cfg.window_fraction)
+    return [(data.continuations, cfg.batch_size - from_windows), (data.windows, from_windows)]
+
+
+def _batch(
+    sources: list[tuple[Examples, int]], step: int, cfg: TrainConfig, rank: int, world: int
+) -> Examples:
+    """This rank's share of global batch `step`: each source walks its own seeded epochs."""
+    tokens, targets = [], []
+    for number, (examples, rows) in enumerate(sources):
+        if rows == 0:
+            continue
+        epoch, offset = divmod(step * rows, len(examples))
+        order = np.random.default_rng([cfg.seed, number, epoch]).permutation(len(examples))
+        index = [int(order[(offset + j) % len(examples)]) for j in range(rows)]
+        part = examples.subset(index)
+        tokens.append(part.tokens)
+        targets.append(part.targets)
+    batch = Examples(torch.cat(tokens), torch.cat(targets))
+    per_rank = cfg.batch_size // world
+    return batch.subset(range(rank * per_rank, (rank + 1) * per_rank))
+
+
+def _save_checkpoint(
+    path: Path, drafter: Drafter, optimizer, scheduler, step: int, cfg: TrainConfig
+) -> None:
+    from redcompile.models.drafter_io import save_drafter
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_drafter(drafter, tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+        tmp / "trainer_state.pt",
+    )
+    (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def _evaluate(
+    objective: DrafterObjective, base, examples: Examples, cfg: TrainConfig, autocast
+) -> dict[str, Any]:  # noqa: ANN001
+    correct = torch.zeros(objective.depth, dtype=torch.long)
+    counted = torch.zeros(objective.depth, dtype=torch.long)
+    loss_sum = 0.0
+    with torch.no_grad(), autocast():
+        for start in range(0, len(examples), cfg.batch_size):
+            batch = examples.subset(range(start, min(start + cfg.batch_size, len(examples))))
+            tokens, targets = batch.tokens.to(cfg.device), batch.targets.to(cfg.device)
+            hidden = base.causal_hidden_states(tokens)
+            labels, scored = supervision(
+                base, tokens, targets, hidden, objective.depth, cfg.self_distill
+            )
+            loss, c, n = objective(hidden, base.embedding[tokens], labels, scored)
+            correct += c.cpu()
+            counted += n.cpu()
+            loss_sum += float(loss) * int(n.sum())
+    accuracy = (correct.float() / counted.clamp(min=1).float()).tolist()
+    return {
+        "loss": loss_sum / max(1, int(counted.sum())),
+        "top1_by_position": [round(a, 4) for a in accuracy],
+    }
+
+
+def train_drafter(
+    model_dir: Path | str,
+    data: list[Path | str],
+    out_dir: Path | str,
+    cfg: TrainConfig | None = None,
+    resume: bool = False,
+    log: Log | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainReport:
+    """Train a drafter for `model_dir` on `data`; writes Apple's folder format to `out_dir`."""
+    from redcompile.models.drafter_io import load_drafter, save_drafter
+    from redcompile.models.loader import load_decoder
+    from redcompile.tokenizer import TextCodec
+
+    cfg = cfg or TrainConfig()
+    cfg.validate()
+    log = log or (lambda _msg: None)
+    rank, world = _distributed()
+    if cfg.batch_size % world:
+        raise InputError(
+            f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes"
+        )
+    torch.manual_seed(cfg.seed)
+    out = Path(out_dir)
+    base = load_decoder(model_dir, dtype="float32").to(cfg.device)
+    base.requires_grad_(False)
+    codec = TextCodec.from_file(Path(model_dir) / "tokenizer.json")
+    data_sets = build_examples(base, codec, [Path(p) for p in data], cfg, rank, world, log)
+    held_out = data_sets.held_out
+    sources = _batch_sources(data_sets, cfg)
+
+    drafter_cfg = DrafterConfig(
+        base.config.hidden_size,
+        base.config.vocab_size,
+        2 * base.config.hidden_size,
+        cfg.layers,
+        cfg.rnn,
+    )
+    checkpoint = out / CHECKPOINT
+    if resume and checkpoint.is_dir():
+        drafter = load_drafter(checkpoint, base.config).float()
+    else:
+        torch.manual_seed(cfg.seed)
+        drafter = Drafter(drafter_cfg)
+    drafter = drafter.to(cfg.device).train()
+    objective = DrafterObjective(drafter, cfg.beam_length_train - 1)
+    model = objective
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(objective)
+    optimizer = torch.optim.AdamW(drafter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, cfg.steps, cfg.warmup_ratio)
+    )
+    first_step = 0
+    if resume and (checkpoint / "trainer_state.pt").is_file():
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        first_step = int(state["step"])
+        log(f"resuming at step {first_step}")
+
+    def autocast():  # noqa: ANN202
+        return torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    report = TrainReport(
+        str(out),
+        sum(len(e) for e, _ in sources),
+        len(held_out),
+        sum(int(e.targets.sum()) for e, _ in sources),
+        round(data_sets.distill_seconds, 2),
+        0.0,
+        cfg.steps,
+        world,
+    )
+    start = time.perf_counter()
+    for step in range(first_step, cfg.steps):
+        batch = _batch(sources, step, cfg, rank, world)
+        tokens, targets = batch.tokens.to(cfg.device), batch.targets.to(cfg.device)
+        with torch.no_grad(), autocast():
+            hidden = base.causal_hidden_states(tokens)
+            embeddings = base.embedding[tokens]
+            labels, scored = supervision(
+                base, tokens, targets, hidden, objective.depth, cfg.self_distill
+            )
+        with autocast():
+            loss, _, _ = model(hidden, embeddings, labels, scored)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if on_step is not None:
+            on_step(step + 1, value)
+        if (step + 1) % 20 == 0 or step + 1 == cfg.steps:
+            report.losses.append((step + 1, round(value, 4)))
+        last = step + 1 == cfg.steps
+        if rank == 0 and (last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
+            drafter.eval()
+            result = _evaluate(objective, base, held_out, cfg, autocast)
+            drafter.train()
+            report.evals.append({"step": step + 1, **result})
+            log(f"step {step + 1}: held-out top-1 by drafted position {result['top1_by_position']}")
+        if rank == 0 and not last and cfg.save_every and (step + 1) % cfg.save_every == 0:
+            _save_checkpoint(checkpoint, drafter, optimizer, scheduler, step + 1, cfg)
+    report.train_seconds = round(time.perf_counter() - start, 2)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_drafter(drafter.float().eval(), out)
+        (out / "training_report.json").write_text(json.dumps(report.to_json(), indent=2))
+    if world > 1:
+        dist.barrier()
+    return report

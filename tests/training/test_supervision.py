@@ -1,0 +1,56 @@
+"""Which (position, depth) pairs are scored, and against which label."""
+
+from __future__ import annotations
+
+import torch
+
+from redcompile.training.trainer import supervision
+
+
+class GreedyBase:
+    """A base model whose greedy choice for position p is `choices[p]` (p >= 1)."""
+
+    def __init__(self, choices: list[int], vocab: int = 10) -> None:
+        self.choices, self.vocab = choices, vocab
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        t = hidden.shape[1]
+        logits = torch.zeros(1, t, self.vocab)
+        for p in range(t):  # hidden[p] predicts position p + 1
+            logits[0, p, self.choices[p + 1]] = 1.0
+        return logits
+
+
+def test_ground_truth_scores_every_target_at_every_depth():
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    targets = torch.tensor([[False, False, True, True, True, True]])
+    labels, scored = supervision(None, tokens, targets, torch.zeros(1, 6, 4), 2, False)
+    assert torch.equal(labels, tokens)
+    # depth 0: t scored when token t+2 is a target; depth 1: token t+3.
+    assert scored[0, 0].tolist() == [True, True, True, True, False, False]
+    assert scored[0, 1].tolist() == [True, True, True, False, False, False]
+
+
+def test_greedy_labels_score_only_inputs_on_the_greedy_path():
+    tokens = torch.tensor([[1, 2, 3, 9, 5, 6, 7, 8]])
+    #            greedy:      -  2  3  4  5  6  7  8   (the text leaves the path at position 3)
+    base = GreedyBase([0, 2, 3, 4, 5, 6, 7, 8])
+    targets = torch.ones(1, 8, dtype=torch.bool)
+    labels, scored = supervision(base, tokens, targets, torch.zeros(1, 8, 4), 3, True)
+    assert labels[0, 1:].tolist() == [2, 3, 4, 5, 6, 7, 8]
+    # depth 0 at t needs token t+1 on the path (and a label at t+2 inside the sequence).
+    assert scored[0, 0].tolist() == [True, True, False, True, True, True, False, False]
+    # depth 1 at t needs tokens t+1 and t+2 on the path.
+    assert scored[0, 1].tolist() == [True, False, False, True, True, False, False, False]
+    # depth 2 at t needs t+1..t+3: only t = 3 (tokens 5, 6, 7), scored against label 8.
+    assert scored[0, 2].tolist() == [False, False, False, True, False, False, False, False]
+    assert labels[0, 3 + 2 + 2].item() == 8
+
+
+def test_greedy_labels_respect_the_target_mask():
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    base = GreedyBase([0, 2, 3, 4, 5, 6])
+    targets = torch.tensor([[False, False, False, True, True, True]])  # a prefix, then output
+    _, scored = supervision(base, tokens, targets, torch.zeros(1, 6, 4), 1, True)
+    # inputs must be targets (on the generated path) and so must the label position
+    assert scored[0, 0].tolist() == [False, False, True, True, False, False]
