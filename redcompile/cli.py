@@ -407,6 +407,306 @@ def inspect(artifact: str, as_json: bool, debug: bool) -> None:
         click.echo(format_description(info))
 
 
+def _train_defaults():  # noqa: ANN202
+    from redcompile.training.trainer import TrainConfig
+
+    return TrainConfig()
+
+
+@main.command("train-drafter")
+@click.argument("model_dir", type=click.Path(path_type=str))
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=str),
+    help="Text file, JSONL file (a 'text' field per line) or folder; repeatable.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=str),
+    help="Folder for the drafter (Apple's format: config.json + model.safetensors).",
+)
+@click.option("--steps", type=int, default=_train_defaults().steps, show_default=True)
+@click.option(
+    "--self-distill",
+    is_flag=True,
+    help="Train on the base model's own greedy continuations of corpus prefixes.",
+)
+@click.option(
+    "--beam-length-train",
+    type=int,
+    default=_train_defaults().beam_length_train,
+    show_default=True,
+    help="Longest beam length trained for, counting the root (5 supervises four drafted tokens).",
+)
+@click.option(
+    "--layers",
+    type=int,
+    default=_train_defaults().layers,
+    show_default=True,
+    help="Residual blocks of the drafter.",
+)
+@click.option("--batch-size", type=int, default=_train_defaults().batch_size, show_default=True)
+@click.option("--seq-len", type=int, default=_train_defaults().seq_len, show_default=True)
+@click.option("--lr", type=float, default=_train_defaults().lr, show_default=True)
+@click.option(
+    "--distill-examples",
+    type=int,
+    default=_train_defaults().distill_examples,
+    show_default=True,
+    help="Continuations generated for --self-distill.",
+)
+@click.option("--eval-every", type=int, default=_train_defaults().eval_every, show_default=True)
+@click.option(
+    "--save-every",
+    type=int,
+    default=_train_defaults().save_every,
+    show_default=True,
+    help="Steps between resumable checkpoints in OUT/checkpoint (0: none).",
+)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--no-bf16", is_flag=True, help="Train in float32 instead of bfloat16 autocast.")
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+@debug_option
+@handle_errors
+def train_drafter(
+    model_dir: str,
+    data: tuple[str, ...],
+    out_dir: str,
+    steps: int,
+    self_distill: bool,
+    beam_length_train: int,
+    layers: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    distill_examples: int,
+    eval_every: int,
+    save_every: int,
+    resume: bool,
+    seed: int,
+    device: str,
+    no_bf16: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Train a ReDrafter head for MODEL_DIR (frozen) on --data.
+
+    Apple's recipe: T future tokens per position, cross-entropy, AdamW with warm-up and cosine
+    decay; --self-distill trains on the base model's greedy continuations instead of the text.
+    Runs unchanged under torchrun (DistributedDataParallel).
+    """
+    import os
+
+    from tqdm import tqdm
+
+    from redcompile.training.trainer import TrainConfig
+    from redcompile.training.trainer import train_drafter as run_training
+
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=lr,
+        layers=layers,
+        beam_length_train=beam_length_train,
+        self_distill=self_distill,
+        distill_examples=distill_examples,
+        eval_every=eval_every,
+        save_every=save_every,
+        seed=seed,
+        device=device,
+        bf16=not no_bf16,
+    )
+    os.environ.setdefault("REDCOMPILE_DEVICE", device)
+    leader = int(os.environ.get("RANK", "0")) == 0
+    with tqdm(
+        total=steps,
+        desc="train-drafter",
+        unit="step",
+        file=sys.stderr,
+        disable=None if leader else True,
+    ) as bar:
+
+        def on_step(step: int, loss: float) -> None:
+            bar.n = step
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(0)
+
+        def log(message: str) -> None:
+            if leader:
+                bar.write(message, file=sys.stderr)
+
+        report = run_training(
+            model_dir, list(data), out_dir, cfg, resume=resume, log=log, on_step=on_step
+        )
+    if not leader:
+        return
+    if as_json:
+        emit_json(report.to_json())
+        return
+    final = report.evals[-1]["top1_by_position"] if report.evals else []
+    click.echo(
+        f"wrote {out_dir}: {report.steps} steps in {report.train_seconds:.0f}s on "
+        f"{report.world_size} process(es); held-out top-1 by drafted position {final}"
+    )
+
+
+def _int_list(_ctx: Any, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """Parse '1,4,8' into (1, 4, 8) for list options."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not numbers:
+        raise click.BadParameter("expected at least one integer")
+    return numbers
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=str))
+@click.option(
+    "--prompts-file",
+    required=True,
+    type=click.Path(path_type=str),
+    help="JSONL prompts (a 'prompt' field per line).",
+)
+@click.option(
+    "--batch-size",
+    "batch_sizes",
+    default="1",
+    callback=_int_list,
+    show_default=True,
+    help="Comma-separated batch sizes, e.g. 1,4,8.",
+)
+@click.option(
+    "--beam-width",
+    "widths",
+    default=str(_BEAM.width),
+    callback=_int_list,
+    show_default=True,
+    help="Comma-separated beam widths (model folders).",
+)
+@click.option(
+    "--beam-length",
+    "lengths",
+    default=str(_BEAM.length),
+    callback=_int_list,
+    show_default=True,
+    help="Comma-separated beam lengths, counting the root.",
+)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option(
+    "--repeats",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Timed rounds after the warm-up round; medians are reported.",
+)
+@click.option("--limit", type=int, help="Use only the first N prompts.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnxruntime", "torch"]),
+    default="onnxruntime",
+    show_default=True,
+    help="Runtime for model folders (artifacts: ONNX Runtime).",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=str),
+    help="Autoregressive artifact to compare an artifact SOURCE against.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=str),
+    help="Where converted artifacts are kept (and reused) for --runtime onnxruntime.",
+)
+@click.option(
+    "--drafter",
+    "drafter_dir",
+    type=click.Path(path_type=str),
+    help="Drafter folder (model folders; default SOURCE/drafter).",
+)
+@click.option("--random-drafter", is_flag=True, help="Use a randomly initialised drafter.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=str),
+    help="Write the full JSON record to this file.",
+)
+@click.option(
+    "--plot",
+    "plot_out",
+    type=click.Path(path_type=str),
+    help="Write speedup and tokens-per-step plots (PNG).",
+)
+@debug_option
+@handle_errors
+def bench(
+    source: str,
+    prompts_file: str,
+    batch_sizes: tuple[int, ...],
+    widths: tuple[int, ...],
+    lengths: tuple[int, ...],
+    max_new_tokens: int,
+    repeats: int,
+    limit: int | None,
+    runtime: str,
+    baseline: str | None,
+    work_dir: str | None,
+    drafter_dir: str | None,
+    random_drafter: bool,
+    json_out: str | None,
+    plot_out: str | None,
+    debug: bool,
+) -> None:
+    """Measure ReDrafter against autoregressive decoding in the same runtime.
+
+    For each batch size, the baseline and every beam shape decode the same prompts in turn,
+    alternating, after a warm-up round; medians of --repeats rounds. Reports tokens per second,
+    tokens per step, tokens verified per step, step latency and its split, and the speedup.
+    """
+    from pathlib import Path
+
+    from redcompile.benchmark import BenchConfig, plot
+    from redcompile.benchmark import bench as run_bench
+    from redcompile.prompts import read_prompts_file
+
+    prompts = read_prompts_file(prompts_file, limit)
+    beams = tuple(BeamShape(w, length) for w in widths for length in lengths)
+    cfg = BenchConfig(
+        batch_sizes=batch_sizes,
+        beams=beams,
+        max_new_tokens=max_new_tokens,
+        repeats=repeats,
+        runtime=runtime,
+    )
+    report = run_bench(
+        source,
+        prompts,
+        cfg,
+        baseline=baseline,
+        work_dir=work_dir,
+        progress=lambda m: click.echo(m, err=True),
+        drafter_dir=drafter_dir,
+        random_drafter=random_drafter,
+    )
+    report.command = "redcompile bench " + " ".join(sys.argv[2:])
+    click.echo(report.table())
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if plot_out:
+        plot(report, plot_out)
+
+
 @main.command()
 @click.argument("out_dir", type=click.Path(path_type=str))
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The pycode-lm benchmark: train a self-distilled drafter on the fixture's training files,
+# sweep beam shapes for tokens per step, then measure ReDrafter against the autoregressive
+# artifact in ONNX Runtime on CPU. Results go to bench/results/, plots to docs/.
+#
+#   bench/pycode_recipe.sh PATH/pycode-lm WORK_DIR
+set -euo pipefail
+FIXTURE=${1:?usage: bench/pycode_recipe.sh PATH/pycode-lm WORK_DIR}
+WORK=${2:?usage: bench/pycode_recipe.sh PATH/pycode-lm WORK_DIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$WORK" bench/results
+
+python bench/build_corpus.py --fixture "$FIXTURE" --out "$WORK/corpus.jsonl"
+
+# 1. Drafter: Apple's recipe with self-distillation, default settings (timed).
+start=$(date +%s)
+redcompile train-drafter "$FIXTURE" --data "$WORK/corpus.jsonl" --out "$WORK/drafter" \
+    --self-distill --json > bench/results/pycode_train.json
+echo "train-drafter: $(( $(date +%s) - start )) s wall" | tee bench/results/pycode_train_wall.txt
+
+# 2. Tokens per step for every beam shape (greedy, dev prompts, 128 new tokens).
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2,4,8,16 --beam-length 3,4,5 \
+    --batch-size 8 --repeats 1 --max-new-tokens 128 \
+    --json bench/results/pycode_shapes.json --plot docs/pycode_shapes.png
+
+# 3. End-to-end speed in ONNX Runtime (CPU), batch 1 and 8, medians of 3 alternating rounds.
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,4 --beam-length 3,5 \
+    --batch-size 1,8 --repeats 3 --max-new-tokens 128 \
+    --json bench/results/pycode_speed.json --plot docs/pycode_speed.png

@@ -1,0 +1,424 @@
+"""`bench`: ReDrafter against the autoregressive baseline, in one runtime, on the same prompts.
+
+For every batch size, the engines (the baseline and one ReDrafter engine per beam shape) run the
+whole prompt set in turn, `repeats` times after a warm-up round, alternating, and the medians
+are reported: tokens per second, tokens per step, step latency, speedup over the baseline. One
+extra, untimed, profiled run per engine gives the step split (base model, drafting, tree,
+acceptance, KV update, host) and the tokens verified per step after deduplication.
+
+Sources: a model folder (runtime `torch`, or `onnxruntime` after converting each shape into a
+work folder), or an artifact plus an autoregressive artifact as `baseline`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from redcompile.api import Generator
+from redcompile.config import BeamShape
+from redcompile.errors import InputError
+from redcompile.generation import GenerationConfig, GenerationResult
+
+BASELINE = "autoregressive"
+SPLIT_KEYS = ("base", "drafting", "tree", "acceptance", "kv", "host")
+# Inlined ONNX function nodes are named _inlfunc_<Op>_...: the op tells the split category.
+FUNCTION_CATEGORY = {
+    "TreeAttention": "base",
+    "DrafterBeamSearch": "drafting",
+    "BuildTree": "tree",
+    "AncestorMask": "tree",
+    "Accept": "acceptance",
+    "KVCompaction": "kv",
+}
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure; defaults defined once, here."""
+
+    batch_sizes: tuple[int, ...] = (1,)
+    beams: tuple[BeamShape, ...] = (BeamShape(),)
+    max_new_tokens: int = 128
+    repeats: int = 3
+    runtime: str = "onnxruntime"  # for model folders: torch or onnxruntime
+
+    def validate(self) -> None:
+        """One clear line for unusable settings."""
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise InputError("--batch-size values must be at least 1")
+        if self.repeats < 1:
+            raise InputError("--repeats must be at least 1")
+        if self.max_new_tokens < 1:
+            raise InputError("--max-new-tokens must be at least 1")
+        if self.runtime not in ("torch", "onnxruntime"):
+            raise InputError("--runtime must be torch or onnxruntime")
+        for beam in self.beams:
+            beam.validate()
+
+
+@dataclass
+class Measurement:
+    """One engine at one batch size."""
+
+    engine: str
+    batch_size: int
+    beam_width: int
+    beam_length: int
+    tokens_per_second: float
+    tokens_per_step: float
+    step_ms: float
+    steps: int
+    generated_tokens: int
+    verified_tokens_per_step: float = 1.0
+    split_ms: dict[str, float] = field(default_factory=dict)
+    speedup: float = 1.0
+
+
+@dataclass
+class BenchReport:
+    """Everything `bench --json` writes."""
+
+    source: str
+    runtime: str
+    prompts: int
+    max_new_tokens: int
+    repeats: int
+    measurements: list[Measurement]
+    machine: dict[str, Any]
+    command: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "source": self.source,
+            "runtime": self.runtime,
+            "prompts": self.prompts,
+            "max_new_tokens": self.max_new_tokens,
+            "repeats": self.repeats,
+            "machine": self.machine,
+            "command": self.command,
+            "results": [m.__dict__ for m in self.measurements],
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> BenchReport:
+        """The report back from its `--json` record (to re-plot or compare runs)."""
+        return cls(
+            record["source"],
+            record["runtime"],
+            record["prompts"],
+            record["max_new_tokens"],
+            record["repeats"],
+            [Measurement(**m) for m in record["results"]],
+            record["machine"],
+            record.get("command", ""),
+        )
+
+    def table(self) -> str:
+        """A fixed-width summary, one line per engine and batch size."""
+        head = (
+            f"{'engine':<16}{'batch':>6}{'tok/s':>10}{'tok/step':>10}{'verified':>10}"
+            f"{'step ms':>10}{'speedup':>9}"
+        )
+        rows = [head]
+        for m in self.measurements:
+            rows.append(
+                f"{m.engine:<16}{m.batch_size:>6}{m.tokens_per_second:>10.1f}"
+                f"{m.tokens_per_step:>10.2f}{m.verified_tokens_per_step:>10.1f}"
+                f"{m.step_ms:>10.2f}{m.speedup:>8.2f}x"
+            )
+        return "\n".join(rows)
+
+
+def engine_name(beam: BeamShape | None) -> str:
+    """`autoregressive` or `W4-L5`."""
+    return BASELINE if beam is None else f"W{beam.width}-L{beam.length}"
+
+
+def machine_info(runtime: str) -> dict[str, Any]:
+    """Device and versions for the record."""
+    import onnxruntime as ort
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return {
+        "device": f"CPU {cpu}, {torch.get_num_threads()} threads",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "runtime": runtime,
+    }
+
+
+def model_folder_engines(
+    model_dir: Path,
+    cfg: BenchConfig,
+    work_dir: Path | None,
+    options: dict[str, Any],
+    progress: Progress,
+) -> dict[str, Generator]:
+    """The baseline and one engine per beam shape, in the requested runtime."""
+    from redcompile.api import open_model_folder
+
+    if cfg.runtime == "torch":
+        engines = {BASELINE: open_model_folder(model_dir, autoregressive=True)}
+        for beam in cfg.beams:
+            engines[engine_name(beam)] = open_model_folder(model_dir, beam=beam, **options)
+        return engines
+    from redcompile.compiler import ConvertOptions, convert
+    from redcompile.runtime.loading import open_artifact
+
+    work = work_dir or Path(tempfile.mkdtemp(prefix="redcompile-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    engines = {}
+    for beam in (None, *cfg.beams):
+        path = work / f"{engine_name(beam)}.onnx"
+        if not path.exists():
+            progress(f"converting {engine_name(beam)}")
+            convert(
+                model_dir,
+                path,
+                options.get("drafter_dir"),
+                ConvertOptions(
+                    beam=beam or BeamShape(),
+                    autoregressive=beam is None,
+                    random_drafter=options.get("random_drafter", False) and beam is not None,
+                    allow_pickle=options.get("allow_pickle", False),
+                ),
+            )
+        engines[engine_name(beam)] = open_artifact(path)
+    return engines
+
+
+def _run(
+    engine: Generator, prompts: Sequence[Sequence[int]], batch: int, new_tokens: int
+) -> GenerationResult:
+    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=batch)
+    return engine.generate_ids(prompts, cfg)
+
+
+def _profiled_split(
+    engine: Generator, prompts, batch: int, new_tokens: int
+) -> tuple[dict[str, float], float]:
+    """Per-step milliseconds by category, and tokens verified per decoding step."""
+    from redcompile.runtime.ort_backend import OrtBackend
+
+    backend = engine.backend
+    tree_sizes: list[int] = []
+    original_step = backend.step
+
+    def observed_step():  # noqa: ANN202 - record the tree size of decoding rows
+        state = backend.read(["num_tokens", "forced"])
+        decoding = (state["forced"] == 1) & (state["num_tokens"] > 0)
+        tree_sizes.extend(state["num_tokens"][decoding].tolist())
+        return original_step()
+
+    backend.step = observed_step
+    try:
+        if isinstance(backend, OrtBackend):
+            split = _ort_split(engine, prompts, batch, new_tokens)
+        else:
+            split = _torch_split(engine, prompts, batch, new_tokens)
+    finally:
+        backend.step = original_step
+    return split, (float(np.mean(tree_sizes)) if tree_sizes else 1.0)
+
+
+def _ort_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    backend = engine.backend
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        plain = backend.session
+        profiled = ort.InferenceSession(
+            engine.info["source"], options, providers=plain.get_providers()
+        )
+        backend.session = profiled
+        try:
+            result = _run(engine, prompts, batch, new_tokens)
+        finally:
+            backend.session = plain
+        events = json.loads(Path(profiled.end_profiling()).read_text())
+    totals: dict[str, float] = defaultdict(float)
+    run_seconds = 0.0
+    for event in events:
+        if event.get("cat") == "Session" and event.get("name") == "model_run":
+            run_seconds += event["dur"] / 1e6
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        name = event["name"]
+        category = "base"
+        if name.startswith("_inlfunc_"):
+            category = FUNCTION_CATEGORY.get(name[len("_inlfunc_") :].split("_")[0], "base")
+        totals[category] += event["dur"] / 1e6
+    return _per_step(totals, result, run_seconds)
+
+
+def _torch_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[str, float]:
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        result = _run(engine, prompts, batch, new_tokens)
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.key.startswith("redcompile.") and event.key[11:] in SPLIT_KEYS:
+            totals[event.key[11:]] += event.cpu_time_total / 1e6
+    return _per_step(totals, result, sum(totals.values()))
+
+
+def _per_step(
+    totals: dict[str, float], result: GenerationResult, graph_seconds: float
+) -> dict[str, float]:
+    steps = max(1, result.steps)
+    split = {key: round(totals.get(key, 0.0) / steps * 1e3, 3) for key in SPLIT_KEYS}
+    split["host"] = round(max(0.0, sum(result.step_seconds) - graph_seconds) / steps * 1e3, 3)
+    return split
+
+
+def bench(
+    source: Path | str,
+    prompts: Sequence[str],
+    cfg: BenchConfig | None = None,
+    baseline: Path | str | None = None,
+    work_dir: Path | str | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> BenchReport:
+    """Measure; see the module docstring."""
+    from redcompile.runtime.loading import open_artifact
+
+    cfg = cfg or BenchConfig()
+    cfg.validate()
+    say = progress or (lambda _m: None)
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"bench: {source} does not exist")
+    if source.is_dir():
+        engines = model_folder_engines(
+            source, cfg, Path(work_dir) if work_dir else None, options, say
+        )
+        runtime = cfg.runtime
+    else:
+        if baseline is None:
+            raise InputError(
+                f"bench: {source} is an artifact; give --baseline AR.onnx, an "
+                f"artifact converted with --autoregressive, to compare against"
+            )
+        spec = open_artifact(source)
+        base = open_artifact(baseline)
+        if base.info["mode"] != BASELINE:
+            raise InputError(f"bench: --baseline {baseline} is not an autoregressive artifact")
+        engines = {BASELINE: base, f"W{spec.info['beam_width']}-L{spec.info['beam_length']}": spec}
+        runtime = "onnxruntime"
+    ids = [engines[BASELINE].codec.encode(p) for p in prompts]
+    measurements = []
+    for batch in cfg.batch_sizes:
+        say(f"batch size {batch}")
+        seconds: dict[str, list[float]] = defaultdict(list)
+        last: dict[str, GenerationResult] = {}
+        names = list(engines)
+        for repeat in range(cfg.repeats + 1):
+            order = names if repeat % 2 == 0 else names[::-1]  # alternate, so drift cancels
+            for name in order:
+                result = _run(engines[name], ids, batch, cfg.max_new_tokens)
+                if repeat > 0:  # round 0 is the warm-up
+                    seconds[name].append(result.seconds)
+                    last[name] = result
+        for name, engine in engines.items():
+            result = last[name]
+            split, verified = _profiled_split(engine, ids, batch, cfg.max_new_tokens)
+            median = statistics.median(seconds[name])
+            measurements.append(
+                Measurement(
+                    engine=name,
+                    batch_size=batch,
+                    beam_width=engine.info["beam_width"],
+                    beam_length=engine.info["beam_length"],
+                    tokens_per_second=round(result.generated_tokens / median, 2),
+                    tokens_per_step=round(result.tokens_per_step, 4),
+                    step_ms=round(statistics.median(result.step_seconds) * 1e3, 3),
+                    steps=result.steps,
+                    generated_tokens=result.generated_tokens,
+                    verified_tokens_per_step=round(verified, 2),
+                    split_ms=split,
+                )
+            )
+        reference = next(m for m in measurements if m.engine == BASELINE and m.batch_size == batch)
+        for m in measurements:
+            if m.batch_size == batch:
+                m.speedup = round(m.tokens_per_second / reference.tokens_per_second, 3)
+    return BenchReport(
+        str(source),
+        runtime,
+        len(prompts),
+        cfg.max_new_tokens,
+        cfg.repeats,
+        measurements,
+        machine_info(runtime),
+    )
+
+
+def plot(report: BenchReport, path: Path | str) -> Path:
+    """Speedup and tokens per step: across batch sizes, one line per beam shape; or, for a
+    single batch size, across beam widths, one line per beam length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    drafted = [m for m in report.measurements if m.engine != BASELINE]
+    by_width = len({m.batch_size for m in drafted}) == 1
+    if by_width:  # x: beam width, a line per beam length
+        lines = {
+            f"L{length}": sorted(
+                (m for m in drafted if m.beam_length == length), key=lambda m: m.beam_width
+            )
+            for length in sorted({m.beam_length for m in drafted})
+        }
+        x_of, x_label = (lambda m: m.beam_width), "beam width"
+    else:  # x: batch size, a line per beam shape
+        lines = {
+            name: sorted((m for m in drafted if m.engine == name), key=lambda m: m.batch_size)
+            for name in sorted({m.engine for m in drafted})
+        }
+        x_of, x_label = (lambda m: m.batch_size), "batch size"
+    for name, rows in lines.items():
+        xs = [x_of(m) for m in rows]
+        left.plot(xs, [m.speedup for m in rows], marker="o", label=name)
+        right.plot(xs, [m.tokens_per_step for m in rows], marker="o", label=name)
+    left.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    left.set(
+        title=f"Speedup over autoregressive ({report.runtime})",
+        xlabel=x_label,
+        ylabel="tokens/s ratio",
+    )
+    right.set(title="Tokens per step (greedy)", xlabel=x_label, ylabel="tokens / step")
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    batch = f", batch {drafted[0].batch_size}" if by_width and drafted else ""
+    fig.suptitle(
+        f"{Path(report.source).name}: {report.prompts} prompts, "
+        f"{report.max_new_tokens} new tokens{batch}, median of {report.repeats}"
+    )
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,121 @@
+"""`redcompile bench` on tiny models: every JSON field, the plot, the baseline rule."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from redcompile.benchmark import BenchReport
+from redcompile.cli import main
+from redcompile.compiler import ConvertOptions, convert
+from redcompile.config import BeamShape
+
+FIELDS = {
+    "engine",
+    "batch_size",
+    "beam_width",
+    "beam_length",
+    "tokens_per_second",
+    "tokens_per_step",
+    "step_ms",
+    "steps",
+    "generated_tokens",
+    "verified_tokens_per_step",
+    "split_ms",
+    "speedup",
+}
+SPLIT = {"base", "drafting", "tree", "acceptance", "kv", "host"}
+
+
+def prompts(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("abc", "def g(", "x = 1")))
+    return path
+
+
+def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, tmp_path):
+    spec = convert(
+        tiny_llama,
+        tmp_path / "spec.onnx",
+        options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True),
+    ).out
+    ar = convert(tiny_llama, tmp_path / "ar.onnx", options=ConvertOptions(autoregressive=True)).out
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(spec),
+            "--baseline",
+            str(ar),
+            "--prompts-file",
+            str(prompts(tmp_path)),
+            "--batch-size",
+            "1,2",
+            "--max-new-tokens",
+            "8",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert {"source", "runtime", "prompts", "machine", "results", "command"} <= set(record)
+    assert len(record["results"]) == 4  # 2 engines x 2 batch sizes
+    for row in record["results"]:
+        assert set(row) == FIELDS and set(row["split_ms"]) == SPLIT
+        assert row["tokens_per_second"] > 0 and row["step_ms"] > 0
+    baseline = [r for r in record["results"] if r["engine"] == "autoregressive"]
+    assert all(r["speedup"] == 1.0 and r["tokens_per_step"] == 1.0 for r in baseline)
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "speedup" in result.stdout
+    assert BenchReport.from_json(record).to_json() == record
+
+
+def test_bench_of_a_model_folder_in_torch(tiny_llama, tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(tiny_llama),
+            "--runtime",
+            "torch",
+            "--random-drafter",
+            "--prompts-file",
+            str(prompts(tmp_path)),
+            "--beam-width",
+            "1,2",
+            "--beam-length",
+            "3",
+            "--max-new-tokens",
+            "6",
+            "--repeats",
+            "1",
+            "--json",
+            str(tmp_path / "b.json"),
+            "--plot",
+            str(tmp_path / "b.png"),  # one batch size: plotted across beam widths
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["engine"] for r in rows] == ["autoregressive", "W1-L3", "W2-L3"]
+    assert rows[1]["split_ms"]["drafting"] > 0
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_artifact_without_baseline_is_refused(tiny_llama, tmp_path):
+    spec = convert(
+        tiny_llama,
+        tmp_path / "spec.onnx",
+        options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True),
+    ).out
+    result = CliRunner().invoke(
+        main, ["bench", str(spec), "--prompts-file", str(prompts(tmp_path))]
+    )
+    assert result.exit_code == 2 and "--baseline" in result.stderr
