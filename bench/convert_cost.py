@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from random_llama import write_config_and_tokenizer
 from safetensors.torch import save_file
 
 LLAMA_1B = dict(
@@ -36,7 +37,6 @@ LLAMA_1B = dict(
 
 def write_random_llama(folder: Path, seed: int = 0) -> int:
     """A sharded fp32 Llama folder with random weights (and a random drafter); returns #params."""
-    from redcompile.example import char_tokenizer_json
     from redcompile.models.config import DecoderConfig, RopeConfig
     from redcompile.models.drafter_io import random_drafter, save_drafter
 
@@ -88,20 +88,7 @@ def write_random_llama(folder: Path, seed: int = 0) -> int:
             params += tensor.numel()
         del tensors
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        **cfg,
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5,
-        "hidden_act": "silu",
-        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
-        "tie_word_embeddings": False,
-        "dtype": "float32",
-        "eos_token_id": 0,
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "tokenizer.json").write_text(char_tokenizer_json())
+    write_config_and_tokenizer(folder, cfg, rope_theta=500000.0)
     base = DecoderConfig(
         architecture="llama",
         vocab_size=v,

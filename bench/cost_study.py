@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from random_llama import write_config_and_tokenizer
 from safetensors.torch import save_file
 
 SHAPES_350M = dict(
@@ -47,7 +48,6 @@ CACHED, REPEATS = 256, 15
 
 def write_model(folder: Path, shapes: dict, seed: int = 0) -> None:
     """A random fp32 Llama folder with a random drafter (skipped if present)."""
-    from redcompile.example import char_tokenizer_json
     from redcompile.models.config import DecoderConfig, RopeConfig
     from redcompile.models.drafter_io import random_drafter, save_drafter
     from redcompile.models.llama import Decoder
@@ -78,20 +78,7 @@ def write_model(folder: Path, shapes: dict, seed: int = 0) -> None:
         {k: v.contiguous() for k, v in model.state_dict().items()},
         str(folder / "model.safetensors"),
     )
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        **shapes,
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5,
-        "hidden_act": "silu",
-        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
-        "tie_word_embeddings": False,
-        "dtype": "float32",
-        "eos_token_id": 0,
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "tokenizer.json").write_text(char_tokenizer_json())
+    write_config_and_tokenizer(folder, shapes, rope_theta=10000.0)
     save_drafter(random_drafter(cfg, seed=seed), folder / "drafter")
 
 

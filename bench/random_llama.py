@@ -1,0 +1,26 @@
+"""The Hugging Face folder files of a random-weight Llama, shared by the bench scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_config_and_tokenizer(folder: Path, shapes: dict, rope_theta: float) -> None:
+    """config.json (transformers 5 style, fp32, untied) and a character tokenizer."""
+    from redcompile.example import char_tokenizer_json
+
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        **shapes,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "rope_parameters": {"rope_theta": rope_theta, "rope_type": "default"},
+        "tie_word_embeddings": False,
+        "dtype": "float32",
+        "eos_token_id": 0,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "tokenizer.json").write_text(char_tokenizer_json())
