@@ -153,7 +153,7 @@ def accept_fake(
     b = tokens.shape[0]
     width = 1 if paths is None else paths.shape[2]
     return (
-        torch.empty_like(tokens),
+        tokens.new_empty(tokens.shape),
         tokens.new_empty((b,)),
         tokens.new_empty((b,)),
         tokens.new_empty((b, width)),

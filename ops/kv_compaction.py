@@ -50,7 +50,7 @@ def kv_compaction_reference(
 
 def kv_compaction_fake(past, new, cache_lengths, keep_idx, keep_len):  # noqa: ANN001, ANN201
     """present has the cache's shape and dtype."""
-    return torch.empty_like(past)
+    return past.new_empty(past.shape)
 
 
 def build_kv_compaction_body(spec: BodySpec):  # noqa: ANN201

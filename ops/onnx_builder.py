@@ -52,7 +52,10 @@ class FunctionBuilder:
     def node(self, op_type: str, inputs: Sequence[str], outputs: int = 1, **attrs: Any) -> Any:
         """Append `op_type(inputs)` and return its output name, or a tuple of names."""
         names = [self._fresh(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        # Named after the op: runtimes keep the name when they inline the body, so profiles
+        # can attribute time to the op (ONNX Runtime: "_inlfunc_<Op>_<Op>.<name>").
+        node_name = f"{self.op.onnx_name}.{names[0]}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=node_name, **attrs))
         return names[0] if outputs == 1 else tuple(names)
 
     def __getattr__(self, op_type: str) -> Any:
@@ -69,7 +72,13 @@ class FunctionBuilder:
         array = np.asarray(value, dtype=dtype)
         name = self._fresh("const")
         self.nodes.append(
-            helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+            helper.make_node(
+                "Constant",
+                [],
+                [name],
+                name=f"{self.op.onnx_name}.{name}",
+                value=numpy_helper.from_array(array, name),
+            )
         )
         return name
 

@@ -97,11 +97,25 @@ def register_torch_op(op: OpDef, cuda_impl: Callable[..., Any] | None = None) ->
     if not _has_schema(namespace, op.name):
         torch.library.define(op.qualname, op.schema)
     if not _has_kernel(op.qualname, "CPU"):
-        torch.library.impl(op.qualname, "CPU")(op.reference)
+        torch.library.impl(op.qualname, "CPU")(_contiguous_outputs(op.reference))
     if cuda_impl is not None and not _has_kernel(op.qualname, "CUDA"):
         torch.library.impl(op.qualname, "CUDA")(cuda_impl)
     if not _has_kernel(op.qualname, "Meta"):
         torch.library.register_fake(op.qualname)(op.fake)
+
+
+def _contiguous_outputs(reference: Callable[..., Any]) -> Callable[..., Any]:
+    """The reference with contiguous outputs: every implementation of an op returns contiguous
+    tensors, as the fakes say, because compilers lay outputs out by the fake's strides."""
+
+    def implementation(*args: Any) -> Any:
+        out = reference(*args)
+        if isinstance(out, tuple):
+            return tuple(t.contiguous() for t in out)
+        return out.contiguous()
+
+    implementation.__name__ = getattr(reference, "__name__", "reference")
+    return implementation
 
 
 def _has_schema(namespace: Any, name: str) -> bool:

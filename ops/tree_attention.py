@@ -52,8 +52,9 @@ def tree_attention_reference(
 
 
 def tree_attention_fake(q, k, v, past_k, past_v, past_mask, tree_mask, scale):  # noqa: ANN001
-    """Output has the queries' shape and dtype."""
-    return torch.empty_like(q)
+    """Output has the queries' shape and dtype, contiguous like the reference's (not q's
+    strides: q is often a transposed view, and compilers lay the output out as the fake says)."""
+    return q.new_empty(q.shape)
 
 
 def build_tree_attention_body(spec: BodySpec):  # noqa: ANN201

@@ -64,7 +64,7 @@ def build_tree_fake(beams):  # noqa: ANN001, ANN201
     b, w, length = beams.shape
     n = w * (length - 1) + 1
     flat = beams.new_empty((b, n))
-    return flat, flat.clone(), flat.clone(), beams.new_empty((b,)), torch.empty_like(beams)
+    return flat, flat.clone(), flat.clone(), beams.new_empty((b,)), beams.new_empty(beams.shape)
 
 
 def unpack_beams(tokens: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
