@@ -262,6 +262,11 @@ def generate(
 )
 @click.option("--allow-pickle", is_flag=True, help="Allow a drafter model.pt pickle.")
 @click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    help="Device a .pt2 is compiled for [default: cuda when available, else cpu].",
+)
+@click.option(
     "--dump-passes",
     type=click.Path(path_type=str),
     help="Write the graph after each pass (.onnx and .txt) to this folder.",
@@ -281,6 +286,7 @@ def convert(
     autoregressive: bool,
     random_drafter: bool,
     allow_pickle: bool,
+    device: str | None,
     dump_passes: str | None,
     as_json: bool,
     debug: bool,
@@ -305,6 +311,7 @@ def convert(
         autoregressive=autoregressive,
         random_drafter=random_drafter,
         allow_pickle=allow_pickle,
+        device=device,
         dump_passes=Path(dump_passes) if dump_passes else None,
     )
     with tqdm(

@@ -3,6 +3,11 @@
 Memory: weights are loaded once (in the artifact's dtype), exported straight to a temporary
 external-data file, and released before the passes run on the weight-free graph; the artifact is
 then written from that file one tensor at a time. Peak memory is about one copy of the weights.
+
+The torch target (.pt2) takes another road after loading (`_convert_torch`, redcompile/
+torch_target.py): torch.export, one FX pass, AOTInductor, a check run against the eager step,
+and a PT2 package with the manifest in its extra files (redcompile/pt2_artifact.py). It holds the
+module, the exported program and the compiled package at once, about three copies of the weights.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class ConvertOptions:
     allow_pickle: bool = False
     top_k: int = 50
     dump_passes: Path | None = None
+    device: str | None = None  # torch target only; None: CUDA when available, else the CPU
 
 
 @dataclass
@@ -135,10 +141,9 @@ def resolve_target(out: Path, target: str | None) -> str:
     elif target == "tensorrt":
         _require("tensorrt", "install TensorRT: pip install 'redcompile[tensorrt]'")
     elif target == "torch":
-        raise TargetUnavailableError(
-            "convert: the torch (.pt2) target needs the CUDA ops library of cuda/, which is "
-            "not built in this installation; use a .onnx output"
-        )
+        from redcompile.torch_target import require_compiler
+
+        require_compiler()
     else:
         raise InputError(f"convert: unknown target '{target}' (onnxruntime, torch, tensorrt)")
     return target
@@ -184,6 +189,8 @@ def command_line(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, t
     for flag, value in (("--dtype", o.dtype), ("--max-seq-len", o.max_seq_len)):
         if value is not None:
             parts += [flag, str(value)]
+    if target == "torch" and o.device is not None:
+        parts += ["--device", o.device]
     for flag, on in (("--random-drafter", o.random_drafter), ("--allow-pickle", o.allow_pickle)):
         if on:
             parts.append(flag)
@@ -204,6 +211,12 @@ def convert(
     model_dir, out = Path(model_dir), Path(out)
     drafter_path = Path(drafter_dir) if drafter_dir else None
     target = resolve_target(out, o.target)  # before any work
+    if target == "torch":
+        from redcompile.torch_target import resolve_device
+
+        device = resolve_device(o.device)
+    elif o.device is not None:
+        raise InputError(f"--device applies to the torch (.pt2) target, not to {target}")
     if not o.autoregressive:
         o.beam.validate()
     dtype = DTYPE_NAMES.get(o.dtype) if o.dtype else None
@@ -228,6 +241,10 @@ def convert(
         step, codec, manifest = _load(model_dir, drafter_path, o, dtype)
         manifest["target"] = target
         times["load"] = time.perf_counter() - start
+        if target == "torch":
+            return _convert_torch(
+                step, codec, manifest, device, model_dir, drafter_path, out, workdir, o, say, times
+            )
 
         start = time.perf_counter()
         say("exporting the step with torch.onnx.export")
@@ -243,10 +260,7 @@ def convert(
 
         start = time.perf_counter()
         say(f"writing {out}")
-        manifest["sources"] = {"model": source_hashes(model_dir)}
-        if manifest["drafter"] is not None and not o.random_drafter:
-            manifest["sources"]["drafter"] = source_hashes(drafter_path or model_dir / "drafter")
-        manifest["command"] = command_line(model_dir, drafter_path, o, target)
+        _record_sources(manifest, model_dir, drafter_path, o, target)
         manifest["passes"] = [{"name": r.name, "matches": r.matches} for r in records]
         weights = sum(_weight_bytes(t, workdir) for t in model.graph.initializer)
         files = write_artifact(model, manifest, codec.to_json(), out, weights_dir=workdir)
@@ -255,6 +269,101 @@ def convert(
     return ConvertReport(
         out, files, target, manifest, times, peak, weights, [r.to_dict() for r in records]
     )
+
+
+def _record_sources(
+    manifest: dict[str, Any],
+    model_dir: Path,
+    drafter_path: Path | None,
+    o: ConvertOptions,
+    target: str,
+) -> None:
+    manifest["sources"] = {"model": source_hashes(model_dir)}
+    if manifest["drafter"] is not None and not o.random_drafter:
+        manifest["sources"]["drafter"] = source_hashes(drafter_path or model_dir / "drafter")
+    manifest["command"] = command_line(model_dir, drafter_path, o, target)
+
+
+def _convert_torch(
+    step,  # noqa: ANN001
+    codec,  # noqa: ANN001
+    manifest: dict[str, Any],
+    device: str,
+    model_dir: Path,
+    drafter_path: Path | None,
+    out: Path,
+    workdir: Path,
+    o: ConvertOptions,
+    say: Progress,
+    times: dict[str, float],
+) -> ConvertReport:
+    """The torch target after loading: export, pass, AOTInductor, check, package (.pt2)."""
+    import torch
+
+    from redcompile.pt2_artifact import write_pt2_artifact
+    from redcompile.torch_target import (
+        PASS_NAME,
+        check_package,
+        compile_package,
+        export_step,
+        make_op_inputs_contiguous,
+        weight_stats,
+    )
+
+    start = time.perf_counter()
+    say(f"exporting the step with torch.export ({device})")
+    program = export_step(step, device)
+    times["export"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say(f"pass {PASS_NAME}")
+    nodes_before = len(program.graph.nodes)
+    _dump_program(o.dump_passes, "00_export", program)
+    copies = make_op_inputs_contiguous(program)
+    _dump_program(o.dump_passes, f"01_{PASS_NAME}", program)
+    record = {
+        "name": PASS_NAME,
+        "matches": copies,
+        "rejected": 0,
+        "seconds": round(time.perf_counter() - start, 4),
+        "nodes_before": nodes_before,
+        "nodes_after": len(program.graph.nodes),
+    }
+    times["passes"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say("compiling with AOTInductor")
+    package = compile_package(program, workdir / "step.pt2")
+    del program
+    gc.collect()
+    times["compile"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say("checking the compiled step against the eager step")
+    check_package(package, step, device, manifest["dtype"])
+    times["check"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say(f"writing {out}")
+    weights = weight_stats(step)
+    del step
+    manifest["device"] = device
+    manifest["torch_version"] = torch.__version__
+    manifest["weights"] = weights
+    _record_sources(manifest, model_dir, drafter_path, o, "torch")
+    manifest["passes"] = [{"name": PASS_NAME, "matches": copies}]
+    files = write_pt2_artifact(package, manifest, codec.to_json(), out)
+    times["write"] = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return ConvertReport(out, files, "torch", manifest, times, peak, weights["bytes"], [record])
+
+
+def _dump_program(folder: Path | None, name: str, program) -> None:  # noqa: ANN001
+    """--dump-passes for the torch target: the exported program's graph as text."""
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.txt").write_text(str(program.graph_module.code), encoding="utf-8")
 
 
 def _weight_bytes(tensor: onnx.TensorProto, workdir: Path) -> int:

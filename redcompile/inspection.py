@@ -31,6 +31,10 @@ def _weight_bytes(tensor: onnx.TensorProto) -> int:
 
 def describe_artifact(path: Path | str) -> dict[str, Any]:
     """A JSON-ready description of an artifact (see docs/cli.md, `inspect --json`)."""
+    from redcompile.pt2_artifact import is_pt2_file
+
+    if Path(path).is_file() and is_pt2_file(Path(path)):
+        return describe_pt2_artifact(path)
     artifact = read_artifact(path)
     model, manifest = artifact.model, artifact.manifest
     domains = Counter(n.domain or "ai.onnx" for n in model.graph.node)
@@ -73,6 +77,81 @@ def describe_artifact(path: Path | str) -> dict[str, Any]:
     }
 
 
+# Manifest dtypes in the element-type names the ONNX description uses.
+_PT2_DTYPES = {"int64": "int64", "float32": "float", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def describe_pt2_artifact(path: Path | str) -> dict[str, Any]:
+    """`describe_artifact` for a .pt2 package: the same keys, then `aoti` (the package's device,
+    platform and CPU ISA). Ops are the torch ops the compiled code calls through the dispatcher;
+    everything else is compiled into its kernels, so `ops_by_domain` counts only those."""
+    from redcompile.pt2_artifact import read_pt2_artifact
+
+    artifact = read_pt2_artifact(path)
+    manifest = artifact.manifest
+    model = manifest["model"]
+    sizes = {
+        "vocab": model["vocab_size"],
+        "kv_heads": model["num_kv_heads"],
+        "head_dim": model["head_dim"],
+    }
+
+    def tensors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": t["name"],
+                "dtype": _PT2_DTYPES.get(
+                    manifest["dtype"] if t["dtype"] == "model" else t["dtype"], t["dtype"]
+                ),
+                "shape": [sizes.get(d, d) for d in t["dims"]],
+            }
+            for t in items
+        ]
+
+    domains: Counter[str] = Counter()
+    for op, count in artifact.custom_ops.items():
+        domains[op.split("::")[0]] += count
+    weights = manifest.get("weights", {})
+    return {
+        "path": str(artifact.path),
+        "format_version": manifest["format_version"],
+        "redcompile_version": manifest["redcompile_version"],
+        "target": manifest["target"],
+        "mode": manifest["mode"],
+        "dtype": manifest["dtype"],
+        "beam": manifest["beam"],
+        "max_seq_len": manifest["max_seq_len"],
+        "top_k": manifest["top_k"],
+        "model": manifest["model"],
+        "drafter": manifest["drafter"],
+        "stop_token_ids": manifest["stop_token_ids"],
+        "inputs": tensors(manifest["io"]["inputs"]),
+        "outputs": tensors(manifest["io"]["outputs"]),
+        "ops_by_domain": dict(sorted(domains.items())),
+        "custom_ops": [
+            {"op": op, "nodes": count, "function_body": None}
+            for op, count in artifact.custom_ops.items()
+            if op.startswith("redcompile::")
+        ],
+        "weights": {
+            "tensors": weights.get("tensors", 0),
+            "bytes": weights.get("bytes", 0),
+            "external_data_file": None,
+        },
+        "passes": manifest["passes"],
+        "sources": manifest["sources"],
+        "command": manifest["command"],
+        "aoti": {
+            "device": artifact.aoti.get("AOTI_DEVICE_KEY", manifest.get("device")),
+            "platform": artifact.aoti.get("AOTI_PLATFORM"),
+            "machine": artifact.aoti.get("AOTI_MACHINE"),
+            "cpu_isa": artifact.aoti.get("AOTI_CPU_ISA"),
+            "compute_capability": artifact.aoti.get("AOTI_COMPUTE_CAPABILITY") or None,
+            "torch_version": manifest.get("torch_version"),
+        },
+    }
+
+
 def format_description(info: dict[str, Any]) -> str:
     """The human-readable form of `describe_artifact`."""
     lines = [
@@ -94,12 +173,23 @@ def format_description(info: dict[str, Any]) -> str:
     lines.append(f"  weights: {w['tensors']} tensors, {w['bytes'] / 1e6:.1f} MB{where}")
     lines.append("  ops: " + ", ".join(f"{d} {n}" for d, n in info["ops_by_domain"].items()))
     for op in info["custom_ops"]:
-        body = "function body" if op["function_body"] else "NO function body"
+        if op["function_body"] is None:  # .pt2: a torch op the compiled code calls
+            body = "torch op: needs `import redcompile.ops` or the cuda/ library"
+        else:
+            body = "function body" if op["function_body"] else "NO function body"
         lines.append(f"    {op['op']} x{op['nodes']} ({body})")
     lines.append("  inputs:")
     lines += [f"    {v['name']}: {v['dtype']} {v['shape']}" for v in info["inputs"]]
     lines.append("  outputs:")
     lines += [f"    {v['name']}: {v['dtype']} {v['shape']}" for v in info["outputs"]]
     lines.append("  passes: " + ", ".join(f"{p['name']} ({p['matches']})" for p in info["passes"]))
+    if "aoti" in info:
+        a = info["aoti"]
+        lines.append(
+            f"  compiled by AOTInductor (PyTorch {a['torch_version']}) for {a['device']} on "
+            f"{a['platform']} {a['machine']}"
+            + (f", CPU ISA {a['cpu_isa']}" if a["cpu_isa"] else "")
+            + (f", compute capability {a['compute_capability']}" if a["compute_capability"] else "")
+        )
     lines.append(f"  made by: {info['command']}")
     return "\n".join(lines)

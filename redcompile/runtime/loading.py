@@ -1,4 +1,8 @@
-"""Open an artifact file as a Generator in the runtime its format names."""
+"""Open an artifact file as a Generator in the runtime its format names.
+
+An ONNX file (.onnx) runs in ONNX Runtime; a PT2 package (.pt2, or any zip) runs in PyTorch's
+AOTInductor runtime on the device it was compiled for.
+"""
 
 from __future__ import annotations
 
@@ -43,9 +47,29 @@ def _check_options(path: Path, manifest: dict[str, Any], options: dict[str, Any]
         )
 
 
-def open_artifact(path: Path | str, provider: str = "cpu", **options: Any) -> Generator:
-    """A Generator for an artifact file (ONNX Runtime for .onnx)."""
+def _info(path: Path, manifest: dict[str, Any], runtime: str) -> dict[str, Any]:
+    return {
+        "source": str(path),
+        "runtime": runtime,
+        "dtype": manifest["dtype"],
+        "mode": manifest["mode"],
+        "beam_width": manifest["beam"]["width"],
+        "beam_length": manifest["beam"]["length"],
+    }
+
+
+def open_artifact(path: Path | str, provider: str | None = None, **options: Any) -> Generator:
+    """A Generator for an artifact file: ONNX Runtime for .onnx, AOTInductor for .pt2.
+
+    `provider` is the device ("cpu" or "cuda"): ONNX Runtime's execution provider (default
+    "cpu"); a .pt2 runs on the device it was compiled for, and naming another is an error.
+    """
+    from redcompile.pt2_artifact import is_pt2_file
+
     path = Path(path)
+    if path.is_file() and is_pt2_file(path):
+        return open_pt2_artifact(path, provider, **options)
+    provider = provider or "cpu"
     artifact = read_artifact(path)
     manifest = artifact.manifest
     _check_options(path, manifest, options)
@@ -69,12 +93,41 @@ def open_artifact(path: Path | str, provider: str = "cpu", **options: Any) -> Ge
         ) from None
     backend = OrtBackend(session, signature_of(manifest), manifest, device=provider)
     codec = TextCodec.from_json(artifact.tokenizer_json)
-    info = {
-        "source": str(path),
-        "runtime": "onnxruntime",
-        "dtype": manifest["dtype"],
-        "mode": manifest["mode"],
-        "beam_width": manifest["beam"]["width"],
-        "beam_length": manifest["beam"]["length"],
-    }
+    info = _info(path, manifest, "onnxruntime")
+    return Generator(backend, codec, tuple(manifest["stop_token_ids"]), info)
+
+
+def open_pt2_artifact(path: Path | str, device: str | None = None, **options: Any) -> Generator:
+    """A Generator for a .pt2 artifact (an AOTInductor package with a redcompile manifest)."""
+    import torch
+
+    from redcompile.pt2_artifact import read_pt2_artifact
+    from redcompile.runtime.pt2_backend import Pt2Backend
+    from redcompile.torch_target import load_package
+
+    path = Path(path)
+    artifact = read_pt2_artifact(path)
+    manifest = artifact.manifest
+    _check_options(path, manifest, options)
+    compiled_for = artifact.aoti.get("AOTI_DEVICE_KEY") or manifest.get("device", "cpu")
+    if device is not None and device != compiled_for:
+        raise InputError(
+            f"{path} was compiled for {compiled_for}; re-convert it for {device} "
+            f"(a .pt2 runs on the device it was compiled for)"
+        )
+    if compiled_for == "cuda" and not torch.cuda.is_available():
+        raise TargetUnavailableError(
+            f"{path} was compiled for CUDA, and torch sees no CUDA device here"
+        )
+    try:
+        compiled = load_package(path, compiled_for)
+    except Exception as exc:  # noqa: BLE001 - the package loader raises several types
+        made_with = manifest.get("torch_version", "?")
+        raise ArtifactError(
+            f"artifact: PyTorch {torch.__version__} cannot load {path} (made with PyTorch "
+            f"{made_with}): {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+        ) from None
+    backend = Pt2Backend(compiled, signature_of(manifest), manifest, device=compiled_for)
+    codec = TextCodec.from_json(artifact.tokenizer_json)
+    info = _info(path, manifest, "torch")
     return Generator(backend, codec, tuple(manifest["stop_token_ids"]), info)
