@@ -444,6 +444,11 @@ def _train_defaults():  # noqa: ANN202
     help="Train on the base model's own greedy continuations of corpus prefixes.",
 )
 @click.option(
+    "--soft-labels",
+    is_flag=True,
+    help="With --self-distill: match the base model's whole distribution, not its argmax.",
+)
+@click.option(
     "--beam-length-train",
     type=int,
     default=_train_defaults().beam_length_train,
@@ -488,6 +493,7 @@ def train_drafter(
     out_dir: str,
     steps: int,
     self_distill: bool,
+    soft_labels: bool,
     beam_length_train: int,
     layers: int,
     batch_size: int,
@@ -524,6 +530,7 @@ def train_drafter(
         layers=layers,
         beam_length_train=beam_length_train,
         self_distill=self_distill,
+        soft_labels=soft_labels,
         distill_examples=distill_examples,
         eval_every=eval_every,
         save_every=save_every,

@@ -65,6 +65,7 @@ class TrainConfig:
     self_distill: bool = False
     prefix_len: int = 32
     distill_examples: int = 2048
+    soft_labels: bool = False  # with self_distill: the base model's distribution as the target
     window_fraction: float = 0.5  # with self_distill: share of each batch from corpus windows
     eval_examples: int = 64
     eval_every: int = 300
@@ -83,6 +84,7 @@ class TrainConfig:
             (self.seq_len > self.beam_length_train + 1, "--seq-len is too short"),
             (self.lr > 0, "--lr must be positive"),
             (self.device in ("cpu", "cuda"), "--device must be cpu or cuda"),
+            (not self.soft_labels or self.self_distill, "--soft-labels needs --self-distill"),
             (
                 not self.self_distill or self.prefix_len < self.seq_len,
                 "--seq-len must exceed the distillation prefix",
@@ -118,17 +120,20 @@ class TrainReport:
 class DrafterObjective(nn.Module):
     """The training loss around the drafter (what DistributedDataParallel wraps).
 
-    forward(hidden [B, T, H], embeddings [B, T, H], labels [B, T], scored [B, depth, T] bool)
+    forward(hidden [B, T, H], embeddings [B, T, H], labels [B, T], scored [B, depth, T] bool,
+            teacher_logits [B, T, V] or None)
         -> (mean cross-entropy, correct [depth], counted [depth])
     Position t at depth i (the drafter having consumed tokens t+1 .. t+i+1) is scored against
-    labels[t + i + 2] where scored[:, i, t] is set.
+    labels[t + i + 2] where scored[:, i, t] is set. With `teacher_logits` (the base model's
+    logits for the token at each position), the target is the base model's whole distribution
+    there instead of its argmax: cross-entropy against soft labels.
     """
 
     def __init__(self, drafter: Drafter, depth: int) -> None:
         super().__init__()
         self.drafter, self.depth = drafter, depth
 
-    def forward(self, hidden, embeddings, labels, scored):  # noqa: ANN001, ANN201
+    def forward(self, hidden, embeddings, labels, scored, teacher_logits=None):  # noqa: ANN001, ANN201
         """Loss over every scored (position, depth)."""
         t = labels.shape[1]
         features = self.drafter.teacher_forced_features(hidden, embeddings, self.depth)
@@ -139,7 +144,11 @@ class DrafterObjective(nn.Module):
             selected = feats[:, : t - shift][mask]  # only scored positions are projected
             target = labels[:, shift:][mask]
             logits = F.linear(selected, self.drafter.vocab_w).float()
-            losses.append(F.cross_entropy(logits, target, reduction="sum"))
+            if teacher_logits is None:
+                losses.append(F.cross_entropy(logits, target, reduction="sum"))
+            else:
+                teacher = torch.softmax(teacher_logits[:, shift:][mask].float(), dim=-1)
+                losses.append(-(teacher * torch.log_softmax(logits, dim=-1)).sum())
             correct.append((logits.argmax(-1) == target).sum())
             counted.append(target.new_tensor(target.numel()))
         total = torch.stack(counted).sum().clamp(min=1)
@@ -153,29 +162,31 @@ def supervision(
     hidden: torch.Tensor,
     depth: int,
     greedy_labels: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels [B, T], scored [B, depth, T]) for a batch.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(labels [B, T], scored [B, depth, T], teacher_logits [B, T, V] or None) for a batch.
 
     Ground truth (Apple's recipe): labels are the tokens, position t at depth i is scored when
     token t+i+2 is a target. Greedy (self-distillation): labels are the base model's greedy
     choices given the prefix, and position t at depth i is scored only when the drafter's
     inputs t+1 .. t+i+1 are themselves the base model's greedy choices, which is the only
-    situation greedy decoding ever shows the drafter.
+    situation greedy decoding ever shows the drafter; teacher_logits[:, t] are the base model's
+    logits for the token at t (from position t-1), for soft labels.
     """
     b, t = tokens.shape
     scored = torch.zeros(b, depth, t, dtype=torch.bool, device=tokens.device)
     if not greedy_labels:
         for i in range(depth):
             scored[:, i, : t - i - 2] = targets[:, i + 2 :]
-        return tokens, scored
-    greedy = torch.full_like(tokens, -1)
-    greedy[:, 1:] = base.lm_head(hidden[:, :-1]).argmax(-1)
+        return tokens, scored, None
+    teacher_logits = base.lm_head(hidden).roll(1, dims=1)  # [:, 0] wraps around: never scored
+    greedy = teacher_logits.argmax(-1)
+    greedy[:, 0] = -1
     on_path = (tokens == greedy) & targets
     run = torch.ones(b, t, dtype=torch.bool, device=tokens.device)  # inputs t+1..t+i+1 on path
     for i in range(depth):
         run[:, : t - i - 1] &= on_path[:, i + 1 :]
         scored[:, i, : t - i - 2] = run[:, : t - i - 2] & targets[:, i + 2 :]
-    return greedy, scored
+    return greedy, scored, teacher_logits
 
 
 def _distributed() -> tuple[int, int]:
@@ -328,10 +339,10 @@ def _evaluate(
             batch = examples.subset(range(start, min(start + cfg.batch_size, len(examples))))
             tokens, targets = batch.tokens.to(cfg.device), batch.targets.to(cfg.device)
             hidden = base.causal_hidden_states(tokens)
-            labels, scored = supervision(
+            labels, scored, _ = supervision(
                 base, tokens, targets, hidden, objective.depth, cfg.self_distill
             )
-            loss, c, n = objective(hidden, base.embedding[tokens], labels, scored)
+            loss, c, n = objective(hidden, base.embedding[tokens], labels, scored)  # hard CE
             correct += c.cpu()
             counted += n.cpu()
             loss_sum += float(loss) * int(n.sum())
@@ -423,11 +434,13 @@ def train_drafter(
         with torch.no_grad(), autocast():
             hidden = base.causal_hidden_states(tokens)
             embeddings = base.embedding[tokens]
-            labels, scored = supervision(
+            labels, scored, teacher = supervision(
                 base, tokens, targets, hidden, objective.depth, cfg.self_distill
             )
         with autocast():
-            loss, _, _ = model(hidden, embeddings, labels, scored)
+            loss, _, _ = model(
+                hidden, embeddings, labels, scored, teacher if cfg.soft_labels else None
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
         optimizer.step()

@@ -16,7 +16,7 @@ class GreedyBase:
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         t = hidden.shape[1]
         logits = torch.zeros(1, t, self.vocab)
-        for p in range(t):  # hidden[p] predicts position p + 1
+        for p in range(t - 1):  # hidden[p] predicts position p + 1 (the last: nothing)
             logits[0, p, self.choices[p + 1]] = 1.0
         return logits
 
@@ -24,8 +24,8 @@ class GreedyBase:
 def test_ground_truth_scores_every_target_at_every_depth():
     tokens = torch.tensor([[1, 2, 3, 4, 5, 6]])
     targets = torch.tensor([[False, False, True, True, True, True]])
-    labels, scored = supervision(None, tokens, targets, torch.zeros(1, 6, 4), 2, False)
-    assert torch.equal(labels, tokens)
+    labels, scored, teacher = supervision(None, tokens, targets, torch.zeros(1, 6, 4), 2, False)
+    assert torch.equal(labels, tokens) and teacher is None
     # depth 0: t scored when token t+2 is a target; depth 1: token t+3.
     assert scored[0, 0].tolist() == [True, True, True, True, False, False]
     assert scored[0, 1].tolist() == [True, True, True, False, False, False]
@@ -36,8 +36,9 @@ def test_greedy_labels_score_only_inputs_on_the_greedy_path():
     #            greedy:      -  2  3  4  5  6  7  8   (the text leaves the path at position 3)
     base = GreedyBase([0, 2, 3, 4, 5, 6, 7, 8])
     targets = torch.ones(1, 8, dtype=torch.bool)
-    labels, scored = supervision(base, tokens, targets, torch.zeros(1, 8, 4), 3, True)
+    labels, scored, teacher = supervision(base, tokens, targets, torch.zeros(1, 8, 4), 3, True)
     assert labels[0, 1:].tolist() == [2, 3, 4, 5, 6, 7, 8]
+    assert torch.equal(teacher[0, 1:].argmax(-1), labels[0, 1:])  # aligned with the labels
     # depth 0 at t needs token t+1 on the path (and a label at t+2 inside the sequence).
     assert scored[0, 0].tolist() == [True, True, False, True, True, True, False, False]
     # depth 1 at t needs tokens t+1 and t+2 on the path.
@@ -51,6 +52,25 @@ def test_greedy_labels_respect_the_target_mask():
     tokens = torch.tensor([[1, 2, 3, 4, 5, 6]])
     base = GreedyBase([0, 2, 3, 4, 5, 6])
     targets = torch.tensor([[False, False, False, True, True, True]])  # a prefix, then output
-    _, scored = supervision(base, tokens, targets, torch.zeros(1, 6, 4), 1, True)
+    _, scored, _ = supervision(base, tokens, targets, torch.zeros(1, 6, 4), 1, True)
     # inputs must be targets (on the generated path) and so must the label position
     assert scored[0, 0].tolist() == [False, False, True, True, False, False]
+
+
+def test_soft_labels_of_a_certain_teacher_equal_hard_labels():
+    from redcompile.models.drafter import Drafter, DrafterConfig
+    from redcompile.training.trainer import DrafterObjective
+
+    torch.manual_seed(0)
+    objective = DrafterObjective(Drafter(DrafterConfig(8, 10, 16, 1, True)), 2)
+    hidden, embeddings = torch.randn(2, 7, 8), torch.randn(2, 7, 8)
+    labels = torch.randint(0, 10, (2, 7))
+    scored = torch.rand(2, 2, 7) > 0.3
+    certain = torch.nn.functional.one_hot(labels, 10).float() * 100.0  # softmax = one-hot
+    hard, correct, counted = objective(hidden, embeddings, labels, scored)
+    soft, correct_soft, _ = objective(hidden, embeddings, labels, scored, certain)
+    assert torch.allclose(hard, soft, atol=1e-5) and torch.equal(correct, correct_soft)
+    unsure = torch.zeros(2, 7, 10)  # a uniform teacher: the loss is the cross-entropy to uniform
+    assert not torch.allclose(objective(hidden, embeddings, labels, scored, unsure)[0], hard)
+    # depth i at t is counted when scored and its label t + i + 2 lies inside the 7 tokens
+    assert counted.tolist() == [int(scored[:, 0, :5].sum()), int(scored[:, 1, :4].sum())]

@@ -168,6 +168,7 @@ def test_two_cpu_processes_under_torchrun_match_one_process(tiny_llama, corpus, 
         (dict(steps=0), "--steps"),
         (dict(beam_length_train=1), "--beam-length-train"),
         (dict(device="cuda"), "cuda"),
+        (dict(soft_labels=True), "--self-distill"),
     ],
 )
 def test_bad_settings_are_refused(change, words):
