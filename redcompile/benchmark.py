@@ -3,8 +3,9 @@
 For every batch size, the engines (the baseline and one ReDrafter engine per beam shape) run the
 whole prompt set in turn, `repeats` times after a warm-up round, alternating, and the medians
 are reported: tokens per second, tokens per step, step latency, speedup over the baseline. One
-extra, untimed, profiled run per engine gives the step split (base model, drafting, tree,
-acceptance, KV update, host) and the tokens verified per step after deduplication.
+extra, untimed, profiled run per engine over the first max(4, 2 x batch) prompts gives the step
+split (base model, drafting, tree, acceptance, KV update, host) and the tokens verified per step
+after deduplication.
 
 Sources: a model folder (runtime `torch`, or `onnxruntime` after converting each shape into a
 work folder), or an artifact plus an autoregressive artifact as `baseline`.
@@ -222,7 +223,8 @@ def _profiled_split(
         state = backend.read(["num_tokens", "forced"])
         decoding = (state["forced"] == 1) & (state["num_tokens"] > 0)
         tree_sizes.extend(state["num_tokens"][decoding].tolist())
-        return original_step()
+        with _graph_range():
+            return original_step()
 
     backend.step = observed_step
     try:
@@ -253,39 +255,85 @@ def _ort_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[
         finally:
             backend.session = plain
         events = json.loads(Path(profiled.end_profiling()).read_text())
+    # ORT stops recording at a fixed number of events: count only the steps it recorded whole.
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    recorded_until = max((e["ts"] + e["dur"] for e in runs), default=0)
     totals: dict[str, float] = defaultdict(float)
-    run_seconds = 0.0
     for event in events:
-        if event.get("cat") == "Session" and event.get("name") == "model_run":
-            run_seconds += event["dur"] / 1e6
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
-        name = event["name"]
-        category = "base"
-        if name.startswith("_inlfunc_"):
-            category = FUNCTION_CATEGORY.get(name[len("_inlfunc_") :].split("_")[0], "base")
-        totals[category] += event["dur"] / 1e6
-    return _per_step(totals, result, run_seconds)
+        if event["ts"] + event["dur"] > recorded_until:
+            continue
+        totals[_category(event["name"])] += event["dur"] / 1e6
+    run_seconds = sum(e["dur"] for e in runs) / 1e6
+    return _per_step(totals, result, run_seconds, recorded_steps=len(runs))
 
 
-def _torch_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[str, float]:
+def _graph_range():  # noqa: ANN202
+    import torch
+
+    return torch.profiler.record_function("redcompile.graph")
+
+
+def _category(node_name: str) -> str:
+    """The split category of a profiled ONNX Runtime node: function-body nodes are named
+    `<Op>.<value>` (see ops/onnx_builder.py) and keep it when inlined, and mostly inside the
+    names of nodes that graph optimisations fuse; anything else is the base model."""
+    for op, category in FUNCTION_CATEGORY.items():
+        if f"{op}." in node_name:
+            return category
+    return "base"
+
+
+def _torch_split(
+    engine: Generator, prompts, batch: int, new_tokens: int
+) -> dict[str, float | None]:
+    """From the step module's profiler ranges. A compiled (.pt2) step has none inside: its
+    categories are unknown (None) and only the host share is measured."""
     import torch
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         result = _run(engine, prompts, batch, new_tokens)
     totals: dict[str, float] = defaultdict(float)
+    graph_seconds = 0.0
     for event in prof.key_averages():
-        if event.key.startswith("redcompile.") and event.key[11:] in SPLIT_KEYS:
+        if event.key == "redcompile.graph":
+            graph_seconds += event.cpu_time_total / 1e6
+        elif event.key.startswith("redcompile.") and event.key[11:] in SPLIT_KEYS:
             totals[event.key[11:]] += event.cpu_time_total / 1e6
-    return _per_step(totals, result, sum(totals.values()))
+    split: dict[str, float | None] = dict(_per_step(totals, result, graph_seconds))
+    if not totals:
+        split.update({key: None for key in SPLIT_KEYS if key != "host"})
+    return split
+
+
+def _scaled_to(split: dict[str, float | None], step_ms: float) -> dict[str, float | None]:
+    """The profiled split rescaled to an unprofiled step of `step_ms`: profiling slows every
+    node down, so its absolute times overstate the graph; its proportions are kept, and the
+    host share (not slowed by profiling) is kept as measured."""
+    host = min(split["host"] or 0.0, step_ms)
+    graph = {k: v for k, v in split.items() if k != "host" and v is not None}
+    profiled_graph = sum(graph.values())
+    scaled: dict[str, float | None] = dict(split)
+    for key, value in graph.items():
+        share = value / profiled_graph if profiled_graph > 0 else 0.0
+        scaled[key] = round(share * (step_ms - host), 3)
+    scaled["host"] = round(host, 3)
+    return scaled
 
 
 def _per_step(
-    totals: dict[str, float], result: GenerationResult, graph_seconds: float
+    totals: dict[str, float],
+    result: GenerationResult,
+    graph_seconds: float,
+    recorded_steps: int | None = None,
 ) -> dict[str, float]:
-    steps = max(1, result.steps)
+    """Milliseconds per step by category over the first `recorded_steps` steps (all steps
+    when None); host = step wall time not spent in the graph."""
+    steps = max(1, result.steps if recorded_steps is None else recorded_steps)
+    wall = sum(result.step_seconds[:steps])
     split = {key: round(totals.get(key, 0.0) / steps * 1e3, 3) for key in SPLIT_KEYS}
-    split["host"] = round(max(0.0, sum(result.step_seconds) - graph_seconds) / steps * 1e3, 3)
+    split["host"] = round(max(0.0, wall - graph_seconds) / steps * 1e3, 3)
     return split
 
 
@@ -315,7 +363,7 @@ def bench(
     else:
         if baseline is None:
             raise InputError(
-                f"bench: {source} is an artifact; give --baseline AR.onnx, an "
+                f"bench: {source} is an artifact; give --baseline AR.onnx (or AR.pt2), an "
                 f"artifact converted with --autoregressive, to compare against"
             )
         spec = open_artifact(source)
@@ -323,7 +371,12 @@ def bench(
         if base.info["mode"] != BASELINE:
             raise InputError(f"bench: --baseline {baseline} is not an autoregressive artifact")
         engines = {BASELINE: base, f"W{spec.info['beam_width']}-L{spec.info['beam_length']}": spec}
-        runtime = "onnxruntime"
+        if base.info["runtime"] != spec.info["runtime"]:
+            raise InputError(
+                f"bench: --baseline {baseline} runs in {base.info['runtime']}, {source} in "
+                f"{spec.info['runtime']}; compare within one runtime"
+            )
+        runtime = spec.info["runtime"]
     ids = [engines[BASELINE].codec.encode(p) for p in prompts]
     measurements = []
     for batch in cfg.batch_sizes:
@@ -340,7 +393,9 @@ def bench(
                     last[name] = result
         for name, engine in engines.items():
             result = last[name]
-            split, verified = _profiled_split(engine, ids, batch, cfg.max_new_tokens)
+            profiled = ids[: max(4, 2 * batch)]  # enough for full rows, few enough to record
+            split, verified = _profiled_split(engine, profiled, batch, cfg.max_new_tokens)
+            step_ms = statistics.median(result.step_seconds) * 1e3
             median = statistics.median(seconds[name])
             measurements.append(
                 Measurement(
@@ -350,11 +405,11 @@ def bench(
                     beam_length=engine.info["beam_length"],
                     tokens_per_second=round(result.generated_tokens / median, 2),
                     tokens_per_step=round(result.tokens_per_step, 4),
-                    step_ms=round(statistics.median(result.step_seconds) * 1e3, 3),
+                    step_ms=round(step_ms, 3),
                     steps=result.steps,
                     generated_tokens=result.generated_tokens,
                     verified_tokens_per_step=round(verified, 2),
-                    split_ms=split,
+                    split_ms=_scaled_to(split, step_ms),
                 )
             )
         reference = next(m for m in measurements if m.engine == BASELINE and m.batch_size == batch)
@@ -372,15 +427,20 @@ def bench(
     )
 
 
-def plot(report: BenchReport, path: Path | str) -> Path:
+def plot(report: BenchReport, path: Path | str, speed: bool = True) -> Path:
     """Speedup and tokens per step: across batch sizes, one line per beam shape; or, for a
-    single batch size, across beam widths, one line per beam length."""
+    single batch size, across beam widths, one line per beam length. `speed=False` draws
+    tokens per step alone (for records whose timings are not comparable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if speed:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    else:
+        fig, right = plt.subplots(1, 1, figsize=(6, 4.2))
+        left = None
     drafted = [m for m in report.measurements if m.engine != BASELINE]
     by_width = len({m.batch_size for m in drafted}) == 1
     if by_width:  # x: beam width, a line per beam length
@@ -399,16 +459,18 @@ def plot(report: BenchReport, path: Path | str) -> Path:
         x_of, x_label = (lambda m: m.batch_size), "batch size"
     for name, rows in lines.items():
         xs = [x_of(m) for m in rows]
-        left.plot(xs, [m.speedup for m in rows], marker="o", label=name)
+        if left is not None:
+            left.plot(xs, [m.speedup for m in rows], marker="o", label=name)
         right.plot(xs, [m.tokens_per_step for m in rows], marker="o", label=name)
-    left.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-    left.set(
-        title=f"Speedup over autoregressive ({report.runtime})",
-        xlabel=x_label,
-        ylabel="tokens/s ratio",
-    )
+    if left is not None:
+        left.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+        left.set(
+            title=f"Speedup over autoregressive ({report.runtime})",
+            xlabel=x_label,
+            ylabel="tokens/s ratio",
+        )
     right.set(title="Tokens per step (greedy)", xlabel=x_label, ylabel="tokens / step")
-    for axis in (left, right):
+    for axis in (a for a in (left, right) if a is not None):
         axis.set_xscale("log", base=2)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)

@@ -70,6 +70,10 @@ def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, tmp_path
     for row in record["results"]:
         assert set(row) == FIELDS and set(row["split_ms"]) == SPLIT
         assert row["tokens_per_second"] > 0 and row["step_ms"] > 0
+    for row in (r for r in record["results"] if r["engine"] != "autoregressive"):
+        # every op's time is found in ONNX Runtime's profile, and the split adds up to a step
+        assert all(row["split_ms"][k] > 0 for k in SPLIT), row["split_ms"]
+        assert abs(sum(row["split_ms"].values()) - row["step_ms"]) < 0.01 * row["step_ms"] + 0.01
     baseline = [r for r in record["results"] if r["engine"] == "autoregressive"]
     assert all(r["speedup"] == 1.0 and r["tokens_per_step"] == 1.0 for r in baseline)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
