@@ -29,6 +29,26 @@ def _weight_bytes(tensor: onnx.TensorProto) -> int:
     return len(tensor.raw_data) or tensor.ByteSize()
 
 
+# The manifest fields `inspect` reports as they are, in the documented key order.
+MANIFEST_FIELDS = (
+    "format_version",
+    "redcompile_version",
+    "target",
+    "mode",
+    "dtype",
+    "beam",
+    "max_seq_len",
+    "top_k",
+    "model",
+    "drafter",
+    "stop_token_ids",
+)
+
+
+def _manifest_fields(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {key: manifest[key] for key in MANIFEST_FIELDS}
+
+
 def describe_artifact(path: Path | str) -> dict[str, Any]:
     """A JSON-ready description of an artifact (see docs/cli.md, `inspect --json`)."""
     from redcompile.pt2_artifact import is_pt2_file
@@ -44,17 +64,7 @@ def describe_artifact(path: Path | str) -> dict[str, Any]:
     external = [t for t in weights if t.data_location == onnx.TensorProto.EXTERNAL]
     return {
         "path": str(artifact.path),
-        "format_version": manifest["format_version"],
-        "redcompile_version": manifest["redcompile_version"],
-        "target": manifest["target"],
-        "mode": manifest["mode"],
-        "dtype": manifest["dtype"],
-        "beam": manifest["beam"],
-        "max_seq_len": manifest["max_seq_len"],
-        "top_k": manifest["top_k"],
-        "model": manifest["model"],
-        "drafter": manifest["drafter"],
-        "stop_token_ids": manifest["stop_token_ids"],
+        **_manifest_fields(manifest),
         "inputs": [_value_info(v) for v in model.graph.input],
         "outputs": [_value_info(v) for v in model.graph.output],
         "ops_by_domain": dict(sorted(domains.items())),
@@ -114,17 +124,7 @@ def describe_pt2_artifact(path: Path | str) -> dict[str, Any]:
     weights = manifest.get("weights", {})
     return {
         "path": str(artifact.path),
-        "format_version": manifest["format_version"],
-        "redcompile_version": manifest["redcompile_version"],
-        "target": manifest["target"],
-        "mode": manifest["mode"],
-        "dtype": manifest["dtype"],
-        "beam": manifest["beam"],
-        "max_seq_len": manifest["max_seq_len"],
-        "top_k": manifest["top_k"],
-        "model": manifest["model"],
-        "drafter": manifest["drafter"],
-        "stop_token_ids": manifest["stop_token_ids"],
+        **_manifest_fields(manifest),
         "inputs": tensors(manifest["io"]["inputs"]),
         "outputs": tensors(manifest["io"]["outputs"]),
         "ops_by_domain": dict(sorted(domains.items())),

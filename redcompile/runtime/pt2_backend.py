@@ -54,20 +54,12 @@ class Pt2Backend(StepBackend):
 
     def reset(self, batch_size: int, capacity: int) -> None:
         """Zeroed inputs: one idle packed token per row and an empty cache of `capacity`."""
-        model = self.manifest["model"]
-        sizes = {
-            "batch": batch_size,
-            "tokens": 1,
-            "cache": capacity,
-            "vocab": model["vocab_size"],
-            "kv_heads": model["num_kv_heads"],
-            "head_dim": model["head_dim"],
-        }
         self.state = {}
-        for spec in self.signature.inputs:
-            shape = [sizes.get(d, d) for d in spec.dims]
-            dtype = self.model_dtype if spec.dtype == "model" else TORCH_DTYPES[spec.dtype]
-            self.state[spec.name] = torch.zeros(shape, dtype=dtype, device=self.device)
+        for name, shape, dtype in self.signature.initial_inputs(
+            self.manifest["model"], batch_size, capacity
+        ):
+            torch_dtype = self.model_dtype if dtype == "model" else TORCH_DTYPES[dtype]
+            self.state[name] = torch.zeros(shape, dtype=torch_dtype, device=self.device)
 
     def write(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the named inputs with host arrays (copied to the device)."""
