@@ -81,7 +81,7 @@ class OneLineErrors(click.Group):
             command = exc.ctx.command_path if exc.ctx else "redcompile"
             click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
             sys.exit(EXIT_BAD_INPUT)
-        except click.exceptions.Abort:
+        except (click.exceptions.Abort, KeyboardInterrupt):  # also one raised outside commands
             click.echo("interrupted", err=True)
             sys.exit(130)
         sys.exit(result if isinstance(result, int) else 0)
