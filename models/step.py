@@ -36,22 +36,6 @@ class TensorSpec:
     dtype: str  # "int64", "float32", or "model" for the model's dtype
     dims: tuple[str | int, ...]
 
-    def initial_inputs(
-        self, model: dict, batch_size: int, capacity: int
-    ) -> list[tuple[str, list[int], str]]:
-        """(name, shape, dtype name) of every input before the first step: one idle packed
-        token per row and a cache of `capacity` slots; dtype "model" is the artifact's dtype.
-        `model` is the manifest's model config."""
-        sizes = {
-            "batch": batch_size,
-            "tokens": 1,
-            "cache": capacity,
-            "vocab": model["vocab_size"],
-            "kv_heads": model["num_kv_heads"],
-            "head_dim": model["head_dim"],
-        }
-        return [(t.name, [sizes.get(d, d) for d in t.dims], t.dtype) for t in self.inputs]
-
     def to_dict(self) -> dict:
         """JSON form for the manifest."""
         return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}

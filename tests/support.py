@@ -75,6 +75,18 @@ TINY = dict(
 )
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 
+# Prompts of different lengths (token ids < 97, the tiny vocabulary) for batch tests.
+PROMPTS = [
+    [5, 17, 33],
+    [40, 2, 9, 61, 8, 30, 12],
+    [3],
+    [70, 71, 72, 73, 74],
+    [11, 12],
+    [90, 1, 2, 3, 4, 5, 6, 7, 8],
+    [20, 21],
+    [33, 34, 35],
+]
+
 
 def save_tiny_model(
     path,

@@ -17,17 +17,7 @@ from redcompile.cli import main
 from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig
-
-PROMPTS = [
-    [5, 17, 33],
-    [40, 2, 9, 61, 8, 30, 12],
-    [3],
-    [70, 71, 72, 73, 74],
-    [11, 12],
-    [90, 1, 2, 3, 4, 5, 6, 7, 8],
-    [20, 21],
-    [33, 34, 35],
-]
+from support import PROMPTS
 
 
 @pytest.fixture(scope="module")

@@ -22,17 +22,8 @@ from redcompile.config import BeamShape
 from redcompile.errors import ArtifactError, InputError, PassError, TargetUnavailableError
 from redcompile.generation import GenerationConfig
 from redcompile.pt2_artifact import EXTRA_DIR, read_pt2_artifact
+from support import PROMPTS
 
-PROMPTS = [
-    [5, 17, 33],
-    [40, 2, 9, 61, 8, 30, 12],
-    [3],
-    [70, 71, 72, 73, 74],
-    [11, 12],
-    [90, 1, 2, 3, 4, 5, 6, 7, 8],
-    [20, 21],
-    [33, 34, 35],
-]
 BEAM = BeamShape(3, 4)
 OPTIONS = ConvertOptions(beam=BEAM, random_drafter=True, max_seq_len=64, target="torch")
 
