@@ -273,7 +273,8 @@ std::tuple<Tensor, Tensor> drafter_beam_search_cuda(
     const optional<Tensor>& rnn_w, const optional<Tensor>& rnn_u_w,
     const optional<Tensor>& rnn_u_b, const optional<Tensor>& input_proj_w,
     const optional<Tensor>& input_proj_b, const Tensor& res_w, const Tensor& res_b,
-    const Tensor& vocab_w, int64_t beam_width, int64_t beam_length, int64_t top_k) {
+    const Tensor& vocab_w, const optional<Tensor>& draft_vocab, int64_t beam_width,
+    int64_t beam_length, int64_t top_k) {
   TORCH_CHECK(beam_length >= 2 && beam_width >= 1,
               "beam search needs beam_length >= 2 and beam_width >= 1, got ", beam_length,
               " and ", beam_width);
@@ -302,11 +303,21 @@ std::tuple<Tensor, Tensor> drafter_beam_search_cuda(
     }
     const Tensor logits = at::linear(x, vocab_w);  // cast to float inside the kernel
     auto [logprobs, new_scores, parent, token] = beam_select_cuda(logits, scores, top_k);
+    // A draft vocabulary: selection ran over its rows; map the rows back to token ids.
+    if (draft_vocab.has_value()) {
+      token = draft_vocab->index_select(0, token.reshape({-1})).view_as(token);
+    }
     beams = at::cat({gather_beams(beams, parent), token.unsqueeze(-1)}, -1);
     state = gather_beams(state, parent);
     const Tensor chosen = gather_beams(logprobs, parent).unsqueeze(2);
     history = history.defined() ? at::cat({gather_beams(history, parent), chosen}, 2) : chosen;
     scores = new_scores;
+  }
+  if (draft_vocab.has_value()) {  // [B, W, C, V'] -> [B, W, C, V], LOG_0 outside the subset
+    std::vector<int64_t> full(history.sizes().begin(), history.sizes().end());
+    full.back() = embedding.size(0);
+    history = at::full(full, kLog0, history.options())
+                  .scatter(-1, draft_vocab->expand(history.sizes()), history);
   }
   return {beams.contiguous(), history.contiguous()};
 }

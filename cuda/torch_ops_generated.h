@@ -27,7 +27,8 @@ inline constexpr std::array<OpSchema, 6> kOpSchemas = {{
      "drafter_beam_search(Tensor hidden, Tensor root, Tensor embedding, "
      "Tensor? rnn_w, Tensor? rnn_u_w, Tensor? rnn_u_b, Tensor? input_proj_w, "
      "Tensor? input_proj_b, Tensor res_w, Tensor res_b, Tensor vocab_w, "
-     "int beam_width, int beam_length, int top_k) -> (Tensor, Tensor)"},
+     "Tensor? draft_vocab, int beam_width, int beam_length, int top_k) -> (Tensor, "
+     "Tensor)"},
     {"build_tree",
      "build_tree(Tensor beams) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"},
     {"ancestor_mask",
@@ -64,6 +65,7 @@ using drafter_beam_search_fn = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&,
     const at::Tensor&,
     const at::Tensor&,
+    const std::optional<at::Tensor>&,
     int64_t,
     int64_t,
     int64_t);

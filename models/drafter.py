@@ -11,6 +11,10 @@ Exactly Apple's `recurrent_drafting/modeling_drafter.py` computation (reference/
 E is the *base model's* input embedding table, borrowed, never stored in the drafter. The residual
 blocks are stored stacked ([N, E, E]) so that the beam-search op takes a fixed set of inputs;
 `drafter_io.py` maps them to and from Apple's per-block names.
+
+`restrict_vocabulary` keeps only some rows of vocab_w (a draft vocabulary, chosen at convert
+time from the token frequencies training recorded): the drafter then proposes only those tokens,
+at a fraction of the projection's cost. Verification is unchanged, so decoding stays exact.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class Drafter(nn.Module):
         self.res_w = nn.Parameter(torch.empty(n, e, e))
         self.res_b = nn.Parameter(torch.empty(n, e))
         self.vocab_w = nn.Parameter(torch.empty(v, e))
+        # [V'] token id of each vocab_w row when restricted (a buffer: it follows .to(device))
+        self.register_buffer("draft_vocab", None, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -71,6 +77,21 @@ class Drafter(nn.Module):
             if bias is not None:
                 bound = weight.shape[-1] ** -0.5
                 nn.init.uniform_(bias, -bound, bound)
+
+    def init_projection_from(self, lm_head_w: torch.Tensor) -> None:
+        """Start vocab_w as the base model's lm_head [V, H] reading the h half of [h, s].
+
+        Training starts from a projection that already maps the base model's hidden states
+        to its vocabulary (the residual blocks start near identity); the drafter then learns to
+        move its features toward the next position's. Only for drafters without input_proj,
+        whose features begin as [h, s].
+        """
+        if self.input_proj is not None:
+            return
+        h = self.config.hidden_size
+        with torch.no_grad():
+            self.vocab_w.zero_()
+            self.vocab_w[:, :h] = lm_head_w.to(self.vocab_w.dtype)
 
     def _linears(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         pairs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
@@ -94,7 +115,21 @@ class Drafter(nn.Module):
             if self.input_proj is not None
             else (None, None)
         )
-        return (*rnn, *proj, self.res_w, self.res_b, self.vocab_w)
+        return (*rnn, *proj, self.res_w, self.res_b, self.vocab_w, self.draft_vocab)
+
+    def restrict_vocabulary(self, token_ids: torch.Tensor) -> None:
+        """Draft only `token_ids` [V'] (distinct ids): keep their rows of the projection."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        v = self.config.vocab_size
+        if ids.numel() == 0 or ids.unique().numel() != ids.numel():
+            raise ValueError("a draft vocabulary needs distinct token ids")
+        if int(ids.min()) < 0 or int(ids.max()) >= v:
+            raise ValueError(f"draft vocabulary ids must lie in [0, {v})")
+        if self.draft_vocab is not None:
+            raise ValueError("the drafter's vocabulary is already restricted")
+        with torch.no_grad():
+            self.vocab_w = nn.Parameter(self.vocab_w[ids].clone())
+        self.draft_vocab = ids.to(self.vocab_w.device)
 
     def beam_search(
         self,

@@ -1,4 +1,4 @@
-"""redcompile's custom ops, each defined once (see `opdef.py` and docs/ops.md).
+"""redcompile's custom ops, each defined once (`opdef.py`; docs/architecture.md, "Ops").
 
 `OPS` is the explicit, ordered registry; importing this package registers every op with
 torch.library (CPU reference + fake), and the CUDA implementations when the compiled library

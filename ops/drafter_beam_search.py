@@ -9,9 +9,16 @@ Shapes (B batch, H base hidden size, E drafter width, V vocabulary, N residual b
     rnn_u_w/_b    [H, H], [H]   optional: recurrent state weight and bias
     input_proj_w  [E, 2H]       optional: projection of [h, s] when E != 2H, with bias [E]
     res_w, res_b  [N, E, E], [N, E]   residual SiLU blocks x + silu(W x + b)
-    vocab_w       [V, E]        vocabulary projection (no bias)
+    vocab_w       [V', E]       vocabulary projection (no bias)
+    draft_vocab   [V'] int64    optional: the token id of each row of vocab_w, when the drafter
+                                drafts from a subset of the vocabulary (V' < V); absent: V' = V
     ->  beams     [B, W, L] int64   beams[..., 0] == root
         logprobs  [B, W, C, V] float32   log Q(. | beam prefix) that drafted beams[..., t + 1]
+
+A draft vocabulary (`draft_vocab`) makes the vocabulary projection, the drafter's largest cost at
+production vocabularies, V / V' times cheaper: the search runs over V' candidates, tokens are
+mapped back to ids, and tokens outside the subset get log Q = LOG_0 (the drafter never proposes
+them, so acceptance stays exact).
 
 The math follows Apple's reference (recurrent_drafting/modeling_drafter.py): state
 s_t = silu(rnn_w e + rnn_u s_{t-1} + b) (or a running sum of embeddings), logits from the
@@ -116,6 +123,7 @@ def drafter_beam_search_reference(
     res_w: torch.Tensor,
     res_b: torch.Tensor,
     vocab_w: torch.Tensor,
+    draft_vocab: torch.Tensor | None,
     beam_width: int,
     beam_length: int,
     top_k: int,
@@ -141,6 +149,8 @@ def drafter_beam_search_reference(
         logits = warp_top_k(logits - logits.amax(dim=-1, keepdim=True), top_k)
         logprobs = torch.log_softmax(logits, dim=-1)
         scores, parent, token = beam_select(scores, logprobs)
+        if draft_vocab is not None:
+            token = draft_vocab[token]
         beams = torch.cat([_gather_beams(beams, parent), token.unsqueeze(-1)], dim=-1)
         state = _gather_beams(state, parent)
         chosen = _gather_beams(logprobs, parent).unsqueeze(2)
@@ -149,7 +159,17 @@ def drafter_beam_search_reference(
             if history is None
             else torch.cat([_gather_beams(history, parent), chosen], dim=2)
         )
+    if draft_vocab is not None:
+        history = scatter_to_vocabulary(history, draft_vocab, embedding.shape[0])
     return beams.contiguous(), history.contiguous()
+
+
+def scatter_to_vocabulary(
+    logprobs: torch.Tensor, draft_vocab: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    """logprobs [..., V'] over the draft vocabulary -> [..., V], LOG_0 outside it."""
+    full = logprobs.new_full((*logprobs.shape[:-1], vocab_size), LOG_0)
+    return full.scatter(-1, draft_vocab.expand(logprobs.shape), logprobs)
 
 
 def drafter_beam_search_fake(
@@ -164,13 +184,14 @@ def drafter_beam_search_fake(
     res_w,
     res_b,
     vocab_w,
+    draft_vocab,  # noqa: ANN001
     beam_width,
     beam_length,
     top_k,
 ):
-    """beams [B, W, L] int64 and logprobs [B, W, L - 1, V] float32."""
+    """beams [B, W, L] int64 and logprobs [B, W, L - 1, V] float32 (V: embedding rows)."""
     b = hidden.shape[0]
-    v = vocab_w.shape[0]
+    v = embedding.shape[0]
     beams = hidden.new_empty((b, beam_width, beam_length), dtype=torch.int64)
     logprobs = hidden.new_empty((b, beam_width, beam_length - 1, v), dtype=torch.float32)
     return beams, logprobs
@@ -243,6 +264,8 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
         scores, flat = b.TopK(joint, b.const([width]), axis=-1, outputs=2)
         parent = b.Unsqueeze(b.Div(flat, vocab), b.const([-1]))  # [B, W, 1]
         token = b.Unsqueeze(b.Mod(flat, vocab), b.const([-1]))
+        if spec.has("draft_vocab"):
+            token = b.Gather(b.input("draft_vocab"), token, axis=0)
         beams = b.Concat(b.GatherND(beams, parent, batch_dims=1), token, axis=-1)
         state = b.Reshape(b.GatherND(b.Reshape(state, bw_h), parent, batch_dims=1), rows)
         chosen = b.Unsqueeze(b.GatherND(logprobs, parent, batch_dims=1), b.const([2]))
@@ -250,6 +273,14 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
             chosen
             if history is None
             else b.Concat(b.GatherND(history, parent, batch_dims=1), chosen, axis=2)
+        )
+    if spec.has("draft_vocab"):  # [B, W, C, V'] -> [B, W, C, V], LOG_0 outside
+        full_shape = b.Concat(b.Shape(history, end=-1), b.dim(embedding, 0), axis=0)
+        history = b.ScatterElements(
+            b.Expand(b.const(LOG_0, "float32"), full_shape),
+            b.Expand(b.input("draft_vocab"), b.Shape(history)),
+            history,
+            axis=-1,
         )
     return b.build({"beams": beams, "logprobs": history})
 
@@ -260,8 +291,8 @@ DRAFTER_BEAM_SEARCH = OpDef(
     schema=(
         "(Tensor hidden, Tensor root, Tensor embedding, Tensor? rnn_w, Tensor? rnn_u_w, "
         "Tensor? rnn_u_b, Tensor? input_proj_w, Tensor? input_proj_b, Tensor res_w, "
-        "Tensor res_b, Tensor vocab_w, int beam_width, int beam_length, int top_k) "
-        "-> (Tensor, Tensor)"
+        "Tensor res_b, Tensor vocab_w, Tensor? draft_vocab, int beam_width, int beam_length, "
+        "int top_k) -> (Tensor, Tensor)"
     ),
     reference=drafter_beam_search_reference,
     fake=drafter_beam_search_fake,
@@ -278,6 +309,7 @@ DRAFTER_BEAM_SEARCH = OpDef(
         "res_w",
         "res_b",
         "vocab_w",
+        "draft_vocab",
     ),
     output_names=("beams", "logprobs"),
     attribute_names=("beam_width", "beam_length", "top_k"),

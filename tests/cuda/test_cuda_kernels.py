@@ -285,8 +285,10 @@ def test_beam_select_tie_rule_is_score_then_lowest_flat_index(cuda_ops):
             assert new_scores[row].tolist() == [float(joint[row, i]) for i in order]
 
 
-def drafter_inputs(g, b, h, v, rnn, proj, layers):
+def drafter_inputs(g, b, h, v, rnn, proj, layers, draft_vocab=0):
+    """The op's tensor inputs; `draft_vocab` > 0 drafts from that many random token ids."""
     e = 24 if proj else 2 * h
+    rows = draft_vocab or v
 
     def r(*shape, scale=1.0):
         return torch.randn(*shape, generator=g) * scale
@@ -302,23 +304,27 @@ def drafter_inputs(g, b, h, v, rnn, proj, layers):
         r(e, scale=0.1) if proj else None,
         r(layers, e, e, scale=e**-0.5),
         r(layers, e, scale=0.1),
-        r(v, e, scale=3 * e**-0.5),
+        r(rows, e, scale=3 * e**-0.5),
+        torch.randperm(v, generator=g)[:draft_vocab] if draft_vocab else None,
     ]
 
 
 @pytest.mark.parametrize(
-    "rnn,proj,layers,width,length,top_k",
+    "rnn,proj,layers,width,length,top_k,draft_vocab",
     [
-        (True, False, 2, 4, 4, 0),
-        (False, True, 1, 3, 3, 5),
-        (True, True, 0, 1, 5, 50),
-        (True, False, 1, 16, 5, 50),
-        (False, False, 2, 64, 3, 64),
+        (True, False, 2, 4, 4, 0, 0),
+        (False, True, 1, 3, 3, 5, 0),
+        (True, True, 0, 1, 5, 50, 0),
+        (True, False, 1, 16, 5, 50, 0),
+        (False, False, 2, 64, 3, 64, 0),
+        (True, False, 2, 8, 5, 50, 200),  # a draft vocabulary of 200 of the 700 tokens
     ],
 )
-def test_drafter_beam_search_matches_reference(cuda_ops, rnn, proj, layers, width, length, top_k):
+def test_drafter_beam_search_matches_reference(
+    cuda_ops, rnn, proj, layers, width, length, top_k, draft_vocab
+):
     g = torch.Generator().manual_seed(width * 7 + length)
-    inputs = to_device(drafter_inputs(g, 3, 16, 700, rnn, proj, layers))
+    inputs = to_device(drafter_inputs(g, 3, 16, 700, rnn, proj, layers, draft_vocab))
     # The reference on the same device runs the same cuBLAS products, so logits are equal and
     # only the selection differs in implementation.
     want_beams, want_logprobs = drafter_beam_search_reference(*inputs, width, length, top_k)

@@ -50,13 +50,16 @@ def tree_attention_samples(dtype=torch.float32):
 def beam_search_samples():
     from redcompile.models.drafter import Drafter, DrafterConfig
 
-    for rnn, exit_dim, layers, (w, length, top_k) in [
-        (True, 24, 2, (4, 4, 0)),
-        (False, 16, 1, (3, 3, 5)),
-        (True, 20, 0, (1, 5, 50)),
+    for rnn, exit_dim, layers, (w, length, top_k), draft_vocab in [
+        (True, 24, 2, (4, 4, 0), None),
+        (False, 16, 1, (3, 3, 5), None),
+        (True, 20, 0, (1, 5, 50), None),
+        (True, 24, 1, (3, 4, 5), [39, 3, 17, 0, 8, 21, 30, 11, 5, 2]),  # a draft vocabulary
     ]:
         torch.manual_seed(layers)
         drafter = Drafter(DrafterConfig(12, 40, exit_dim, layers, rnn))
+        if draft_vocab is not None:
+            drafter.restrict_vocabulary(torch.tensor(draft_vocab))
         weights = [p.detach() if p is not None else None for p in drafter.op_weights()]
         yield (
             [torch.randn(2, 12), torch.tensor([3, 17]), torch.randn(40, 12), *weights],
