@@ -122,8 +122,20 @@ def open_model_folder(
     allow_pickle: bool = False,
     dtype: str | None = None,
     max_seq_len: int | None = None,
+    draft_vocab: int | None = None,
 ) -> Generator:
-    """A Generator running the PyTorch reference step on a Hugging Face folder (+ drafter)."""
+    """A Generator running the PyTorch reference step on a Hugging Face folder (+ drafter).
+
+    `draft_vocab` N drafts only from the N tokens the drafter was trained to predict most often
+    (models/draft_vocab.py); a random drafter takes the N lowest ids.
+    """
+    import torch
+
+    from redcompile.models.draft_vocab import (
+        check_draft_vocab_size,
+        most_frequent,
+        read_token_frequencies,
+    )
     from redcompile.models.drafter_io import load_drafter
     from redcompile.models.drafter_io import random_drafter as make_random_drafter
     from redcompile.models.loader import check_model_dir, load_decoder
@@ -137,10 +149,13 @@ def open_model_folder(
     codec = TextCodec.from_file(model_dir / "tokenizer.json")
     if autoregressive:
         step = SpeculativeStep(base, None, 1, 1, max_len)
-        mode = {"mode": "autoregressive", "beam_width": 1, "beam_length": 1}
+        mode = {"mode": "autoregressive", "beam_width": 1, "beam_length": 1, "draft_vocab": None}
     else:
+        draft_vocab = check_draft_vocab_size(draft_vocab, base.config.vocab_size)
         if random_drafter:
             drafter = make_random_drafter(base.config)
+            if draft_vocab is not None:
+                drafter.restrict_vocabulary(torch.arange(draft_vocab))
         else:
             path = Path(drafter_dir) if drafter_dir else model_dir / "drafter"
             if drafter_dir is None and not path.exists():
@@ -149,8 +164,16 @@ def open_model_folder(
                     f"--autoregressive (train one with `redcompile train-drafter`)"
                 )
             drafter = load_drafter(path, base.config, allow_pickle=allow_pickle)
+            if draft_vocab is not None:
+                counts = read_token_frequencies(path, base.config.vocab_size)
+                drafter.restrict_vocabulary(most_frequent(counts, draft_vocab))
         step = SpeculativeStep(base, drafter, beam.width, beam.length, max_len)
-        mode = {"mode": "redrafter", "beam_width": beam.width, "beam_length": beam.length}
+        mode = {
+            "mode": "redrafter",
+            "beam_width": beam.width,
+            "beam_length": beam.length,
+            "draft_vocab": draft_vocab,
+        }
     info = {"source": str(model_dir), "runtime": "torch", "dtype": base.config.dtype, **mode}
     return Generator(
         TorchBackend(step), codec, stop_tokens_of(model_dir, base.config.eos_token_ids), info

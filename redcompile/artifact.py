@@ -90,7 +90,7 @@ def _initializer_chunks(model: onnx.ModelProto, weights_dir: Path | None) -> Ite
                 name=tensor.name,
                 data_type=tensor.data_type,
                 dims=tensor.dims,
-                raw_data=_tensor_bytes(tensor, weights_dir),
+                raw_data=tensor_bytes(tensor, weights_dir),
             )
         chunk = onnx.ModelProto()
         chunk.graph.initializer.append(inline)
@@ -162,7 +162,7 @@ def _temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
 
-def _tensor_bytes(tensor: onnx.TensorProto, weights_dir: Path | None) -> bytes:
+def tensor_bytes(tensor: onnx.TensorProto, weights_dir: Path | None) -> bytes:
     """Raw little-endian bytes of a tensor, read from external data when it lives there."""
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         info = {e.key: e.value for e in tensor.external_data}
@@ -185,7 +185,7 @@ def _write_external(
     offset = 0
     with open(data_tmp, "wb") as data:
         for tensor in model.graph.initializer:
-            raw = _tensor_bytes(tensor, weights_dir)
+            raw = tensor_bytes(tensor, weights_dir)
             if len(raw) < SMALL_TENSOR:  # shapes and axes stay inline: shape inference reads them
                 header.graph.initializer.append(
                     onnx.TensorProto(

@@ -60,6 +60,17 @@ def debug_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--debug", is_flag=True, help="Show tracebacks for errors.")(command)
 
 
+def draft_vocab_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--draft-vocab N: draft only from the N tokens the drafter was trained to predict most."""
+    return click.option(
+        "--draft-vocab",
+        type=int,
+        help="Draft only from the N most frequent tokens of the drafter's training (its "
+        "token_frequencies.json): a V/N times cheaper vocabulary projection; decoding stays "
+        "exact. Model folders only [default: the whole vocabulary].",
+    )(command)
+
+
 def emit_json(data: Any) -> None:
     """Write one JSON document to stdout."""
     click.echo(json.dumps(data, indent=2, sort_keys=False))
@@ -137,6 +148,7 @@ def main() -> None:
     help=f"Tokens per beam counting the root (5 drafts four) [default: {_BEAM.length}].",
 )
 @click.option("--autoregressive", is_flag=True, help="Plain decoding, one token per step.")
+@draft_vocab_option
 @click.option(
     "--temperature",
     type=float,
@@ -160,6 +172,7 @@ def generate(
     beam_width: int | None,
     beam_length: int | None,
     autoregressive: bool,
+    draft_vocab: int | None,
     temperature: float,
     seed: int,
     as_json: bool,
@@ -187,6 +200,7 @@ def generate(
         autoregressive=autoregressive,
         random_drafter=random_drafter,
         allow_pickle=allow_pickle,
+        draft_vocab=draft_vocab,
     )
     if beam_width is not None or beam_length is not None:
         options["beam"] = BeamShape(
@@ -255,6 +269,7 @@ def generate(
 @click.option(
     "--autoregressive", is_flag=True, help="Compile the plain decoding baseline (no drafter)."
 )
+@draft_vocab_option
 @click.option(
     "--random-drafter",
     is_flag=True,
@@ -284,6 +299,7 @@ def convert(
     dtype: str | None,
     max_seq_len: int | None,
     autoregressive: bool,
+    draft_vocab: int | None,
     random_drafter: bool,
     allow_pickle: bool,
     device: str | None,
@@ -309,6 +325,7 @@ def convert(
         dtype=dtype,
         max_seq_len=max_seq_len,
         autoregressive=autoregressive,
+        draft_vocab=draft_vocab,
         random_drafter=random_drafter,
         allow_pickle=allow_pickle,
         device=device,
@@ -462,6 +479,14 @@ def _train_defaults():  # noqa: ANN202
     show_default=True,
     help="Residual blocks of the drafter.",
 )
+@click.option(
+    "--depth-decay",
+    type=float,
+    default=_train_defaults().depth_decay,
+    show_default=True,
+    help="Share of rows trained at drafted position i is DECAY**i: shallow drafts weigh more "
+    "(1: all positions equally).",
+)
 @click.option("--batch-size", type=int, default=_train_defaults().batch_size, show_default=True)
 @click.option("--seq-len", type=int, default=_train_defaults().seq_len, show_default=True)
 @click.option("--lr", type=float, default=_train_defaults().lr, show_default=True)
@@ -496,6 +521,7 @@ def train_drafter(
     soft_labels: bool,
     beam_length_train: int,
     layers: int,
+    depth_decay: float,
     batch_size: int,
     seq_len: int,
     lr: float,
@@ -528,6 +554,7 @@ def train_drafter(
         seq_len=seq_len,
         lr=lr,
         layers=layers,
+        depth_decay=depth_decay,
         beam_length_train=beam_length_train,
         self_distill=self_distill,
         soft_labels=soft_labels,
@@ -651,6 +678,13 @@ def _int_list(_ctx: Any, param: click.Parameter, value: str | None) -> tuple[int
 )
 @click.option("--random-drafter", is_flag=True, help="Use a randomly initialised drafter.")
 @click.option(
+    "--draft-vocab",
+    "draft_vocabs",
+    callback=_int_list,
+    help="Comma-separated draft vocabulary sizes: every beam shape drafts from the N most "
+    "frequent tokens, for each N (model folders) [default: the whole vocabulary].",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(path_type=str),
@@ -678,6 +712,7 @@ def bench(
     work_dir: str | None,
     drafter_dir: str | None,
     random_drafter: bool,
+    draft_vocabs: tuple[int, ...] | None,
     json_out: str | None,
     plot_out: str | None,
     debug: bool,
@@ -702,6 +737,7 @@ def bench(
         max_new_tokens=max_new_tokens,
         repeats=repeats,
         runtime=runtime,
+        draft_vocabs=draft_vocabs or (None,),
     )
     report = run_bench(
         source,

@@ -59,6 +59,7 @@ class ConvertOptions:
     max_seq_len: int | None = None  # None: the model's max_position_embeddings
     autoregressive: bool = False
     random_drafter: bool = False
+    draft_vocab: int | None = None  # None: draft from the whole vocabulary
     allow_pickle: bool = False
     top_k: int = 50
     dump_passes: Path | None = None
@@ -186,7 +187,10 @@ def command_line(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, t
         parts.append("--autoregressive")
     else:
         parts += ["--beam-width", str(o.beam.width), "--beam-length", str(o.beam.length)]
-    for flag, value in (("--dtype", o.dtype), ("--max-seq-len", o.max_seq_len)):
+    options = (("--dtype", o.dtype), ("--max-seq-len", o.max_seq_len))
+    if not o.autoregressive:
+        options += (("--draft-vocab", o.draft_vocab),)
+    for flag, value in options:
         if value is not None:
             parts += [flag, str(value)]
     if target == "torch" and o.device is not None:
@@ -385,6 +389,7 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
         allow_pickle=o.allow_pickle,
         dtype=dtype,
         max_seq_len=o.max_seq_len,
+        draft_vocab=None if o.autoregressive else o.draft_vocab,
     )
     step = generator.backend.module
     base_cfg = step.base.config
@@ -397,7 +402,11 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
         "model": base_cfg.to_dict(),
         "drafter": None
         if step.drafter is None
-        else {**step.drafter.config.to_dict(), "random": o.random_drafter},
+        else {
+            **step.drafter.config.to_dict(),
+            "random": o.random_drafter,
+            "draft_vocab": None if step.drafter.draft_vocab is None else o.draft_vocab,
+        },
         "beam": {"width": step.beam_width, "length": step.beam_length},
         "top_k": step.top_k,
         "max_seq_len": step.max_seq_len,
@@ -419,12 +428,30 @@ def _export_to(workdir: Path, step) -> Path:  # noqa: ANN001
     return path
 
 
+def _inline_index_tables(model: onnx.ModelProto, weights_dir: Path) -> None:
+    """Bring integer initializers (index tables such as a draft vocabulary, at most a few MB)
+    into the graph: shape inference with data propagation reads constant Gather indices and
+    fails on external data. Float weights stay external."""
+    from redcompile.artifact import tensor_bytes
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.data_type in (
+            onnx.TensorProto.INT64,
+            onnx.TensorProto.INT32,
+        ):
+            raw = tensor_bytes(tensor, weights_dir)
+            tensor.ClearField("external_data")
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = raw
+
+
 def _run_passes(path: Path, workdir: Path, signature, manifest, target, o, say):  # noqa: ANN001
     from redcompile.passes.base import PassContext
     from redcompile.passes.manager import PassManager
     from redcompile.passes.pipelines import pipeline
 
     model = onnx.load(str(path), load_external_data=False)
+    _inline_index_tables(model, workdir)
     passes = pipeline(target, signature, manifest["dtype"])
     manager = PassManager(passes, dump_dir=o.dump_passes, on_pass=lambda n: say(f"pass {n}"))
     return manager.run(model, PassContext(target=target, weights_dir=workdir))

@@ -167,6 +167,7 @@ def format_description(info: dict[str, Any]) -> str:
         lines.append(
             f"  drafter: {d['num_draft_layers']} blocks, exit_dim {d['exit_dim']}, "
             f"rnn {d['rnn']}{' (random)' if d.get('random') else ''}"
+            + (f", drafts from {d['draft_vocab']} tokens" if d.get("draft_vocab") else "")
         )
     w = info["weights"]
     where = f" in {w['external_data_file']}" if w["external_data_file"] else ""

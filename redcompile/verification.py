@@ -210,6 +210,7 @@ def verify(
         beam=BeamShape(manifest["beam"]["width"], max(manifest["beam"]["length"], 2)),
         autoregressive=manifest["mode"] == "autoregressive",
         random_drafter=random_drafter,
+        draft_vocab=(manifest["drafter"] or {}).get("draft_vocab"),
         **common,
     )
     baseline = open_model_folder(model_dir, autoregressive=True, **common)

@@ -16,7 +16,7 @@ from redcompile.errors import ArtifactError, InputError, TargetUnavailableError
 from redcompile.models.step import StepSignature, TensorSpec
 from redcompile.tokenizer import TextCodec
 
-MODEL_FOLDER_ONLY = ("drafter_dir", "random_drafter", "allow_pickle", "dtype")
+MODEL_FOLDER_ONLY = ("drafter_dir", "random_drafter", "allow_pickle", "dtype", "draft_vocab")
 
 
 def signature_of(manifest: dict[str, Any]) -> StepSignature:
@@ -55,6 +55,7 @@ def _info(path: Path, manifest: dict[str, Any], runtime: str) -> dict[str, Any]:
         "mode": manifest["mode"],
         "beam_width": manifest["beam"]["width"],
         "beam_length": manifest["beam"]["length"],
+        "draft_vocab": (manifest["drafter"] or {}).get("draft_vocab"),
     }
 
 

@@ -244,6 +244,14 @@ def _prompts(text):
     return make
 
 
+def _drafter_without_frequencies(model, tmp):
+    """A drafter folder for `model` with weights and config but no token_frequencies.json."""
+    from redcompile.models.drafter_io import random_drafter, save_drafter
+    from redcompile.models.loader import load_decoder
+
+    return save_drafter(random_drafter(load_decoder(model).config), tmp / "drafter")
+
+
 A = _artifact_variant
 TABLE = [
     # (name, command builder(good, tmp, model) -> args, expected words)
@@ -367,6 +375,36 @@ TABLE = [
         "--device applies to the torch (.pt2) target",
     ),
     ("convert: no drafter", lambda g, t, m: ["convert", m, t / "out.onnx"], "no drafter at"),
+    (
+        "convert: draft vocabulary larger than the vocabulary",
+        lambda g, t, m: [
+            "convert",
+            m,
+            t / "out.onnx",
+            "--random-drafter",
+            "--draft-vocab",
+            "99999",
+        ],
+        "--draft-vocab",
+    ),
+    (
+        "convert: draft vocabulary without token frequencies",
+        lambda g, t, m: [
+            "convert",
+            m,
+            t / "out.onnx",
+            "--drafter",
+            _drafter_without_frequencies(m, t),
+            "--draft-vocab",
+            "8",
+        ],
+        "token_frequencies.json does not exist",
+    ),
+    (
+        "generate: draft vocabulary for an artifact",
+        lambda g, t, m: ["generate", g, "--prompt", "x", "--draft-vocab", "8"],
+        "--draft-vocab applies to model folders",
+    ),
     ("convert: missing argument", lambda g, t, m: ["convert", m], "Missing argument"),
     (
         "unknown option",

@@ -120,6 +120,27 @@ def test_sampling_artifact_matches_pytorch_for_the_same_seed(artifacts):
     assert ort_ids == torch_ids
 
 
+def test_a_draft_vocabulary_drafts_the_same_in_the_artifact_and_stays_lossless(artifacts, tmp_path):
+    model = artifacts["model"]
+    # 48 ids (384 bytes) exceed the exporter's 256-byte inline limit: the index table is
+    # written as external data, which shape inference cannot read inside a function body
+    shape = dict(beam=BeamShape(3, 4), random_drafter=True, draft_vocab=48)
+    report = convert(model, tmp_path / "v.onnx", options=ConvertOptions(**shape))
+    assert report.manifest["drafter"]["draft_vocab"] == 48
+    assert "--draft-vocab 48" in report.manifest["command"]
+    artifact = open_generator(report.out)
+    reference = open_model_folder(model, **shape)
+    cfg = GenerationConfig(max_new_tokens=24, batch_size=4, stop_token_ids=())
+    expected = open_model_folder(model, autoregressive=True).generate_ids(PROMPTS, cfg)
+    got, want = artifact.generate_ids(PROMPTS, cfg), reference.generate_ids(PROMPTS, cfg)
+    assert ids(got) == ids(want) == ids(expected)
+    assert got.steps == want.steps  # the artifact drafts exactly what the reference drafts
+    sampled = GenerationConfig(max_new_tokens=16, temperature=0.8, seed=3, batch_size=2)
+    assert ids(artifact.generate_ids(PROMPTS[:4], sampled)) == ids(
+        reference.generate_ids(PROMPTS[:4], sampled)
+    )
+
+
 def test_cli_convert_json_and_dump_passes(tiny_llama, tmp_path):
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(

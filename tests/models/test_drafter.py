@@ -51,16 +51,18 @@ def apple_state(d: Drafter, s: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return F.silu(e @ d.rnn_w.T + s @ d.rnn_u.weight.T + d.rnn_u.bias)
 
 
-def loop_beam_search(d: Drafter, h, root, emb, width, length):
-    """Beam search written with Python loops over beams and tokens (independent oracle)."""
+def loop_beam_search(d: Drafter, h, root, emb, width, length, allowed=range(11)):
+    """Beam search written with Python loops over beams and tokens (independent oracle);
+    `allowed` are the tokens it may draft (a draft vocabulary)."""
+    allowed = list(allowed)
     beams = [([int(root)], 0.0 if w == 0 else -50000.0, torch.zeros(6)) for w in range(width)]
     for _ in range(length - 1):
         candidates = []
         for tokens, score, state in beams:
             new_state = apple_state(d, state, emb[tokens[-1]])
-            logp = torch.log_softmax(apple_logits(d, h, new_state), -1)
-            for v in range(logp.shape[0]):
-                candidates.append((score + float(logp[v]), tokens + [v], new_state))
+            logp = torch.log_softmax(apple_logits(d, h, new_state)[allowed], -1)
+            for v, lp in zip(allowed, logp.tolist()):
+                candidates.append((score + lp, tokens + [v], new_state))
         candidates.sort(key=lambda c: -c[0])
         beams = [(tokens, score, state) for score, tokens, state in candidates[:width]]
     return [tokens for tokens, _, _ in beams]
@@ -78,6 +80,29 @@ def test_beam_search_matches_a_loop_implementation_of_apples_algorithm(rnn, exit
             assert beams[b].tolist() == loop_beam_search(d, h[b], root[b], emb, 3, 4)
     assert logprobs.shape == (2, 3, 3, 11)
     assert torch.allclose(logprobs.exp().sum(-1), torch.ones(2, 3, 3), atol=1e-5)
+
+
+def test_a_draft_vocabulary_drafts_only_its_tokens_and_keeps_the_search_exact():
+    full = make_drafter()
+    emb, h, root = torch.randn(11, 6), torch.randn(2, 6), torch.tensor([3, 7])
+    allowed = [9, 2, 4, 0, 6]  # any order: rows of vocab_w follow it
+    d = make_drafter()
+    d.restrict_vocabulary(torch.tensor(allowed))
+    assert d.vocab_w.shape == (5, 12)
+    with torch.no_grad():
+        beams, logprobs = d.beam_search(h, root, emb, beam_width=3, beam_length=4, top_k=0)
+        for b in range(2):
+            assert beams[b].tolist() == loop_beam_search(full, h[b], root[b], emb, 3, 4, allowed)
+    outside = [v for v in range(11) if v not in allowed]
+    assert logprobs.shape == (2, 3, 3, 11)
+    assert (logprobs[..., outside] == -50000.0).all()
+    assert torch.allclose(logprobs[..., allowed].exp().sum(-1), torch.ones(2, 3, 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("ids", [[], [1, 1], [11], [-1]])
+def test_a_draft_vocabulary_must_be_distinct_ids_of_the_vocabulary(ids):
+    with pytest.raises(ValueError):
+        make_drafter().restrict_vocabulary(torch.tensor(ids, dtype=torch.long))
 
 
 def test_input_projection_exists_iff_exit_dim_differs_from_2h():
@@ -166,3 +191,20 @@ def test_config_that_contradicts_the_weights_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="num_draft_layers=3"):
         load_drafter(folder, BASE)
+
+
+def test_the_draft_vocabulary_is_the_most_frequent_tokens_ties_to_the_lower_id(tmp_path):
+    from redcompile.errors import InputError
+    from redcompile.models.draft_vocab import (
+        most_frequent,
+        read_token_frequencies,
+        write_token_frequencies,
+    )
+
+    counts = torch.tensor([5, 0, 9, 5, 1, 9, 2])
+    assert most_frequent(counts, 3).tolist() == [0, 2, 5]  # 9, 9, then the first 5
+    assert most_frequent(counts, 4).tolist() == [0, 2, 3, 5]
+    write_token_frequencies(tmp_path, counts, "test")
+    assert torch.equal(read_token_frequencies(tmp_path, 7), counts)
+    with pytest.raises(InputError, match="counts 7 tokens, the base model has 8"):
+        read_token_frequencies(tmp_path, 8)  # a file written for another vocabulary
