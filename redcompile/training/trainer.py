@@ -4,7 +4,10 @@ The base model is frozen; the drafter reads its final-normed hidden state at pos
 trained, teacher-forced, to predict tokens t+2 ... t+T (T-1 = `beam_length_train` - 1 drafted
 positions; token t+1 is the base model's own choice) with cross-entropy, equal weights per
 position (reference/redrafter.md §7). AdamW, linear warm-up then cosine decay. Matrix products
-run in bfloat16 autocast (fp32 master weights), as Apple's recipe does.
+run in bfloat16 autocast (fp32 master weights), as Apple's recipe does. Two departures, both
+measured in docs/training.md: the vocabulary projection starts from the base model's lm_head,
+and drafted position i trains on a random share `depth_decay ** i` of its rows (deep drafts
+are worth less tokens per step and cost as much to project).
 
 Runs unchanged under `torchrun` (DistributedDataParallel; NCCL on GPUs, gloo on CPU): every rank
 takes its slice of each global batch, so N processes compute what one process computes.
@@ -53,7 +56,7 @@ Log = Callable[[str], None]
 class TrainConfig:
     """Settings of `train-drafter`; defaults are defined once, here."""
 
-    steps: int = 1800
+    steps: int = 2700
     batch_size: int = 16
     seq_len: int = 160
     lr: float = 1e-3
@@ -64,9 +67,15 @@ class TrainConfig:
     beam_length_train: int = 5  # counts the root like --beam-length: 5 trains 4 drafted tokens
     self_distill: bool = False
     prefix_len: int = 32
-    distill_examples: int = 2048
+    distill_examples: int = 4096
     soft_labels: bool = False  # with self_distill: the base model's distribution as the target
     window_fraction: float = 0.5  # with self_distill: share of each batch from corpus windows
+    # Share of the scored rows at drafted position i (0-based) that enter the loss: decay ** i.
+    # A draft at depth i only counts when every shallower one was accepted, so deep positions
+    # are worth less tokens per step; sampling them less weights the loss toward shallow ones
+    # and skips their vocabulary projections. 1.0 is Apple's equal weighting.
+    depth_decay: float = 0.6
+    init_from_lm_head: bool = True  # start the projection from the base model's lm_head
     eval_examples: int = 64
     eval_every: int = 300
     save_every: int = 300
@@ -83,6 +92,7 @@ class TrainConfig:
             (self.beam_length_train >= 2, "--beam-length-train must be at least 2"),
             (self.seq_len > self.beam_length_train + 1, "--seq-len is too short"),
             (self.lr > 0, "--lr must be positive"),
+            (0 < self.depth_decay <= 1, "--depth-decay must be in (0, 1]"),
             (self.device in ("cpu", "cuda"), "--device must be cpu or cuda"),
             (not self.soft_labels or self.self_distill, "--soft-labels needs --self-distill"),
             (
@@ -122,7 +132,7 @@ class DrafterObjective(nn.Module):
 
     forward(hidden [B, T, H], embeddings [B, T, H], labels [B, T], scored [B, depth, T] bool,
             teacher_logits [B, T, V] or None)
-        -> (mean cross-entropy, correct [depth], counted [depth])
+        -> (summed cross-entropy, correct [depth], counted [depth])
     Position t at depth i (the drafter having consumed tokens t+1 .. t+i+1) is scored against
     labels[t + i + 2] where scored[:, i, t] is set. With `teacher_logits` (the base model's
     logits for the token at each position), the target is the base model's whole distribution
@@ -149,10 +159,12 @@ class DrafterObjective(nn.Module):
             else:
                 teacher = torch.softmax(teacher_logits[:, shift:][mask].float(), dim=-1)
                 losses.append(-(teacher * torch.log_softmax(logits, dim=-1)).sum())
-            correct.append((logits.argmax(-1) == target).sum())
+            if self.drafter.training:  # accuracy is for evaluation; argmax costs a pass
+                correct.append(target.new_zeros(()))
+            else:
+                correct.append((logits.argmax(-1) == target).sum())
             counted.append(target.new_tensor(target.numel()))
-        total = torch.stack(counted).sum().clamp(min=1)
-        return torch.stack(losses).sum() / total, torch.stack(correct), torch.stack(counted)
+        return torch.stack(losses).sum(), torch.stack(correct), torch.stack(counted)
 
 
 def supervision(
@@ -202,6 +214,14 @@ def _distributed() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _global_rows(local_rows: torch.Tensor, world: int) -> float:
+    """Scored rows in the global batch (at least 1)."""
+    if world > 1:
+        local_rows = local_rows.clone()
+        dist.all_reduce(local_rows)
+    return max(1.0, float(local_rows))
 
 
 def _lr_factor(step: int, total: int, warmup_ratio: float) -> float:
@@ -276,7 +296,7 @@ def _greedy(base, prompts: list[list[int]], new_tokens: int, eos: int) -> list[l
     if not prompts:
         return []
     backend = TorchBackend(SpeculativeStep(base, None, 1, 1, max(2048, 4 * new_tokens)))
-    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=64, stop_token_ids=(eos,))
+    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=256, stop_token_ids=(eos,))
     return [c.token_ids for c in generate_ids(backend, prompts, cfg).completions]
 
 
@@ -307,6 +327,28 @@ def _batch(
     batch = Examples(torch.cat(tokens), torch.cat(targets))
     per_rank = cfg.batch_size // world
     return batch.subset(range(rank * per_rank, (rank + 1) * per_rank))
+
+
+def target_token_counts(sources: list[tuple[Examples, int]], vocab_size: int) -> torch.Tensor:
+    """How often each token is a training target [V]: what --draft-vocab ranks tokens by."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for examples, _ in sources:
+        counts += torch.bincount(examples.tokens[examples.targets], minlength=vocab_size)
+    return counts
+
+
+def depth_sample(
+    scored_shape: torch.Size, step: int, cfg: TrainConfig, rank: int, world: int
+) -> torch.Tensor:
+    """Which scored rows of this rank's batch enter the loss at `step` ([B, depth, T] bool):
+    row (b, i, t) with probability depth_decay ** i, drawn for the global batch from
+    (seed, step), so that runs repeat, resume and split across processes identically."""
+    _, depth, t = scored_shape
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    draws = torch.rand((cfg.batch_size, depth, t), generator=generator)
+    keep = draws < (cfg.depth_decay ** torch.arange(depth, dtype=torch.float32))[:, None]
+    per_rank = cfg.batch_size // world
+    return keep[rank * per_rank : (rank + 1) * per_rank]
 
 
 def _save_checkpoint(
@@ -342,10 +384,10 @@ def _evaluate(
             labels, scored, _ = supervision(
                 base, tokens, targets, hidden, objective.depth, cfg.self_distill
             )
-            loss, c, n = objective(hidden, base.embedding[tokens], labels, scored)  # hard CE
+            summed, c, n = objective(hidden, base.embedding[tokens], labels, scored)  # hard CE
             correct += c.cpu()
             counted += n.cpu()
-            loss_sum += float(loss) * int(n.sum())
+            loss_sum += float(summed)
     accuracy = (correct.float() / counted.clamp(min=1).float()).tolist()
     return {
         "loss": loss_sum / max(1, int(counted.sum())),
@@ -363,6 +405,7 @@ def train_drafter(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainReport:
     """Train a drafter for `model_dir` on `data`; writes Apple's folder format to `out_dir`."""
+    from redcompile.models.draft_vocab import write_token_frequencies
     from redcompile.models.drafter_io import load_drafter, save_drafter
     from redcompile.models.loader import load_decoder
     from redcompile.tokenizer import TextCodec
@@ -397,6 +440,8 @@ def train_drafter(
     else:
         torch.manual_seed(cfg.seed)
         drafter = Drafter(drafter_cfg)
+        if cfg.init_from_lm_head:
+            drafter.init_projection_from(base.lm_head.weight.detach())
     drafter = drafter.to(cfg.device).train()
     objective = DrafterObjective(drafter, cfg.beam_length_train - 1)
     model = objective
@@ -437,11 +482,18 @@ def train_drafter(
             labels, scored, teacher = supervision(
                 base, tokens, targets, hidden, objective.depth, cfg.self_distill
             )
+            if cfg.depth_decay < 1:
+                sample = depth_sample(scored.shape, step, cfg, rank, world)
+                scored = scored & sample.to(scored.device)
         with autocast():
-            loss, _, _ = model(
+            summed, _, counted = model(
                 hidden, embeddings, labels, scored, teacher if cfg.soft_labels else None
             )
-        loss.backward()
+        rows = _global_rows(counted.sum().detach(), world)
+        # DistributedDataParallel averages gradients over ranks: scaling by world / rows makes
+        # the update the mean over the global batch's rows, however they fall on the ranks.
+        (summed * (world / rows)).backward()
+        loss = summed.detach() / counted.sum().clamp(min=1)
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -464,6 +516,11 @@ def train_drafter(
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_drafter(drafter.float().eval(), out)
+        write_token_frequencies(
+            out,
+            target_token_counts(sources, base.config.vocab_size),
+            "target tokens of train-drafter's training examples",
+        )
         (out / "training_report.json").write_text(json.dumps(report.to_json(), indent=2))
     if world > 1:
         dist.barrier()

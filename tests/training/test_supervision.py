@@ -74,3 +74,17 @@ def test_soft_labels_of_a_certain_teacher_equal_hard_labels():
     assert not torch.allclose(objective(hidden, embeddings, labels, scored, unsure)[0], hard)
     # depth i at t is counted when scored and its label t + i + 2 lies inside the 7 tokens
     assert counted.tolist() == [int(scored[:, 0, :5].sum()), int(scored[:, 1, :4].sum())]
+
+
+def test_depth_sampling_keeps_decay_to_the_depth_and_splits_the_batch_across_ranks():
+    from redcompile.training.trainer import TrainConfig, depth_sample
+
+    cfg = TrainConfig(batch_size=64, depth_decay=0.5, seed=3)
+    shape = torch.Size([64, 4, 200])
+    keep = depth_sample(shape, 7, cfg, rank=0, world=1)
+    shares = keep.float().mean(dim=(0, 2))
+    assert torch.allclose(shares, torch.tensor([1.0, 0.5, 0.25, 0.125]), atol=0.02), shares
+    halves = [depth_sample(torch.Size([32, 4, 200]), 7, cfg, rank=r, world=2) for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), keep)  # two processes train on what one does
+    assert torch.equal(depth_sample(shape, 7, cfg, 0, 1), keep)  # repeatable (resume)
+    assert not torch.equal(depth_sample(shape, 8, cfg, 0, 1), keep)  # fresh at every step

@@ -68,6 +68,8 @@ def test_loss_falls_and_the_output_reloads_with_identical_drafts(tiny_llama, cor
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     config = json.loads((tmp_path / "d" / "config.json").read_text())
     assert config["model_type"] == "recurrent_drafting_drafter" and config["rnn"] is True
+    counts = json.loads((tmp_path / "d" / "token_frequencies.json").read_text())["counts"]
+    assert len(counts) == base.config.vocab_size and sum(counts) == report.target_tokens
 
 
 def test_the_same_seed_gives_the_same_drafter(tiny_llama, corpus, tmp_path):
