@@ -17,6 +17,7 @@ import json
 import platform
 import statistics
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class BenchConfig:
     max_new_tokens: int = 128
     repeats: int = 3
     runtime: str = "onnxruntime"  # for model folders: torch or onnxruntime
+    draft_vocabs: tuple[int | None, ...] = (None,)  # per beam shape; None: the whole vocabulary
 
     def validate(self) -> None:
         """One clear line for unusable settings."""
@@ -84,6 +86,7 @@ class Measurement:
     verified_tokens_per_step: float = 1.0
     split_ms: dict[str, float] = field(default_factory=dict)
     speedup: float = 1.0
+    draft_vocab: int | None = None  # tokens the drafter drafts from; None: the whole vocabulary
 
 
 @dataclass
@@ -142,9 +145,11 @@ class BenchReport:
         return "\n".join(rows)
 
 
-def engine_name(beam: BeamShape | None) -> str:
-    """`autoregressive` or `W4-L5`."""
-    return BASELINE if beam is None else f"W{beam.width}-L{beam.length}"
+def engine_name(beam: BeamShape | None, draft_vocab: int | None = None) -> str:
+    """`autoregressive`, `W4-L5`, or `W4-L5-V1024` with a draft vocabulary of 1024 tokens."""
+    if beam is None:
+        return BASELINE
+    return f"W{beam.width}-L{beam.length}" + (f"-V{draft_vocab}" if draft_vocab else "")
 
 
 def machine_info(runtime: str) -> dict[str, Any]:
@@ -172,10 +177,13 @@ def model_folder_engines(
     """The baseline and one engine per beam shape, in the requested runtime."""
     from redcompile.api import open_model_folder
 
+    shapes = [(beam, vocab) for beam in cfg.beams for vocab in cfg.draft_vocabs]
     if cfg.runtime == "torch":
         engines = {BASELINE: open_model_folder(model_dir, autoregressive=True)}
-        for beam in cfg.beams:
-            engines[engine_name(beam)] = open_model_folder(model_dir, beam=beam, **options)
+        for beam, vocab in shapes:
+            engines[engine_name(beam, vocab)] = open_model_folder(
+                model_dir, beam=beam, draft_vocab=vocab, **options
+            )
         return engines
     from redcompile.compiler import ConvertOptions, convert
     from redcompile.runtime.loading import open_artifact
@@ -183,10 +191,11 @@ def model_folder_engines(
     work = work_dir or Path(tempfile.mkdtemp(prefix="redcompile-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     engines = {}
-    for beam in (None, *cfg.beams):
-        path = work / f"{engine_name(beam)}.onnx"
+    for beam, draft_vocab in [(None, None), *shapes]:
+        name = engine_name(beam, draft_vocab)
+        path = work / f"{name}.onnx"
         if not path.exists():
-            progress(f"converting {engine_name(beam)}")
+            progress(f"converting {name}")
             convert(
                 model_dir,
                 path,
@@ -196,9 +205,10 @@ def model_folder_engines(
                     autoregressive=beam is None,
                     random_drafter=options.get("random_drafter", False) and beam is not None,
                     allow_pickle=options.get("allow_pickle", False),
+                    draft_vocab=draft_vocab,
                 ),
             )
-        engines[engine_name(beam)] = open_artifact(path)
+        engines[name] = open_artifact(path)
     return engines
 
 
@@ -234,7 +244,43 @@ def _profiled_split(
             split = _torch_split(engine, prompts, batch, new_tokens)
     finally:
         backend.step = original_step
+    if isinstance(backend, OrtBackend):
+        split["host"] = round(_unprofiled_ort_host_ms(engine, prompts, batch, new_tokens), 3)
     return split, (float(np.mean(tree_sizes)) if tree_sizes else 1.0)
+
+
+class _TimedSession:
+    """An ONNX Runtime session that records the time of each `run_with_iobinding`."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.seconds = session, []
+
+    def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
+        """The session's run, timed."""
+        start = time.perf_counter()
+        try:
+            return self.session.run_with_iobinding(*args, **kwargs)
+        finally:
+            self.seconds.append(time.perf_counter() - start)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+def _unprofiled_ort_host_ms(engine: Generator, prompts, batch: int, new_tokens: int) -> float:
+    """Host milliseconds of the median step, from a run without the profiler: step time minus
+    the time inside ONNX Runtime's run. (The profiler slows the host side as well, and a small
+    model's step is mostly host, so the profiled run cannot tell.)"""
+    backend = engine.backend
+    plain = backend.session
+    timed = _TimedSession(plain)
+    backend.session = timed
+    try:
+        result = _run(engine, prompts, batch, new_tokens)
+    finally:
+        backend.session = plain
+    host = [wall - run for wall, run in zip(result.step_seconds, timed.seconds)]
+    return max(0.0, statistics.median(host)) * 1e3 if host else 0.0
 
 
 def _ort_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[str, float]:
@@ -310,7 +356,7 @@ def _torch_split(
 def _scaled_to(split: dict[str, float | None], step_ms: float) -> dict[str, float | None]:
     """The profiled split rescaled to an unprofiled step of `step_ms`: profiling slows every
     node down, so its absolute times overstate the graph; its proportions are kept, and the
-    host share (not slowed by profiling) is kept as measured."""
+    host time (measured without the profiler) is kept as measured."""
     host = min(split["host"] or 0.0, step_ms)
     graph = {k: v for k, v in split.items() if k != "host" and v is not None}
     profiled_graph = sum(graph.values())
@@ -361,16 +407,19 @@ def bench(
         )
         runtime = cfg.runtime
     else:
+        if cfg.draft_vocabs != (None,):
+            raise InputError("--draft-vocab applies to model folders; an artifact has its own")
         if baseline is None:
             raise InputError(
                 f"bench: {source} is an artifact; give --baseline AR.onnx (or AR.pt2), an "
                 f"artifact converted with --autoregressive, to compare against"
             )
-        spec = open_artifact(source)
+        spec = open_artifact(source, **options)  # refuses options for model folders only
         base = open_artifact(baseline)
         if base.info["mode"] != BASELINE:
             raise InputError(f"bench: --baseline {baseline} is not an autoregressive artifact")
-        engines = {BASELINE: base, f"W{spec.info['beam_width']}-L{spec.info['beam_length']}": spec}
+        shape = BeamShape(spec.info["beam_width"], spec.info["beam_length"])
+        engines = {BASELINE: base, engine_name(shape, spec.info.get("draft_vocab")): spec}
         if base.info["runtime"] != spec.info["runtime"]:
             raise InputError(
                 f"bench: --baseline {baseline} runs in {base.info['runtime']}, {source} in "
@@ -410,6 +459,7 @@ def bench(
                     generated_tokens=result.generated_tokens,
                     verified_tokens_per_step=round(verified, 2),
                     split_ms=_scaled_to(split, step_ms),
+                    draft_vocab=engine.info.get("draft_vocab"),
                 )
             )
         reference = next(m for m in measurements if m.engine == BASELINE and m.batch_size == batch)
@@ -443,12 +493,14 @@ def plot(report: BenchReport, path: Path | str, speed: bool = True) -> Path:
         left = None
     drafted = [m for m in report.measurements if m.engine != BASELINE]
     by_width = len({m.batch_size for m in drafted}) == 1
-    if by_width:  # x: beam width, a line per beam length
+    if by_width:  # x: beam width, a line per beam length (and draft vocabulary)
+        groups = sorted({(m.beam_length, m.draft_vocab or 0) for m in drafted})
         lines = {
-            f"L{length}": sorted(
-                (m for m in drafted if m.beam_length == length), key=lambda m: m.beam_width
+            f"L{length}" + (f" V{vocab}" if vocab else ""): sorted(
+                (m for m in drafted if (m.beam_length, m.draft_vocab or 0) == (length, vocab)),
+                key=lambda m: m.beam_width,
             )
-            for length in sorted({m.beam_length for m in drafted})
+            for length, vocab in groups
         }
         x_of, x_label = (lambda m: m.beam_width), "beam width"
     else:  # x: batch size, a line per beam shape

@@ -24,6 +24,7 @@ FIELDS = {
     "verified_tokens_per_step",
     "split_ms",
     "speedup",
+    "draft_vocab",
 }
 SPLIT = {"base", "drafting", "tree", "acceptance", "kv", "host"}
 
@@ -96,6 +97,8 @@ def test_bench_of_a_model_folder_in_torch(tiny_llama, tmp_path):
             "1,2",
             "--beam-length",
             "3",
+            "--draft-vocab",
+            "40,60",
             "--max-new-tokens",
             "6",
             "--repeats",
@@ -108,7 +111,9 @@ def test_bench_of_a_model_folder_in_torch(tiny_llama, tmp_path):
     )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "b.json").read_text())["results"]
-    assert [r["engine"] for r in rows] == ["autoregressive", "W1-L3", "W2-L3"]
+    engines = ["autoregressive", "W1-L3-V40", "W1-L3-V60", "W2-L3-V40", "W2-L3-V60"]
+    assert [r["engine"] for r in rows] == engines
+    assert [r["draft_vocab"] for r in rows] == [None, 40, 60, 40, 60]
     assert rows[1]["split_ms"]["drafting"] > 0
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
