@@ -21,18 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from random_llama import write_config_and_tokenizer
+from random_llama import LLAMA_1B, write_config_and_tokenizer
 from safetensors.torch import save_file
-
-LLAMA_1B = dict(
-    vocab_size=32000,
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=64,
-)
 
 
 def write_random_llama(folder: Path, seed: int = 0) -> int:

@@ -1,8 +1,10 @@
 """Step cost against tree size at production shapes, and the speedup it implies (a projection).
 
 Random weights at "350M" Llama shapes (hidden 1024, 24 layers, 16 query / 4 key-value heads,
-intermediate 2816, vocab 32000; 334M parameters, fp32) plus a random 2-block drafter, compiled
-by redcompile and timed in ONNX Runtime on this CPU, batch 1, 256 cached tokens:
+intermediate 2816, vocab 32000; 334M parameters, fp32) or "1B" shapes (hidden 2048, 16 layers,
+32 / 8 heads, intermediate 8192, vocab 32000; 1.24B parameters, fp32) plus a random 2-block
+drafter, compiled by redcompile and timed in ONNX Runtime on this CPU, batch 1, 256 cached
+tokens:
 
 - t_base(T): the autoregressive artifact verifying a T-token chain (T = 1, 2, 4, ..., 64);
 - t_step(W, L): a whole ReDrafter step per beam shape (drafting, tree, acceptance included),
@@ -15,7 +17,14 @@ i.e. the measured step with its verification cost moved to the fixture's dedupli
 size (interpolated in the measured t_base curve). What is projected is that acceptance measured
 on the fixture carries over to a model of these shapes.
 
-    python bench/cost_study.py --scratch SCRATCH --shapes-record bench/results/pycode_shapes.json
+With `--draft-vocab N,...` each beam shape is also compiled drafting from N of the 32000 tokens
+(`convert --draft-vocab`; the random drafter takes the N lowest ids, which costs the same as the
+N most frequent). Its projection uses the fixture's tokens per step measured with the same
+FRACTION of the fixture's vocabulary (N / 32000 of 4096 tokens), read from the shapes record:
+the projected part is that acceptance at a vocabulary fraction carries over.
+
+    python bench/cost_study.py --scratch SCRATCH --size 350m --draft-vocab 4000 \
+        --shapes-record bench/results/pycode_shapes.json
 """
 
 from __future__ import annotations
@@ -30,29 +39,26 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from random_llama import write_config_and_tokenizer
+from random_llama import LLAMA_1B, LLAMA_350M, write_config_and_tokenizer
 from safetensors.torch import save_file
 
-SHAPES_350M = dict(
-    vocab_size=32000,
-    hidden_size=1024,
-    intermediate_size=2816,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    num_key_value_heads=4,
-    head_dim=64,
-)
-BEAMS = ((1, 3), (1, 5), (2, 5), (4, 5))  # narrow beams; each is a ~1.3 GB convert
+SIZES = {"350m": LLAMA_350M, "1b": LLAMA_1B}
+BEAMS = ((1, 3), (1, 5), (2, 5), (4, 5))  # narrow beams; each is a 1.3 GB (350M) convert
 CACHED, REPEATS = 256, 15
 
 
 def write_model(folder: Path, shapes: dict, seed: int = 0) -> None:
-    """A random fp32 Llama folder with a random drafter (skipped if present)."""
+    """A random fp32 Llama folder with a random drafter (skipped if present) whose token
+    frequencies are all equal, so that a draft vocabulary of N takes the N lowest ids."""
     from redcompile.models.config import DecoderConfig, RopeConfig
+    from redcompile.models.draft_vocab import TOKEN_FREQUENCIES, write_token_frequencies
     from redcompile.models.drafter_io import random_drafter, save_drafter
     from redcompile.models.llama import Decoder
 
     if (folder / "config.json").exists():
+        if not (folder / "drafter" / TOKEN_FREQUENCIES).exists():
+            counts = torch.ones(shapes["vocab_size"], dtype=torch.long)
+            write_token_frequencies(folder / "drafter", counts, "uniform (random drafter)")
         return
     cfg = DecoderConfig(
         architecture="llama",
@@ -80,6 +86,8 @@ def write_model(folder: Path, shapes: dict, seed: int = 0) -> None:
     )
     write_config_and_tokenizer(folder, shapes, rope_theta=10000.0)
     save_drafter(random_drafter(cfg, seed=seed), folder / "drafter")
+    counts = torch.ones(shapes["vocab_size"], dtype=torch.long)
+    write_token_frequencies(folder / "drafter", counts, "uniform (random drafter)")
 
 
 def chain_step_ms(artifact: Path, tokens: int) -> float:
@@ -133,76 +141,153 @@ def decode_step_ms(artifact: Path) -> tuple[float, float]:
     return statistics.median(runs), float(np.mean(sizes))
 
 
-def main() -> None:
+def fixture_measurements(records: list[dict]) -> dict[tuple[int, int, float], dict]:
+    """Fixture results by (width, length, fraction of the vocabulary drafted from)."""
+    vocab = 4096  # pycode-lm's vocabulary
+    return {
+        (r["beam_width"], r["beam_length"], round((r.get("draft_vocab") or vocab) / vocab, 4)): r
+        for record in records
+        for r in record["results"]
+        if r["engine"] != "autoregressive"
+    }
+
+
+def project(record: dict, shapes_records: list[dict]) -> dict:
+    """Add the projection (module docstring) to every measured row of a cost-study record."""
+    base = {int(t): ms for t, ms in record["t_base_ms"].items()}
+    sizes, costs = np.array(list(base)), np.array(list(base.values()))
+    fixture = fixture_measurements(shapes_records)
+    vocab = record["shapes"]["vocab_size"]
+    for row in record["shapes_tried"]:
+        fraction = round((row.get("draft_vocab") or vocab) / vocab, 4)
+        measured = fixture.get((row["beam_width"], row["beam_length"], fraction))
+        for key in ("fixture_tokens_per_step", "fixture_verified_tokens"):
+            row.pop(key, None)
+        row.pop("projected_step_ms", None)
+        row.pop("projected_speedup", None)
+        if not measured:
+            continue
+        tau, verified = measured["tokens_per_step"], measured["verified_tokens_per_step"]
+        adjusted = (
+            row["step_ms"]
+            - np.interp(row["verified_tokens_random_drafter"], sizes, costs)
+            + np.interp(verified, sizes, costs)
+        )
+        row.update(
+            {
+                "fixture_tokens_per_step": tau,
+                "fixture_verified_tokens": verified,
+                "projected_step_ms": round(float(adjusted), 3),
+                "projected_speedup": round(tau * base[1] / float(adjusted), 3),
+            }
+        )
+    return record
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Convert (or reuse) the artifacts in --scratch and time them: the record without
+    projections."""
     from redcompile.compiler import ConvertOptions, convert
     from redcompile.config import BeamShape
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scratch", type=Path, required=True)
-    parser.add_argument(
-        "--shapes-record", type=Path, default=Path("bench/results/pycode_shapes.json")
-    )
-    parser.add_argument("--out", type=Path, default=Path("bench/results/cost_study_cpu.json"))
-    args = parser.parse_args()
-    folder = args.scratch / "llama-350m"
-    write_model(folder, SHAPES_350M)
-    ar = args.scratch / "llama-350m-ar.onnx"
+    shapes = SIZES[args.size]
+    beams = [tuple(int(x) for x in b.split("x")) for b in args.beams.split(",")]
+    vocabularies = [None] + [int(n) for n in args.draft_vocab.split(",") if n]
+    folder = args.scratch / f"llama-{args.size}"
+    write_model(folder, shapes)
+    ar = args.scratch / f"llama-{args.size}-ar.onnx"
     if not ar.exists():
         convert(folder, ar, options=ConvertOptions(autoregressive=True))
+    shapes_tried = [(b, v) for b in beams for v in vocabularies]
+    paths = {}
+    for (width, length), draft_vocab in shapes_tried:
+        suffix = f"-V{draft_vocab}" if draft_vocab else ""
+        path = args.scratch / f"llama-{args.size}-W{width}-L{length}{suffix}.onnx"
+        if not path.exists():
+            options = ConvertOptions(beam=BeamShape(width, length), draft_vocab=draft_vocab)
+            convert(folder, path, options=options)
+        paths[(width, length), draft_vocab] = path
+    if args.convert_only:
+        return {}
     base = {t: round(chain_step_ms(ar, t), 3) for t in (1, 2, 4, 8, 16, 32, 64)}
     print("t_base(T) ms:", base, flush=True)
-    fixture = {
-        (r["beam_width"], r["beam_length"]): r
-        for r in json.loads(args.shapes_record.read_text())["results"]
-        if r["engine"] != "autoregressive"
-    }
-    sizes, costs = np.array(list(base)), np.array(list(base.values()))
     rows = []
-    for width, length in BEAMS:
-        path = args.scratch / f"llama-350m-W{width}-L{length}.onnx"
-        if not path.exists():
-            convert(folder, path, options=ConvertOptions(beam=BeamShape(width, length)))
+    for (width, length), draft_vocab in shapes_tried:
+        path = paths[(width, length), draft_vocab]
         step, verified_random = decode_step_ms(path)
-        row = {
-            "beam_width": width,
-            "beam_length": length,
-            "step_ms": round(step, 3),
-            "verified_tokens_random_drafter": round(verified_random, 2),
-        }
-        measured = fixture.get((width, length))
-        if measured:
-            tau, verified = measured["tokens_per_step"], measured["verified_tokens_per_step"]
-            adjusted = (
-                step - np.interp(verified_random, sizes, costs) + np.interp(verified, sizes, costs)
-            )
-            row.update(
-                {
-                    "fixture_tokens_per_step": tau,
-                    "fixture_verified_tokens": verified,
-                    "projected_step_ms": round(float(adjusted), 3),
-                    "projected_speedup": round(tau * base[1] / float(adjusted), 3),
-                }
-            )
-        rows.append(row)
-        print(row, flush=True)
-    record = {
-        "what": "step cost vs tree size at 350M Llama shapes (random weights, fp32, ONNX "
-        "Runtime CPU, batch 1, 256 cached tokens) and the speedup projected with "
-        "acceptance measured on pycode-lm",
+        rows.append(
+            {
+                "beam_width": width,
+                "beam_length": length,
+                "draft_vocab": draft_vocab,
+                "step_ms": round(step, 3),
+                "verified_tokens_random_drafter": round(verified_random, 2),
+            }
+        )
+        print(rows[-1], flush=True)
+    return {
+        "what": f"step cost vs tree size at {args.size} Llama shapes (random weights, fp32, "
+        "ONNX Runtime CPU, batch 1, 256 cached tokens) and the speedup projected with "
+        "acceptance measured on pycode-lm (at the same fraction of the vocabulary when "
+        "drafting from a draft vocabulary)",
         "measured": [
             "t_base(T): autoregressive artifact verifying a T-token chain",
             "step_ms: whole ReDrafter step with a random drafter",
         ],
         "projected": "projected_speedup = fixture tokens/step x t_base(1) / (step_ms with "
         "verification moved to the fixture's verified tree size)",
-        "shapes": SHAPES_350M,
+        "shapes": shapes,
         "device": f"CPU {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads",
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
-        "command": "python bench/cost_study.py --scratch SCRATCH",
+        "command": "python bench/cost_study.py --scratch SCRATCH "
+        f"--size {args.size} --beams {args.beams} --draft-vocab {args.draft_vocab} "
+        f"--out {args.out}",
         "t_base_ms": base,
         "shapes_tried": rows,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scratch", type=Path, help="Where models and artifacts are kept")
+    parser.add_argument("--size", choices=sorted(SIZES), default="350m")
+    parser.add_argument(
+        "--beams", default=",".join(f"{w}x{n}" for w, n in BEAMS), help="WxL,... e.g. 1x3,1x5"
+    )
+    parser.add_argument(
+        "--draft-vocab", default="", help="Comma-separated draft vocabulary sizes to add"
+    )
+    parser.add_argument(
+        "--shapes-record",
+        type=Path,
+        nargs="+",
+        default=[Path("bench/results/pycode_shapes.json")],
+        help="Fixture bench records (tokens per step by beam shape and draft vocabulary)",
+    )
+    parser.add_argument(
+        "--reproject",
+        action="store_true",
+        help="Measure nothing: recompute the projections of --out from --shapes-record",
+    )
+    parser.add_argument(
+        "--convert-only",
+        action="store_true",
+        help="Only convert the artifacts into --scratch (e.g. while the machine is busy)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench/results/cost_study_cpu.json"))
+    args = parser.parse_args()
+    if args.convert_only:
+        measure(args)
+        return
+    if args.reproject:
+        record = json.loads(args.out.read_text())
+    elif args.scratch is None:
+        parser.error("--scratch is required unless --reproject")
+    else:
+        record = measure(args)
+    record = project(record, [json.loads(p.read_text()) for p in args.shapes_record])
+    record["shapes_records"] = [str(p) for p in args.shapes_record]
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 

@@ -29,3 +29,11 @@ redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifact
     --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,4 --beam-length 3,5 \
     --batch-size 1,8 --repeats 3 --max-new-tokens 128 \
     --json bench/results/pycode_speed.json --plot docs/pycode_speed.png
+
+# 4. Tokens per step when drafting from the 512 or 1024 most frequent of the 4096 tokens
+#    (--draft-vocab; the fractions the cost study projects 4000 and 8000 of 32000 with).
+#    Tokens per step do not depend on the runtime (tests hold the artifact to PyTorch).
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --runtime torch \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2,4 --beam-length 3,5 \
+    --draft-vocab 512,1024 --batch-size 8 --repeats 1 --max-new-tokens 128 \
+    --json bench/results/pycode_draft_vocab.json

@@ -5,6 +5,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# Production shapes the bench scripts build random models at (transformers config fields).
+LLAMA_350M = dict(
+    vocab_size=32000,
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=64,
+)
+LLAMA_1B = dict(
+    vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+)
+
 
 def write_config_and_tokenizer(folder: Path, shapes: dict, rope_theta: float) -> None:
     """config.json (transformers 5 style, fp32, untied) and a character tokenizer."""
