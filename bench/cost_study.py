@@ -45,21 +45,32 @@ from safetensors.torch import save_file
 SIZES = {"350m": LLAMA_350M, "1b": LLAMA_1B}
 BEAMS = ((1, 3), (1, 5), (2, 5), (4, 5))  # narrow beams; each is a 1.3 GB (350M) convert
 CACHED, REPEATS = 256, 15
+PROJECTED_FIELDS = (
+    "fixture_tokens_per_step",
+    "fixture_verified_tokens",
+    "projected_step_ms",
+    "projected_speedup",
+)
 
 
 def write_model(folder: Path, shapes: dict, seed: int = 0) -> None:
     """A random fp32 Llama folder with a random drafter (skipped if present) whose token
     frequencies are all equal, so that a draft vocabulary of N takes the N lowest ids."""
-    from redcompile.models.config import DecoderConfig, RopeConfig
     from redcompile.models.draft_vocab import TOKEN_FREQUENCIES, write_token_frequencies
+
+    if not (folder / "config.json").exists():
+        _write_random_model(folder, shapes, seed)
+    if not (folder / "drafter" / TOKEN_FREQUENCIES).exists():
+        counts = torch.ones(shapes["vocab_size"], dtype=torch.long)
+        write_token_frequencies(folder / "drafter", counts, "uniform (random drafter)")
+
+
+def _write_random_model(folder: Path, shapes: dict, seed: int) -> None:
+    """config.json, tokenizer, random N(0, 0.02) weights and a random drafter."""
+    from redcompile.models.config import DecoderConfig, RopeConfig
     from redcompile.models.drafter_io import random_drafter, save_drafter
     from redcompile.models.llama import Decoder
 
-    if (folder / "config.json").exists():
-        if not (folder / "drafter" / TOKEN_FREQUENCIES).exists():
-            counts = torch.ones(shapes["vocab_size"], dtype=torch.long)
-            write_token_frequencies(folder / "drafter", counts, "uniform (random drafter)")
-        return
     cfg = DecoderConfig(
         architecture="llama",
         vocab_size=shapes["vocab_size"],
@@ -86,8 +97,6 @@ def write_model(folder: Path, shapes: dict, seed: int = 0) -> None:
     )
     write_config_and_tokenizer(folder, shapes, rope_theta=10000.0)
     save_drafter(random_drafter(cfg, seed=seed), folder / "drafter")
-    counts = torch.ones(shapes["vocab_size"], dtype=torch.long)
-    write_token_frequencies(folder / "drafter", counts, "uniform (random drafter)")
 
 
 def chain_step_ms(artifact: Path, tokens: int) -> float:
@@ -161,10 +170,8 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
     for row in record["shapes_tried"]:
         fraction = round((row.get("draft_vocab") or vocab) / vocab, 4)
         measured = fixture.get((row["beam_width"], row["beam_length"], fraction))
-        for key in ("fixture_tokens_per_step", "fixture_verified_tokens"):
+        for key in PROJECTED_FIELDS:  # a re-projection replaces the old figures
             row.pop(key, None)
-        row.pop("projected_step_ms", None)
-        row.pop("projected_speedup", None)
         if not measured:
             continue
         tau, verified = measured["tokens_per_step"], measured["verified_tokens_per_step"]
@@ -184,9 +191,8 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
     return record
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """Convert (or reuse) the artifacts in --scratch and time them: the record without
-    projections."""
+def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Convert what --scratch lacks: (autoregressive artifact, {((W, L), draft vocab): path})."""
     from redcompile.compiler import ConvertOptions, convert
     from redcompile.config import BeamShape
 
@@ -207,13 +213,17 @@ def measure(args: argparse.Namespace) -> dict:
             options = ConvertOptions(beam=BeamShape(width, length), draft_vocab=draft_vocab)
             convert(folder, path, options=options)
         paths[(width, length), draft_vocab] = path
-    if args.convert_only:
-        return {}
+    return ar, paths
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Time the artifacts (converting what is missing): the record without projections."""
+    shapes = SIZES[args.size]
+    ar, paths = convert_all(args)
     base = {t: round(chain_step_ms(ar, t), 3) for t in (1, 2, 4, 8, 16, 32, 64)}
     print("t_base(T) ms:", base, flush=True)
     rows = []
-    for (width, length), draft_vocab in shapes_tried:
-        path = paths[(width, length), draft_vocab]
+    for ((width, length), draft_vocab), path in paths.items():
         step, verified_random = decode_step_ms(path)
         rows.append(
             {
@@ -278,7 +288,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/cost_study_cpu.json"))
     args = parser.parse_args()
     if args.convert_only:
-        measure(args)
+        convert_all(args)
         return
     if args.reproject:
         record = json.loads(args.out.read_text())

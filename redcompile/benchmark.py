@@ -244,8 +244,6 @@ def _profiled_split(
             split = _torch_split(engine, prompts, batch, new_tokens)
     finally:
         backend.step = original_step
-    if isinstance(backend, OrtBackend):
-        split["host"] = round(_unprofiled_ort_host_ms(engine, prompts, batch, new_tokens), 3)
     return split, (float(np.mean(tree_sizes)) if tree_sizes else 1.0)
 
 
@@ -297,7 +295,7 @@ def _ort_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[
         )
         backend.session = profiled
         try:
-            result = _run(engine, prompts, batch, new_tokens)
+            _run(engine, prompts, batch, new_tokens)
         finally:
             backend.session = plain
         events = json.loads(Path(profiled.end_profiling()).read_text())
@@ -311,8 +309,9 @@ def _ort_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[
         if event["ts"] + event["dur"] > recorded_until:
             continue
         totals[_category(event["name"])] += event["dur"] / 1e6
-    run_seconds = sum(e["dur"] for e in runs) / 1e6
-    return _per_step(totals, result, run_seconds, recorded_steps=len(runs))
+    split = _per_step(totals, len(runs))
+    split["host"] = round(_unprofiled_ort_host_ms(engine, prompts, batch, new_tokens), 3)
+    return split
 
 
 def _graph_range():  # noqa: ANN202
@@ -347,7 +346,9 @@ def _torch_split(
             graph_seconds += event.cpu_time_total / 1e6
         elif event.key.startswith("redcompile.") and event.key[11:] in SPLIT_KEYS:
             totals[event.key[11:]] += event.cpu_time_total / 1e6
-    split: dict[str, float | None] = dict(_per_step(totals, result, graph_seconds))
+    split: dict[str, float | None] = dict(_per_step(totals, result.steps))
+    wall = sum(result.step_seconds)  # host: step time outside the graph's profiler range
+    split["host"] = round(max(0.0, wall - graph_seconds) / max(1, result.steps) * 1e3, 3)
     if not totals:
         split.update({key: None for key in SPLIT_KEYS if key != "host"})
     return split
@@ -368,19 +369,10 @@ def _scaled_to(split: dict[str, float | None], step_ms: float) -> dict[str, floa
     return scaled
 
 
-def _per_step(
-    totals: dict[str, float],
-    result: GenerationResult,
-    graph_seconds: float,
-    recorded_steps: int | None = None,
-) -> dict[str, float]:
-    """Milliseconds per step by category over the first `recorded_steps` steps (all steps
-    when None); host = step wall time not spent in the graph."""
-    steps = max(1, result.steps if recorded_steps is None else recorded_steps)
-    wall = sum(result.step_seconds[:steps])
-    split = {key: round(totals.get(key, 0.0) / steps * 1e3, 3) for key in SPLIT_KEYS}
-    split["host"] = round(max(0.0, wall - graph_seconds) / steps * 1e3, 3)
-    return split
+def _per_step(totals: dict[str, float], steps: int) -> dict[str, float]:
+    """Milliseconds per step of each graph category over `steps` steps."""
+    steps = max(1, steps)
+    return {key: round(totals.get(key, 0.0) / steps * 1e3, 3) for key in SPLIT_KEYS}
 
 
 def bench(
