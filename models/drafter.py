@@ -79,19 +79,29 @@ class Drafter(nn.Module):
                 nn.init.uniform_(bias, -bound, bound)
 
     def init_projection_from(self, lm_head_w: torch.Tensor) -> None:
-        """Start vocab_w as the base model's lm_head [V, H] reading the h half of [h, s].
+        """Start the projection as the base model's lm_head [V, H] reading the h half of [h, s].
 
         Training starts from a projection that already maps the base model's hidden states
-        to its vocabulary (the residual blocks start near identity); the drafter then learns to
-        move its features toward the next position's. Only for drafters without input_proj,
-        whose features begin as [h, s].
+        to its vocabulary; the drafter then learns to move its features toward the next
+        position's. Without input_proj, vocab_w is lm_head on the h half. With input_proj
+        (exit_dim E != 2H), input_proj @ vocab_w starts as the best rank-min(E, H) part of
+        lm_head on h (its truncated SVD: input_proj reads h along the top right-singular
+        vectors, vocab_w maps them back with U S); feature dimensions beyond H keep their
+        random input rows and start unread.
         """
-        if self.input_proj is not None:
-            return
         h = self.config.hidden_size
+        lm_head = lm_head_w.detach().to(torch.float32)
         with torch.no_grad():
             self.vocab_w.zero_()
-            self.vocab_w[:, :h] = lm_head_w.to(self.vocab_w.dtype)
+            if self.input_proj is None:
+                self.vocab_w[:, :h] = lm_head.to(self.vocab_w.dtype)
+                return
+            rank = min(self.config.exit_dim, h)
+            u, s, vt = torch.linalg.svd(lm_head, full_matrices=False)  # [V, H], [H], [H, H]
+            self.vocab_w[:, :rank] = (u[:, :rank] * s[:rank]).to(self.vocab_w.dtype)
+            self.input_proj.weight[:rank].zero_()
+            self.input_proj.weight[:rank, :h] = vt[:rank].to(self.input_proj.weight.dtype)
+            self.input_proj.bias[:rank].zero_()
 
     def _linears(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         pairs: list[tuple[torch.Tensor, torch.Tensor | None]] = []

@@ -480,6 +480,13 @@ def _train_defaults():  # noqa: ANN202
     help="Residual blocks of the drafter.",
 )
 @click.option(
+    "--exit-dim",
+    type=int,
+    default=None,
+    help="Width of the drafter's blocks and projection (Apple's exit_dim; default 2 x the "
+    "base model's hidden size). Smaller drafts cheaper per position.",
+)
+@click.option(
     "--depth-decay",
     type=float,
     default=_train_defaults().depth_decay,
@@ -521,6 +528,7 @@ def train_drafter(
     soft_labels: bool,
     beam_length_train: int,
     layers: int,
+    exit_dim: int | None,
     depth_decay: float,
     batch_size: int,
     seq_len: int,
@@ -554,6 +562,7 @@ def train_drafter(
         seq_len=seq_len,
         lr=lr,
         layers=layers,
+        exit_dim=exit_dim,
         depth_decay=depth_decay,
         beam_length_train=beam_length_train,
         self_distill=self_distill,

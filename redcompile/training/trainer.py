@@ -63,6 +63,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     layers: int = 2
+    # Width of the residual blocks and the projection (Apple's exit_dim); None: 2 x hidden.
+    # Below that, input_proj narrows [h, s] first: drafting reads fewer bytes per position.
+    exit_dim: int | None = None
     rnn: bool = True
     beam_length_train: int = 5  # counts the root like --beam-length: 5 trains 4 drafted tokens
     self_distill: bool = False
@@ -89,6 +92,7 @@ class TrainConfig:
             (self.steps >= 1, "--steps must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.layers >= 0, "--layers must be >= 0"),
+            (self.exit_dim is None or self.exit_dim >= 1, "--exit-dim must be at least 1"),
             (self.beam_length_train >= 2, "--beam-length-train must be at least 2"),
             (self.seq_len > self.beam_length_train + 1, "--seq-len is too short"),
             (self.lr > 0, "--lr must be positive"),
@@ -430,7 +434,7 @@ def train_drafter(
     drafter_cfg = DrafterConfig(
         base.config.hidden_size,
         base.config.vocab_size,
-        2 * base.config.hidden_size,
+        cfg.exit_dim or 2 * base.config.hidden_size,
         cfg.layers,
         cfg.rnn,
     )

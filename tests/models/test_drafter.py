@@ -110,6 +110,19 @@ def test_input_projection_exists_iff_exit_dim_differs_from_2h():
     assert make_drafter(exit_dim=10).input_proj is not None
 
 
+@pytest.mark.parametrize("exit_dim", [12, 8, 6, 4])
+def test_projection_initialised_from_lm_head_reads_h_at_the_best_rank(exit_dim):
+    d = make_drafter(exit_dim=exit_dim, layers=0)
+    lm_head = torch.randn(11, 6)
+    d.init_projection_from(lm_head)
+    hidden, state = torch.randn(5, 6), torch.randn(5, 6)
+    u, s, vt = torch.linalg.svd(lm_head, full_matrices=False)
+    rank = min(exit_dim, 6)
+    best = (u[:, :rank] * s[:rank]) @ vt[:rank]  # lm_head itself when rank = H
+    with torch.no_grad():
+        assert torch.allclose(d.logits(hidden, state), hidden @ best.T, atol=1e-5)
+
+
 def test_teacher_forced_logits_equal_step_by_step_drafting():
     d = make_drafter()
     emb = torch.randn(11, 6)

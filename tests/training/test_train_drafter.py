@@ -72,6 +72,23 @@ def test_loss_falls_and_the_output_reloads_with_identical_drafts(tiny_llama, cor
     assert len(counts) == base.config.vocab_size and sum(counts) == report.target_tokens
 
 
+def test_a_narrower_drafter_trains_and_saves_its_input_projection(tiny_llama, corpus, tmp_path):
+    losses = []
+    train_drafter(
+        tiny_llama,
+        [corpus],
+        tmp_path / "narrow",
+        small(exit_dim=32),
+        on_step=lambda _step, loss: losses.append(loss),
+    )
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+    config = json.loads((tmp_path / "narrow" / "config.json").read_text())
+    assert config["exit_dim"] == 32
+    drafter = load_drafter(tmp_path / "narrow", load_decoder(tiny_llama).config)
+    assert drafter.input_proj is not None and drafter.input_proj.weight.shape == (32, 128)
+    assert drafter.vocab_w.shape[1] == 32
+
+
 def test_the_same_seed_gives_the_same_drafter(tiny_llama, corpus, tmp_path):
     train_drafter(tiny_llama, [corpus], tmp_path / "a", small(steps=8))
     train_drafter(tiny_llama, [corpus], tmp_path / "b", small(steps=8))
@@ -171,6 +188,7 @@ def test_two_cpu_processes_under_torchrun_match_one_process(tiny_llama, corpus, 
         (dict(beam_length_train=1), "--beam-length-train"),
         (dict(device="cuda"), "cuda"),
         (dict(soft_labels=True), "--self-distill"),
+        (dict(exit_dim=0), "--exit-dim"),
     ],
 )
 def test_bad_settings_are_refused(change, words):
