@@ -23,6 +23,12 @@ N most frequent). Its projection uses the fixture's tokens per step measured wit
 FRACTION of the fixture's vocabulary (N / 32000 of 4096 tokens), read from the shapes record:
 the projected part is that acceptance at a vocabulary fraction carries over.
 
+With `--exit-dim E,...` each beam shape is also compiled with a drafter of width E
+(`train-drafter --exit-dim`; the default is Apple's 2 x hidden). Its projection uses the
+fixture's tokens per step measured with a drafter of the same width RELATIVE to its base model
+(E / hidden), read from a shapes record whose `drafter` says so: the projected part is that
+acceptance at a relative drafter width carries over.
+
     python bench/cost_study.py --scratch SCRATCH --size 350m --draft-vocab 4000 \
         --shapes-record bench/results/pycode_shapes.json
 """
@@ -54,21 +60,31 @@ PROJECTED_FIELDS = (
 
 
 def write_model(folder: Path, shapes: dict, seed: int = 0) -> None:
-    """A random fp32 Llama folder with a random drafter (skipped if present) whose token
-    frequencies are all equal, so that a draft vocabulary of N takes the N lowest ids."""
-    from redcompile.models.draft_vocab import TOKEN_FREQUENCIES, write_token_frequencies
-
+    """A random fp32 Llama folder (skipped if present)."""
     if not (folder / "config.json").exists():
         _write_random_model(folder, shapes, seed)
-    if not (folder / "drafter" / TOKEN_FREQUENCIES).exists():
-        counts = torch.ones(shapes["vocab_size"], dtype=torch.long)
-        write_token_frequencies(folder / "drafter", counts, "uniform (random drafter)")
+
+
+def drafter_folder(folder: Path, exit_dim: int | None, seed: int = 0) -> Path:
+    """A random drafter of width `exit_dim` (None: 2 x hidden) for the model in `folder`,
+    written once, whose token frequencies are all equal, so that a draft vocabulary of N
+    takes the N lowest ids."""
+    from redcompile.models.config import load_decoder_config
+    from redcompile.models.draft_vocab import TOKEN_FREQUENCIES, write_token_frequencies
+    from redcompile.models.drafter_io import random_drafter, save_drafter
+
+    path = folder / ("drafter" if exit_dim is None else f"drafter-E{exit_dim}")
+    if not (path / TOKEN_FREQUENCIES).exists():
+        base = load_decoder_config(folder)
+        save_drafter(random_drafter(base, exit_dim=exit_dim, seed=seed), path)
+        counts = torch.ones(base.vocab_size, dtype=torch.long)
+        write_token_frequencies(path, counts, "uniform (random drafter)")
+    return path
 
 
 def _write_random_model(folder: Path, shapes: dict, seed: int) -> None:
-    """config.json, tokenizer, random N(0, 0.02) weights and a random drafter."""
+    """config.json, tokenizer and random N(0, 0.02) weights."""
     from redcompile.models.config import DecoderConfig, RopeConfig
-    from redcompile.models.drafter_io import random_drafter, save_drafter
     from redcompile.models.llama import Decoder
 
     cfg = DecoderConfig(
@@ -96,7 +112,6 @@ def _write_random_model(folder: Path, shapes: dict, seed: int) -> None:
         str(folder / "model.safetensors"),
     )
     write_config_and_tokenizer(folder, shapes, rope_theta=10000.0)
-    save_drafter(random_drafter(cfg, seed=seed), folder / "drafter")
 
 
 def chain_step_ms(artifact: Path, tokens: int) -> float:
@@ -150,11 +165,25 @@ def decode_step_ms(artifact: Path) -> tuple[float, float]:
     return statistics.median(runs), float(np.mean(sizes))
 
 
-def fixture_measurements(records: list[dict]) -> dict[tuple[int, int, float], dict]:
-    """Fixture results by (width, length, fraction of the vocabulary drafted from)."""
+def relative_width(drafter: dict | None) -> float:
+    """A drafter's exit_dim over its base model's hidden size (records without a `drafter`
+    came from Apple's default width, 2)."""
+    if not drafter:
+        return 2.0
+    return round(drafter["exit_dim"] / drafter["hidden_size"], 4)
+
+
+def fixture_measurements(records: list[dict]) -> dict[tuple[int, int, float, float], dict]:
+    """Fixture results by (width, length, fraction of the vocabulary drafted from, relative
+    drafter width)."""
     vocab = 4096  # pycode-lm's vocabulary
     return {
-        (r["beam_width"], r["beam_length"], round((r.get("draft_vocab") or vocab) / vocab, 4)): r
+        (
+            r["beam_width"],
+            r["beam_length"],
+            round((r.get("draft_vocab") or vocab) / vocab, 4),
+            relative_width(record.get("drafter")),
+        ): r
         for record in records
         for r in record["results"]
         if r["engine"] != "autoregressive"
@@ -169,7 +198,11 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
     vocab = record["shapes"]["vocab_size"]
     for row in record["shapes_tried"]:
         fraction = round((row.get("draft_vocab") or vocab) / vocab, 4)
-        measured = fixture.get((row["beam_width"], row["beam_length"], fraction))
+        hidden = record["shapes"]["hidden_size"]
+        width = relative_width(
+            {"exit_dim": row.get("exit_dim") or 2 * hidden, "hidden_size": hidden}
+        )
+        measured = fixture.get((row["beam_width"], row["beam_length"], fraction, width))
         for key in PROJECTED_FIELDS:  # a re-projection replaces the old figures
             row.pop(key, None)
         if not measured:
@@ -192,27 +225,29 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
 
 
 def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
-    """Convert what --scratch lacks: (autoregressive artifact, {((W, L), draft vocab): path})."""
+    """Convert what --scratch lacks: (autoregressive artifact,
+    {((W, L), draft vocab, exit dim): path})."""
     from redcompile.compiler import ConvertOptions, convert
     from redcompile.config import BeamShape
 
     shapes = SIZES[args.size]
     beams = [tuple(int(x) for x in b.split("x")) for b in args.beams.split(",")]
     vocabularies = [None] + [int(n) for n in args.draft_vocab.split(",") if n]
+    exit_dims = [int(n) if n != "default" else None for n in args.exit_dim.split(",")]
     folder = args.scratch / f"llama-{args.size}"
     write_model(folder, shapes)
     ar = args.scratch / f"llama-{args.size}-ar.onnx"
     if not ar.exists():
         convert(folder, ar, options=ConvertOptions(autoregressive=True))
-    shapes_tried = [(b, v) for b in beams for v in vocabularies]
+    shapes_tried = [(b, v, e) for e in exit_dims for b in beams for v in vocabularies]
     paths = {}
-    for (width, length), draft_vocab in shapes_tried:
-        suffix = f"-V{draft_vocab}" if draft_vocab else ""
+    for (width, length), draft_vocab, exit_dim in shapes_tried:
+        suffix = (f"-V{draft_vocab}" if draft_vocab else "") + (f"-E{exit_dim}" if exit_dim else "")
         path = args.scratch / f"llama-{args.size}-W{width}-L{length}{suffix}.onnx"
         if not path.exists():
             options = ConvertOptions(beam=BeamShape(width, length), draft_vocab=draft_vocab)
-            convert(folder, path, options=options)
-        paths[(width, length), draft_vocab] = path
+            convert(folder, path, drafter_folder(folder, exit_dim), options=options)
+        paths[(width, length), draft_vocab, exit_dim] = path
     return ar, paths
 
 
@@ -223,13 +258,14 @@ def measure(args: argparse.Namespace) -> dict:
     base = {t: round(chain_step_ms(ar, t), 3) for t in (1, 2, 4, 8, 16, 32, 64)}
     print("t_base(T) ms:", base, flush=True)
     rows = []
-    for ((width, length), draft_vocab), path in paths.items():
+    for ((width, length), draft_vocab, exit_dim), path in paths.items():
         step, verified_random = decode_step_ms(path)
         rows.append(
             {
                 "beam_width": width,
                 "beam_length": length,
                 "draft_vocab": draft_vocab,
+                "exit_dim": exit_dim or 2 * shapes["hidden_size"],
                 "step_ms": round(step, 3),
                 "verified_tokens_random_drafter": round(verified_random, 2),
             }
@@ -239,7 +275,8 @@ def measure(args: argparse.Namespace) -> dict:
         "what": f"step cost vs tree size at {args.size} Llama shapes (random weights, fp32, "
         "ONNX Runtime CPU, batch 1, 256 cached tokens) and the speedup projected with "
         "acceptance measured on pycode-lm (at the same fraction of the vocabulary when "
-        "drafting from a draft vocabulary)",
+        "drafting from a draft vocabulary, with a drafter of the same width relative to its "
+        "base model)",
         "measured": [
             "t_base(T): autoregressive artifact verifying a T-token chain",
             "step_ms: whole ReDrafter step with a random drafter",
@@ -252,7 +289,7 @@ def measure(args: argparse.Namespace) -> dict:
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
         "command": "python bench/cost_study.py --scratch SCRATCH "
         f"--size {args.size} --beams {args.beams} --draft-vocab {args.draft_vocab} "
-        f"--out {args.out}",
+        f"--exit-dim {args.exit_dim} --out {args.out}",
         "t_base_ms": base,
         "shapes_tried": rows,
     }
@@ -267,6 +304,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--draft-vocab", default="", help="Comma-separated draft vocabulary sizes to add"
+    )
+    parser.add_argument(
+        "--exit-dim",
+        default="default",
+        help="Comma-separated drafter widths ('default': 2 x hidden), e.g. default,2048",
     )
     parser.add_argument(
         "--shapes-record",

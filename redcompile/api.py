@@ -149,7 +149,13 @@ def open_model_folder(
     codec = TextCodec.from_file(model_dir / "tokenizer.json")
     if autoregressive:
         step = SpeculativeStep(base, None, 1, 1, max_len)
-        mode = {"mode": "autoregressive", "beam_width": 1, "beam_length": 1, "draft_vocab": None}
+        mode = {
+            "mode": "autoregressive",
+            "beam_width": 1,
+            "beam_length": 1,
+            "draft_vocab": None,
+            "drafter": None,
+        }
     else:
         draft_vocab = check_draft_vocab_size(draft_vocab, base.config.vocab_size)
         if random_drafter:
@@ -173,6 +179,7 @@ def open_model_folder(
             "beam_width": beam.width,
             "beam_length": beam.length,
             "draft_vocab": draft_vocab,
+            "drafter": {**drafter.config.to_dict(), "random": random_drafter},
         }
     info = {"source": str(model_dir), "runtime": "torch", "dtype": base.config.dtype, **mode}
     return Generator(

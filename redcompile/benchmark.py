@@ -101,6 +101,7 @@ class BenchReport:
     measurements: list[Measurement]
     machine: dict[str, Any]
     command: str = ""
+    drafter: dict[str, Any] | None = None  # the ReDrafter engines' drafter (its config)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
@@ -112,6 +113,7 @@ class BenchReport:
             "repeats": self.repeats,
             "machine": self.machine,
             "command": self.command,
+            "drafter": self.drafter,
             "results": [m.__dict__ for m in self.measurements],
         }
 
@@ -127,6 +129,7 @@ class BenchReport:
             [Measurement(**m) for m in record["results"]],
             record["machine"],
             record.get("command", ""),
+            record.get("drafter"),
         )
 
     def table(self) -> str:
@@ -466,6 +469,7 @@ def bench(
         cfg.repeats,
         measurements,
         machine_info(runtime),
+        drafter=next((e.info["drafter"] for e in engines.values() if e.info.get("drafter")), None),
     )
 
 

@@ -56,6 +56,7 @@ def _info(path: Path, manifest: dict[str, Any], runtime: str) -> dict[str, Any]:
         "beam_width": manifest["beam"]["width"],
         "beam_length": manifest["beam"]["length"],
         "draft_vocab": (manifest["drafter"] or {}).get("draft_vocab"),
+        "drafter": manifest["drafter"],
     }
 
 

@@ -67,6 +67,7 @@ def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, tmp_path
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     assert {"source", "runtime", "prompts", "machine", "results", "command"} <= set(record)
+    assert record["drafter"]["exit_dim"] == 128 and record["drafter"]["random"] is True
     assert len(record["results"]) == 4  # 2 engines x 2 batch sizes
     for row in record["results"]:
         assert set(row) == FIELDS and set(row["split_ms"]) == SPLIT
@@ -110,7 +111,9 @@ def test_bench_of_a_model_folder_in_torch(tiny_llama, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    record = json.loads((tmp_path / "b.json").read_text())
+    assert record["drafter"]["num_draft_layers"] == 2 and record["drafter"]["random"] is True
+    rows = record["results"]
     engines = ["autoregressive", "W1-L3-V40", "W1-L3-V60", "W2-L3-V40", "W2-L3-V60"]
     assert [r["engine"] for r in rows] == engines
     assert [r["draft_vocab"] for r in rows] == [None, 40, 60, 40, 60]
