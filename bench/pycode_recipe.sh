@@ -32,8 +32,19 @@ redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifact
 
 # 4. Tokens per step when drafting from the 512 or 1024 most frequent of the 4096 tokens
 #    (--draft-vocab; the fractions the cost study projects 4000 and 8000 of 32000 with).
-#    Tokens per step do not depend on the runtime (tests hold the artifact to PyTorch).
-redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --runtime torch \
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
     --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2,4 --beam-length 3,5 \
     --draft-vocab 512,1024 --batch-size 8 --repeats 1 --max-new-tokens 128 \
     --json bench/results/pycode_draft_vocab.json
+
+# 5. A narrow drafter for CPU-sized models (exit_dim = hidden instead of 2 x hidden), whose
+#    acceptance the cost study pairs with drafters of the same relative shape (--exit-dim).
+redcompile train-drafter "$FIXTURE" --data "$WORK/corpus.jsonl" --out "$WORK/drafter-e256" \
+    --self-distill --exit-dim 256 --json > bench/results/pycode_train_e256.json
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter-e256" --work-dir "$WORK/artifacts-e256" \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2 --beam-length 3,5 \
+    --batch-size 8 --repeats 1 --max-new-tokens 128 --json bench/results/pycode_shapes_e256.json
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter-e256" --work-dir "$WORK/artifacts-e256" \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2 --beam-length 3,5 \
+    --draft-vocab 512,1024 --batch-size 8 --repeats 1 --max-new-tokens 128 \
+    --json bench/results/pycode_draft_vocab_e256.json

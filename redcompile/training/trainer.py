@@ -59,10 +59,10 @@ class TrainConfig:
     steps: int = 2700
     batch_size: int = 16
     seq_len: int = 160
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
-    layers: int = 2
+    layers: int = 4
     # Width of the residual blocks and the projection (Apple's exit_dim); None: 2 x hidden.
     # Below that, input_proj narrows [h, s] first: drafting reads fewer bytes per position.
     exit_dim: int | None = None
