@@ -24,10 +24,11 @@ FRACTION of the fixture's vocabulary (N / 32000 of 4096 tokens), read from the s
 the projected part is that acceptance at a vocabulary fraction carries over.
 
 With `--exit-dim E,...` each beam shape is also compiled with a drafter of width E
-(`train-drafter --exit-dim`; the default is Apple's 2 x hidden). Its projection uses the
-fixture's tokens per step measured with a drafter of the same width RELATIVE to its base model
-(E / hidden), read from a shapes record whose `drafter` says so: the projected part is that
-acceptance at a relative drafter width carries over.
+(`train-drafter --exit-dim`; the default is Apple's 2 x hidden), and `--layers N` sets the
+drafters' residual blocks. A projection uses the fixture's tokens per step measured with a
+drafter of the same SHAPE relative to its base model (E / hidden, and N), read from a shapes
+record whose `drafter` says so: the projected part is that acceptance at a relative drafter
+shape carries over.
 
     python bench/cost_study.py --scratch SCRATCH --size 350m --draft-vocab 4000 \
         --shapes-record bench/results/pycode_shapes.json
@@ -65,18 +66,23 @@ def write_model(folder: Path, shapes: dict, seed: int = 0) -> None:
         _write_random_model(folder, shapes, seed)
 
 
-def drafter_folder(folder: Path, exit_dim: int | None, seed: int = 0) -> Path:
-    """A random drafter of width `exit_dim` (None: 2 x hidden) for the model in `folder`,
-    written once, whose token frequencies are all equal, so that a draft vocabulary of N
-    takes the N lowest ids."""
+def drafter_suffix(exit_dim: int | None, layers: int) -> str:
+    """Name suffix of a drafter of width `exit_dim` (None: 2 x hidden) and `layers` blocks."""
+    return (f"-E{exit_dim}" if exit_dim else "") + (f"-N{layers}" if layers != 2 else "")
+
+
+def drafter_folder(folder: Path, exit_dim: int | None, layers: int, seed: int = 0) -> Path:
+    """A random drafter of width `exit_dim` (None: 2 x hidden) with `layers` residual blocks
+    for the model in `folder`, written once, whose token frequencies are all equal, so that a
+    draft vocabulary of N takes the N lowest ids."""
     from redcompile.models.config import load_decoder_config
     from redcompile.models.draft_vocab import TOKEN_FREQUENCIES, write_token_frequencies
     from redcompile.models.drafter_io import random_drafter, save_drafter
 
-    path = folder / ("drafter" if exit_dim is None else f"drafter-E{exit_dim}")
+    path = folder / ("drafter" + drafter_suffix(exit_dim, layers))
     if not (path / TOKEN_FREQUENCIES).exists():
         base = load_decoder_config(folder)
-        save_drafter(random_drafter(base, exit_dim=exit_dim, seed=seed), path)
+        save_drafter(random_drafter(base, layers, exit_dim=exit_dim, seed=seed), path)
         counts = torch.ones(base.vocab_size, dtype=torch.long)
         write_token_frequencies(path, counts, "uniform (random drafter)")
     return path
@@ -165,24 +171,24 @@ def decode_step_ms(artifact: Path) -> tuple[float, float]:
     return statistics.median(runs), float(np.mean(sizes))
 
 
-def relative_width(drafter: dict | None) -> float:
-    """A drafter's exit_dim over its base model's hidden size (records without a `drafter`
-    came from Apple's default width, 2)."""
+def drafter_shape(drafter: dict | None) -> tuple[float, int]:
+    """(exit_dim over the base model's hidden size, residual blocks) of a drafter; records
+    without a `drafter` came from Apple's default shape, (2, 2)."""
     if not drafter:
-        return 2.0
-    return round(drafter["exit_dim"] / drafter["hidden_size"], 4)
+        return 2.0, 2
+    return round(drafter["exit_dim"] / drafter["hidden_size"], 4), drafter["num_draft_layers"]
 
 
-def fixture_measurements(records: list[dict]) -> dict[tuple[int, int, float, float], dict]:
-    """Fixture results by (width, length, fraction of the vocabulary drafted from, relative
-    drafter width)."""
+def fixture_measurements(records: list[dict]) -> dict[tuple, dict]:
+    """Fixture results by (width, length, fraction of the vocabulary drafted from, drafter
+    shape)."""
     vocab = 4096  # pycode-lm's vocabulary
     return {
         (
             r["beam_width"],
             r["beam_length"],
             round((r.get("draft_vocab") or vocab) / vocab, 4),
-            relative_width(record.get("drafter")),
+            drafter_shape(record.get("drafter")),
         ): r
         for record in records
         for r in record["results"]
@@ -195,14 +201,17 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
     base = {int(t): ms for t, ms in record["t_base_ms"].items()}
     sizes, costs = np.array(list(base)), np.array(list(base.values()))
     fixture = fixture_measurements(shapes_records)
-    vocab = record["shapes"]["vocab_size"]
+    vocab, hidden = record["shapes"]["vocab_size"], record["shapes"]["hidden_size"]
     for row in record["shapes_tried"]:
         fraction = round((row.get("draft_vocab") or vocab) / vocab, 4)
-        hidden = record["shapes"]["hidden_size"]
-        width = relative_width(
-            {"exit_dim": row.get("exit_dim") or 2 * hidden, "hidden_size": hidden}
+        drafter = drafter_shape(
+            {
+                "exit_dim": row.get("exit_dim") or 2 * hidden,
+                "hidden_size": hidden,
+                "num_draft_layers": row.get("num_draft_layers", 2),
+            }
         )
-        measured = fixture.get((row["beam_width"], row["beam_length"], fraction, width))
+        measured = fixture.get((row["beam_width"], row["beam_length"], fraction, drafter))
         for key in PROJECTED_FIELDS:  # a re-projection replaces the old figures
             row.pop(key, None)
         if not measured:
@@ -242,11 +251,11 @@ def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
     shapes_tried = [(b, v, e) for e in exit_dims for b in beams for v in vocabularies]
     paths = {}
     for (width, length), draft_vocab, exit_dim in shapes_tried:
-        suffix = (f"-V{draft_vocab}" if draft_vocab else "") + (f"-E{exit_dim}" if exit_dim else "")
+        suffix = (f"-V{draft_vocab}" if draft_vocab else "") + drafter_suffix(exit_dim, args.layers)
         path = args.scratch / f"llama-{args.size}-W{width}-L{length}{suffix}.onnx"
         if not path.exists():
             options = ConvertOptions(beam=BeamShape(width, length), draft_vocab=draft_vocab)
-            convert(folder, path, drafter_folder(folder, exit_dim), options=options)
+            convert(folder, path, drafter_folder(folder, exit_dim, args.layers), options=options)
         paths[(width, length), draft_vocab, exit_dim] = path
     return ar, paths
 
@@ -266,6 +275,7 @@ def measure(args: argparse.Namespace) -> dict:
                 "beam_length": length,
                 "draft_vocab": draft_vocab,
                 "exit_dim": exit_dim or 2 * shapes["hidden_size"],
+                "num_draft_layers": args.layers,
                 "step_ms": round(step, 3),
                 "verified_tokens_random_drafter": round(verified_random, 2),
             }
@@ -289,7 +299,7 @@ def measure(args: argparse.Namespace) -> dict:
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
         "command": "python bench/cost_study.py --scratch SCRATCH "
         f"--size {args.size} --beams {args.beams} --draft-vocab {args.draft_vocab} "
-        f"--exit-dim {args.exit_dim} --out {args.out}",
+        f"--exit-dim {args.exit_dim} --layers {args.layers} --out {args.out}",
         "t_base_ms": base,
         "shapes_tried": rows,
     }
@@ -310,6 +320,7 @@ def main() -> None:
         default="default",
         help="Comma-separated drafter widths ('default': 2 x hidden), e.g. default,2048",
     )
+    parser.add_argument("--layers", type=int, default=2, help="Residual blocks of the drafters")
     parser.add_argument(
         "--shapes-record",
         type=Path,
