@@ -49,6 +49,8 @@ import torch
 from random_llama import LLAMA_1B, LLAMA_350M, write_config_and_tokenizer
 from safetensors.torch import save_file
 
+from redcompile.training.trainer import TrainConfig
+
 SIZES = {"350m": LLAMA_350M, "1b": LLAMA_1B}
 BEAMS = ((1, 3), (1, 5), (2, 5), (4, 5))  # narrow beams; each is a 1.3 GB (350M) convert
 CACHED, REPEATS = 256, 15
@@ -320,7 +322,12 @@ def main() -> None:
         default="default",
         help="Comma-separated drafter widths ('default': 2 x hidden), e.g. default,2048",
     )
-    parser.add_argument("--layers", type=int, default=2, help="Residual blocks of the drafters")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=TrainConfig().layers,
+        help="Residual blocks of the drafters (default: train-drafter's)",
+    )
     parser.add_argument(
         "--shapes-record",
         type=Path,

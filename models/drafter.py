@@ -127,6 +127,12 @@ class Drafter(nn.Module):
         )
         return (*rnn, *proj, self.res_w, self.res_b, self.vocab_w, self.draft_vocab)
 
+    def describe(self, random: bool) -> dict:
+        """The drafter as manifests and engine reports state it: its config, whether it is
+        random, and the size of its draft vocabulary (None: the whole vocabulary)."""
+        restricted = None if self.draft_vocab is None else int(self.draft_vocab.numel())
+        return {**self.config.to_dict(), "random": random, "draft_vocab": restricted}
+
     def restrict_vocabulary(self, token_ids: torch.Tensor) -> None:
         """Draft only `token_ids` [V'] (distinct ids): keep their rows of the projection."""
         ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()

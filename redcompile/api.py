@@ -179,11 +179,7 @@ def open_model_folder(
             "beam_width": beam.width,
             "beam_length": beam.length,
             "draft_vocab": draft_vocab,
-            "drafter": {
-                **drafter.config.to_dict(),
-                "random": random_drafter,
-                "draft_vocab": draft_vocab,
-            },
+            "drafter": drafter.describe(random_drafter),
         }
     info = {"source": str(model_dir), "runtime": "torch", "dtype": base.config.dtype, **mode}
     return Generator(

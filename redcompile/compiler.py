@@ -400,13 +400,7 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
         "mode": "autoregressive" if o.autoregressive else "redrafter",
         "target": "onnxruntime",
         "model": base_cfg.to_dict(),
-        "drafter": None
-        if step.drafter is None
-        else {
-            **step.drafter.config.to_dict(),
-            "random": o.random_drafter,
-            "draft_vocab": None if step.drafter.draft_vocab is None else o.draft_vocab,
-        },
+        "drafter": None if step.drafter is None else step.drafter.describe(o.random_drafter),
         "beam": {"width": step.beam_width, "length": step.beam_length},
         "top_k": step.top_k,
         "max_seq_len": step.max_seq_len,
