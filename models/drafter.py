@@ -15,6 +15,8 @@ blocks are stored stacked ([N, E, E]) so that the beam-search op takes a fixed s
 `restrict_vocabulary` keeps only some rows of vocab_w (a draft vocabulary, chosen at convert
 time from the token frequencies training recorded): the drafter then proposes only those tokens,
 at a fraction of the projection's cost. Verification is unchanged, so decoding stays exact.
+`quantize_weights` does the same for the bytes drafting reads: the matrices the beam search
+multiplies by become what an int8 / int4 artifact stores (models/weight_quant.py).
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from redcompile.models.weight_quant import WeightFormat, fake_quantize
 from redcompile.ops import DRAFTER_BEAM_SEARCH, call
 from redcompile.ops.drafter_beam_search import drafter_features, drafter_state
+
+QUANTIZED_MATRICES = ("rnn_w", "rnn_u_w", "input_proj_w", "vocab_w")
+QUANTIZED_STACKS = ("res_w",)
+"""Beam-search op inputs that --drafter-weights quantizes: matrices [out, in], and stacks of them
+([N, out, in], each block quantized on its own). Biases and the borrowed embedding stay float."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class Drafter(nn.Module):
         self.vocab_w = nn.Parameter(torch.empty(v, e))
         # [V'] token id of each vocab_w row when restricted (a buffer: it follows .to(device))
         self.register_buffer("draft_vocab", None, persistent=False)
+        self.quantized: str | None = None  # weight format name once quantize_weights ran
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -131,7 +140,27 @@ class Drafter(nn.Module):
         """The drafter as manifests and engine reports state it: its config, whether it is
         random, and the size of its draft vocabulary (None: the whole vocabulary)."""
         restricted = None if self.draft_vocab is None else int(self.draft_vocab.numel())
-        return {**self.config.to_dict(), "random": random, "draft_vocab": restricted}
+        return {
+            **self.config.to_dict(),
+            "random": random,
+            "draft_vocab": restricted,
+            "quantized": self.quantized,
+        }
+
+    def quantize_weights(self, fmt: WeightFormat) -> None:
+        """Replace the QUANTIZED_INPUTS matrices by the values an artifact compiled with
+        `--drafter-weights fmt.name` holds, so this module drafts exactly as that artifact does."""
+        if self.quantized is not None:
+            raise ValueError(f"the drafter's weights are already quantized ({self.quantized})")
+        with torch.no_grad():
+            matrices = [self.vocab_w, *self.res_w]
+            if self.rnn_w is not None:
+                matrices += [self.rnn_w, self.rnn_u.weight]
+            if self.input_proj is not None:
+                matrices.append(self.input_proj.weight)
+            for weight in matrices:
+                weight.copy_(fake_quantize(weight, fmt))
+        self.quantized = fmt.name
 
     def restrict_vocabulary(self, token_ids: torch.Tensor) -> None:
         """Draft only `token_ids` [V'] (distinct ids): keep their rows of the projection."""

@@ -123,11 +123,14 @@ def open_model_folder(
     dtype: str | None = None,
     max_seq_len: int | None = None,
     draft_vocab: int | None = None,
+    drafter_weights: str = "float",
 ) -> Generator:
     """A Generator running the PyTorch reference step on a Hugging Face folder (+ drafter).
 
     `draft_vocab` N drafts only from the N tokens the drafter was trained to predict most often
-    (models/draft_vocab.py); a random drafter takes the N lowest ids.
+    (models/draft_vocab.py); a random drafter takes the N lowest ids. `drafter_weights` int8 /
+    int4 drafts with the weights an artifact compiled with `--drafter-weights` holds
+    (models/weight_quant.py), so the reference drafts exactly as that artifact does.
     """
     import torch
 
@@ -173,6 +176,9 @@ def open_model_folder(
             if draft_vocab is not None:
                 counts = read_token_frequencies(path, base.config.vocab_size)
                 drafter.restrict_vocabulary(most_frequent(counts, draft_vocab))
+        fmt = _weight_format_option(drafter_weights)
+        if fmt is not None:
+            drafter.quantize_weights(fmt)
         step = SpeculativeStep(base, drafter, beam.width, beam.length, max_len)
         mode = {
             "mode": "redrafter",
@@ -185,6 +191,16 @@ def open_model_folder(
     return Generator(
         TorchBackend(step), codec, stop_tokens_of(model_dir, base.config.eos_token_ids), info
     )
+
+
+def _weight_format_option(name: str):  # noqa: ANN202
+    from redcompile.models.weight_quant import WEIGHT_FORMAT_NAMES, weight_format
+
+    if name not in WEIGHT_FORMAT_NAMES:
+        raise InputError(
+            f"--drafter-weights must be one of {', '.join(WEIGHT_FORMAT_NAMES)}, got {name!r}"
+        )
+    return weight_format(name)
 
 
 def open_generator(source: Path | str, **options: Any) -> Generator:

@@ -194,9 +194,11 @@ def model_folder_engines(
     work = work_dir or Path(tempfile.mkdtemp(prefix="redcompile-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     engines = {}
+    weights = options.get("drafter_weights", "float")
     for beam, draft_vocab in [(None, None), *shapes]:
         name = engine_name(beam, draft_vocab)
-        path = work / f"{name}.onnx"
+        quantized = beam is not None and weights != "float"
+        path = work / f"{name}{f'-{weights}' if quantized else ''}.onnx"
         if not path.exists():
             progress(f"converting {name}")
             convert(
@@ -209,6 +211,7 @@ def model_folder_engines(
                     random_drafter=options.get("random_drafter", False) and beam is not None,
                     allow_pickle=options.get("allow_pickle", False),
                     draft_vocab=draft_vocab,
+                    drafter_weights=weights if beam is not None else "float",
                 ),
             )
         engines[name] = open_artifact(path)

@@ -60,6 +60,7 @@ class ConvertOptions:
     autoregressive: bool = False
     random_drafter: bool = False
     draft_vocab: int | None = None  # None: draft from the whole vocabulary
+    drafter_weights: str = "float"  # or int8 / int4 (models/weight_quant.py), ONNX targets
     allow_pickle: bool = False
     top_k: int = 50
     dump_passes: Path | None = None
@@ -190,6 +191,8 @@ def command_line(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, t
     options = (("--dtype", o.dtype), ("--max-seq-len", o.max_seq_len))
     if not o.autoregressive:
         options += (("--draft-vocab", o.draft_vocab),)
+        if o.drafter_weights != "float":
+            options += (("--drafter-weights", o.drafter_weights),)
     for flag, value in options:
         if value is not None:
             parts += [flag, str(value)]
@@ -226,6 +229,7 @@ def convert(
     dtype = DTYPE_NAMES.get(o.dtype) if o.dtype else None
     if o.dtype and dtype is None:
         raise InputError(f"--dtype must be fp32, fp16 or bf16, got {o.dtype!r}")
+    _check_drafter_weights(o, target)
     if o.max_seq_len is not None and o.max_seq_len < 2:
         raise InputError(f"--max-seq-len must be at least 2, got {o.max_seq_len}")
     if not out.parent.is_dir():
@@ -245,6 +249,11 @@ def convert(
         step, codec, manifest = _load(model_dir, drafter_path, o, dtype)
         manifest["target"] = target
         times["load"] = time.perf_counter() - start
+        if o.drafter_weights != "float" and manifest["dtype"] == "bfloat16":
+            raise InputError(
+                "--drafter-weights quantizes fp32 and fp16 weights, and this model loads as "
+                "bf16; add --dtype fp16 or --dtype fp32"
+            )
         if target == "torch":
             return _convert_torch(
                 step, codec, manifest, device, model_dir, drafter_path, out, workdir, o, say, times
@@ -259,6 +268,8 @@ def convert(
         times["export"] = time.perf_counter() - start
 
         start = time.perf_counter()
+        if manifest["drafter"] is not None and o.drafter_weights != "float":
+            manifest["drafter"]["quantized"] = o.drafter_weights  # by quantize-drafter
         model, records = _run_passes(exported, workdir, signature, manifest, target, o, say)
         times["passes"] = time.perf_counter() - start
 
@@ -273,6 +284,27 @@ def convert(
     return ConvertReport(
         out, files, target, manifest, times, peak, weights, [r.to_dict() for r in records]
     )
+
+
+def _check_drafter_weights(o: ConvertOptions, target: str) -> None:
+    """--drafter-weights int8/int4: ONNX targets with a drafter (the dtype is checked after
+    loading: a checkpoint's own dtype is known only then)."""
+    from redcompile.models.weight_quant import WEIGHT_FORMAT_NAMES
+
+    if o.drafter_weights == "float":
+        return
+    if o.drafter_weights not in WEIGHT_FORMAT_NAMES:
+        raise InputError(
+            f"--drafter-weights must be one of {', '.join(WEIGHT_FORMAT_NAMES)}, "
+            f"got {o.drafter_weights!r}"
+        )
+    if o.autoregressive:
+        raise InputError("--drafter-weights needs a drafter; --autoregressive compiles none")
+    if target == "torch":
+        raise InputError(
+            "--drafter-weights applies to ONNX artifacts (.onnx, .engine); the .pt2 target "
+            "compiles float weights"
+        )
 
 
 def _record_sources(
@@ -446,6 +478,6 @@ def _run_passes(path: Path, workdir: Path, signature, manifest, target, o, say):
 
     model = onnx.load(str(path), load_external_data=False)
     _inline_index_tables(model, workdir)
-    passes = pipeline(target, signature, manifest["dtype"])
+    passes = pipeline(target, signature, manifest["dtype"], o.drafter_weights)
     manager = PassManager(passes, dump_dir=o.dump_passes, on_pass=lambda n: say(f"pass {n}"))
     return manager.run(model, PassContext(target=target, weights_dir=workdir))

@@ -6,6 +6,11 @@ Three checks, reported per item in the manner of Polygraphy:
    outputs must be equal, float outputs within |a - b| <= atol + rtol * |b| elementwise;
 3. tokens: greedy generation from the artifact equals the PyTorch reference and the
    autoregressive baseline, token for token.
+
+A drafter compiled with `--drafter-weights int8|int4` drafts through ONNX Runtime's MatMulNBits,
+which also quantizes the activations, so its drafts can differ from the reference's (which
+applies the weight quantization only). For such artifacts the outputs that carry drafts
+(DRAFT_OUTPUTS) are reported, not required to match: decoding is still held token for token.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ DEFAULT_PROMPTS = (
     "class Node:\n    def __init__(self",
     "The quick brown fox",
 )
+DRAFT_OUTPUTS = (
+    "next_input_ids",
+    "next_parent_ids",
+    "next_depths",
+    "next_num_tokens",
+    "next_beam_paths",
+    "next_draft_logprobs",
+)
 TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (2e-2, 2e-2), "bfloat16": (6e-2, 6e-2)}
 
 
@@ -43,10 +56,16 @@ class OutputCheck:
     p99_abs: float = 0.0
     max_rel: float = 0.0
     worst_index: list[int] = field(default_factory=list)
+    informational: bool = False  # reported, not required (drafts of a quantized drafter)
+
+    @property
+    def required_ok(self) -> bool:
+        """Passed, or only informational."""
+        return self.passed or self.informational
 
     def line(self, atol: float, rtol: float) -> str:
         """One summary line."""
-        status = "PASSED" if self.passed else "FAILED"
+        status = "PASSED" if self.passed else ("INFO" if self.informational else "FAILED")
         if self.exact:
             return f"{self.name:<28} exact      {self.mismatches}/{self.elements} differ  {status}"
         return (
@@ -103,7 +122,7 @@ class VerifyReport:
         """Every check passed."""
         return (
             self.sources["match"]
-            and all(c.passed for c in self.first_step)
+            and all(c.required_ok for c in self.first_step)
             and all(t["identical"] == t["prompts"] for t in self.tokens.values())
         )
 
@@ -130,6 +149,11 @@ class VerifyReport:
         out = [f"[I] sources: {sources}"]
         out.append("[I] first step, artifact vs PyTorch reference:")
         out += [f"[I]   {c.line(self.atol, self.rtol)}" for c in self.first_step]
+        if any(c.informational for c in self.first_step):
+            out.append(
+                "[I]   (INFO: drafts of a quantized drafter; ONNX Runtime also quantizes its "
+                "activations, so they may differ; the tokens below must not)"
+            )
         for name, t in self.tokens.items():
             status = "PASSED" if t["identical"] == t["prompts"] else "FAILED"
             first = (
@@ -211,6 +235,7 @@ def verify(
         autoregressive=manifest["mode"] == "autoregressive",
         random_drafter=random_drafter,
         draft_vocab=(manifest["drafter"] or {}).get("draft_vocab"),
+        drafter_weights=(manifest["drafter"] or {}).get("quantized") or "float",
         **common,
     )
     baseline = open_model_folder(model_dir, autoregressive=True, **common)
@@ -219,6 +244,9 @@ def verify(
     got = first_step_outputs(artifact.backend, ids, max_new_tokens)
     want = first_step_outputs(reference.backend, ids, max_new_tokens)
     first = [compare_output(name, got[name], want[name], atol, rtol) for name in want]
+    if (manifest["drafter"] or {}).get("quantized"):
+        for check in first:
+            check.informational = check.name in DRAFT_OUTPUTS
 
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=len(ids))
     produced = [c.token_ids for c in artifact.generate_ids(ids, cfg).completions]

@@ -16,7 +16,14 @@ from redcompile.errors import ArtifactError, InputError, TargetUnavailableError
 from redcompile.models.step import StepSignature, TensorSpec
 from redcompile.tokenizer import TextCodec
 
-MODEL_FOLDER_ONLY = ("drafter_dir", "random_drafter", "allow_pickle", "dtype", "draft_vocab")
+MODEL_FOLDER_ONLY = (
+    "drafter_dir",
+    "random_drafter",
+    "allow_pickle",
+    "dtype",
+    "draft_vocab",
+    "drafter_weights",
+)
 
 
 def signature_of(manifest: dict[str, Any]) -> StepSignature:
@@ -31,7 +38,7 @@ def signature_of(manifest: dict[str, Any]) -> StepSignature:
 
 def _check_options(path: Path, manifest: dict[str, Any], options: dict[str, Any]) -> None:
     for name in MODEL_FOLDER_ONLY:
-        if options.get(name):
+        if options.get(name) not in (None, False, "float"):
             flag = "--" + name.removesuffix("_dir").replace("_", "-")
             raise InputError(f"{flag} applies to model folders; {path} is a compiled artifact")
     beam: BeamShape | None = options.get("beam")

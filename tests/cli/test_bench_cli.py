@@ -131,3 +131,18 @@ def test_an_artifact_without_baseline_is_refused(tiny_llama, tmp_path):
         main, ["bench", str(spec), "--prompts-file", str(prompts(tmp_path))]
     )
     assert result.exit_code == 2 and "--baseline" in result.stderr
+
+
+def test_bench_of_a_model_folder_with_a_quantized_drafter(tiny_llama, tmp_path):
+    argv = ["bench", str(tiny_llama), "--random-drafter", "--drafter-weights", "int8"]
+    argv += ["--prompts-file", str(prompts(tmp_path)), "--beam-width", "1", "--beam-length", "3"]
+    argv += ["--max-new-tokens", "6", "--repeats", "1", "--work-dir", str(tmp_path / "work")]
+    result = CliRunner().invoke(main, [*argv, "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "b.json").read_text())
+    assert record["runtime"] == "onnxruntime" and record["drafter"]["quantized"] == "int8"
+    # the quantized artifact is cached under its own name, never mistaken for a float one
+    assert sorted(p.name for p in (tmp_path / "work").glob("*.onnx")) == [
+        "W1-L3-int8.onnx",
+        "autoregressive.onnx",
+    ]

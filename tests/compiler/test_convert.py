@@ -172,3 +172,57 @@ def test_cli_convert_json_and_dump_passes(tiny_llama, tmp_path):
     assert report["passes"][0]["matches"] == 2  # one Attention per layer
     assert (tmp_path / "dump" / "01_fuse-tree-attention.txt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "m.onnx"]  # no temp files
+
+
+def test_a_quantized_drafter_stays_lossless_and_verifies(artifacts, tmp_path):
+    from redcompile.verification import DRAFT_OUTPUTS, verify
+
+    model = artifacts["model"]
+    shape = dict(beam=BeamShape(3, 4), random_drafter=True)
+    report = convert(
+        model, tmp_path / "q.onnx", options=ConvertOptions(**shape, drafter_weights="int4")
+    )
+    assert report.manifest["drafter"]["quantized"] == "int4"
+    assert "--drafter-weights int4" in report.manifest["command"]
+    assert "quantize-drafter" in [p["name"] for p in report.passes]
+    graph_ops = Counter(n.op_type for n in onnx.load(str(report.out)).graph.node)
+    assert graph_ops["DrafterBeamSearch"] == 0 and graph_ops["DequantizeLinear"] > 0
+    cfg = GenerationConfig(max_new_tokens=24, batch_size=4, stop_token_ids=())
+    expected = open_model_folder(model, autoregressive=True).generate_ids(PROMPTS, cfg)
+    assert ids(open_generator(report.out).generate_ids(PROMPTS, cfg)) == ids(expected)
+    reference = open_model_folder(model, **shape, drafter_weights="int4")
+    assert ids(reference.generate_ids(PROMPTS, cfg)) == ids(expected)
+    checked = verify(report.out, model, max_new_tokens=16)
+    assert checked.passed, "\n".join(checked.lines())
+    informational = {c.name for c in checked.first_step if c.informational}
+    assert informational == set(DRAFT_OUTPUTS)  # drafts only: tokens and the cache must match
+    assert {c.name for c in checked.first_step} - informational >= {"new_tokens", "present.0.key"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--autoregressive"], "--drafter-weights needs a drafter"),
+        (["--target", "torch"], "applies to ONNX artifacts"),
+    ],
+)
+def test_cli_refuses_drafter_weights_where_they_cannot_apply(tiny_llama, tmp_path, args, message):
+    if "torch" in args:
+        from redcompile.torch_target import require_compiler
+
+        try:
+            require_compiler()
+        except Exception:  # noqa: BLE001 - no compiler: the target is refused before the option
+            pytest.skip("the torch target is unavailable here")
+    out = tmp_path / ("m.pt2" if "torch" in args else "m.onnx")
+    argv = ["convert", str(tiny_llama), str(out), "--random-drafter", "--drafter-weights", "int8"]
+    result = CliRunner().invoke(main, argv + args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_cli_generate_refuses_drafter_weights_for_an_artifact(artifacts):
+    argv = ["generate", str(artifacts["spec"].out), "--prompt", "ab", "--drafter-weights", "int8"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2
+    assert "--drafter-weights applies to model folders" in result.output

@@ -1,0 +1,97 @@
+"""Blockwise symmetric weight-only quantization of the drafter's matrices (int8, int4).
+
+Why: at batch 1 drafting is memory-bound. Every drafted position reads the drafter's vocabulary
+projection, E x V floats (131 MB at E = 1024, V = 32000), which is why drafting costs as much
+as a fifth of a 350M base step on a CPU. Stored as int8 (int4) the same matrix reads 4x (8x)
+fewer bytes. Only the drafter is quantized: the base model still decides every token, so greedy
+decoding stays token-identical to plain decoding; quantization can only change which tokens are
+proposed, which shows up in tokens per step (measured in docs/benchmarks.md).
+
+One definition of the arithmetic, used by both sides that must agree:
+- the compiler pass (passes/quantize_drafter.py) stores `q` and `scale` in the artifact, where
+  a standard DequantizeLinear(axis=0, block_size) rebuilds the matrix;
+- the PyTorch reference (`fake_quantize`) runs the drafter with the dequantized values, so
+  `redcompile verify` compares an artifact against exactly the weights it carries.
+
+Layout: a Linear weight is [N, K] (out x in). `q` is stored transposed, [K, N], with blocks of
+`block_size` consecutive input features sharing one scale per output: scale [ceil(K / bs), N].
+That is the layout ONNX Runtime's DequantizeLinear -> MatMul fusion (MatMulNBits) accepts.
+
+    scale[j, n] = max_{k in block j} |w[n, k]| / qmax      (1 for an all-zero block)
+    q[k, n]     = clamp(round(w[n, k] / scale[k // bs, n]), -qmax - 1, qmax)
+    w'[n, k]    = q[k, n] * scale[k // bs, n]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI reads the format names without importing torch
+    import torch
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """A quantized storage format: bits per weight and the block of inputs sharing a scale."""
+
+    name: str
+    bits: int
+    block_size: int
+
+    @property
+    def qmax(self) -> int:
+        """Largest quantized value (the smallest is -qmax - 1)."""
+        return 2 ** (self.bits - 1) - 1
+
+
+WEIGHT_FORMATS = {
+    "int8": WeightFormat("int8", bits=8, block_size=128),
+    "int4": WeightFormat("int4", bits=4, block_size=32),
+}
+FLOAT = "float"  # the drafter's weights as the checkpoint (or --dtype) gives them
+WEIGHT_FORMAT_NAMES = (FLOAT, *WEIGHT_FORMATS)
+
+
+def weight_format(name: str | None) -> WeightFormat | None:
+    """The format called `name`; None for float weights (None or "float")."""
+    if name in (None, FLOAT):
+        return None
+    if name not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown drafter weight format {name!r}; one of {WEIGHT_FORMAT_NAMES}")
+    return WEIGHT_FORMATS[name]
+
+
+def quantize_blockwise(w_nk: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float weight -> (q [K, N] int8 holding values of `fmt.bits` bits, scale
+    [ceil(K / bs), N] in w's dtype). See the module docstring for the formula."""
+    import torch
+
+    if w_nk.dim() != 2:
+        raise ValueError(f"quantize_blockwise takes a matrix, got shape {tuple(w_nk.shape)}")
+    n, k = w_nk.shape
+    bs = fmt.block_size
+    blocks = -(-k // bs)
+    w_kn = w_nk.detach().float().t()  # [K, N]
+    padded = torch.zeros(blocks * bs, n, dtype=torch.float32, device=w_nk.device)
+    padded[:k] = w_kn
+    amax = padded.reshape(blocks, bs, n).abs().amax(dim=1)  # [blocks, N]
+    scale = torch.where(amax > 0, amax / fmt.qmax, torch.ones_like(amax)).to(w_nk.dtype)
+    per_row = scale.float().repeat_interleave(bs, dim=0)[:k]  # [K, N]
+    q = torch.clamp(torch.round(w_kn / per_row), -fmt.qmax - 1, fmt.qmax).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def dequantize_blockwise(
+    q_kn: torch.Tensor, scale: torch.Tensor, fmt: WeightFormat
+) -> torch.Tensor:
+    """(q [K, N], scale [ceil(K / bs), N]) -> the [N, K] weight they stand for, in scale's
+    dtype: what DequantizeLinear(axis=0, block_size) followed by a transpose computes."""
+    k = q_kn.shape[0]
+    per_row = scale.float().repeat_interleave(fmt.block_size, dim=0)[:k]
+    return (q_kn.float() * per_row).to(scale.dtype).t().contiguous()
+
+
+def fake_quantize(w_nk: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
+    """The float weight an artifact with `fmt` weights effectively multiplies by ([N, K])."""
+    return dequantize_blockwise(*quantize_blockwise(w_nk, fmt), fmt)
