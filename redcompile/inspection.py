@@ -168,6 +168,7 @@ def format_description(info: dict[str, Any]) -> str:
             f"  drafter: {d['num_draft_layers']} blocks, exit_dim {d['exit_dim']}, "
             f"rnn {d['rnn']}{' (random)' if d.get('random') else ''}"
             + (f", drafts from {d['draft_vocab']} tokens" if d.get("draft_vocab") else "")
+            + (f", {d['quantized']} weights (beam search inlined)" if d.get("quantized") else "")
         )
     w = info["weights"]
     where = f" in {w['external_data_file']}" if w["external_data_file"] else ""

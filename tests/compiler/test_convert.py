@@ -185,6 +185,8 @@ def test_a_quantized_drafter_stays_lossless_and_verifies(artifacts, tmp_path):
     assert report.manifest["drafter"]["quantized"] == "int4"
     assert "--drafter-weights int4" in report.manifest["command"]
     assert "quantize-drafter" in [p["name"] for p in report.passes]
+    described = CliRunner().invoke(main, ["inspect", str(report.out)])
+    assert "int4 weights (beam search inlined)" in described.output
     graph_ops = Counter(n.op_type for n in onnx.load(str(report.out)).graph.node)
     assert graph_ops["DrafterBeamSearch"] == 0 and graph_ops["DequantizeLinear"] > 0
     cfg = GenerationConfig(max_new_tokens=24, batch_size=4, stop_token_ids=())
