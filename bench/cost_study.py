@@ -30,6 +30,10 @@ drafter of the same SHAPE relative to its base model (E / hidden, and N), read f
 record whose `drafter` says so: the projected part is that acceptance at a relative drafter
 shape carries over.
 
+With `--drafter-weights int8|int4` the drafters are compiled with `convert --drafter-weights`
+(models/weight_quant.py), and a projection uses the fixture's tokens per step measured with a
+drafter quantized the same way (the shapes record's `drafter.quantized`).
+
     python bench/cost_study.py --scratch SCRATCH --size 350m --draft-vocab 4000 \
         --shapes-record bench/results/pycode_shapes.json
 """
@@ -173,12 +177,16 @@ def decode_step_ms(artifact: Path) -> tuple[float, float]:
     return statistics.median(runs), float(np.mean(sizes))
 
 
-def drafter_shape(drafter: dict | None) -> tuple[float, int]:
-    """(exit_dim over the base model's hidden size, residual blocks) of a drafter; records
-    without a `drafter` came from Apple's default shape, (2, 2)."""
+def drafter_shape(drafter: dict | None) -> tuple[float, int, str]:
+    """(exit_dim over the base model's hidden size, residual blocks, weight format) of a
+    drafter; records without a `drafter` came from Apple's default shape, (2, 2, float)."""
     if not drafter:
-        return 2.0, 2
-    return round(drafter["exit_dim"] / drafter["hidden_size"], 4), drafter["num_draft_layers"]
+        return 2.0, 2, "float"
+    return (
+        round(drafter["exit_dim"] / drafter["hidden_size"], 4),
+        drafter["num_draft_layers"],
+        drafter.get("quantized") or "float",
+    )
 
 
 def fixture_measurements(records: list[dict]) -> dict[tuple, dict]:
@@ -211,6 +219,7 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
                 "exit_dim": row.get("exit_dim") or 2 * hidden,
                 "hidden_size": hidden,
                 "num_draft_layers": row.get("num_draft_layers", 2),
+                "quantized": row.get("drafter_weights"),
             }
         )
         measured = fixture.get((row["beam_width"], row["beam_length"], fraction, drafter))
@@ -254,9 +263,15 @@ def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
     paths = {}
     for (width, length), draft_vocab, exit_dim in shapes_tried:
         suffix = (f"-V{draft_vocab}" if draft_vocab else "") + drafter_suffix(exit_dim, args.layers)
+        if args.drafter_weights != "float":
+            suffix += f"-{args.drafter_weights}"
         path = args.scratch / f"llama-{args.size}-W{width}-L{length}{suffix}.onnx"
         if not path.exists():
-            options = ConvertOptions(beam=BeamShape(width, length), draft_vocab=draft_vocab)
+            options = ConvertOptions(
+                beam=BeamShape(width, length),
+                draft_vocab=draft_vocab,
+                drafter_weights=args.drafter_weights,
+            )
             convert(folder, path, drafter_folder(folder, exit_dim, args.layers), options=options)
         paths[(width, length), draft_vocab, exit_dim] = path
     return ar, paths
@@ -278,6 +293,7 @@ def measure(args: argparse.Namespace) -> dict:
                 "draft_vocab": draft_vocab,
                 "exit_dim": exit_dim or 2 * shapes["hidden_size"],
                 "num_draft_layers": args.layers,
+                "drafter_weights": args.drafter_weights,
                 "step_ms": round(step, 3),
                 "verified_tokens_random_drafter": round(verified_random, 2),
             }
@@ -301,7 +317,8 @@ def measure(args: argparse.Namespace) -> dict:
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
         "command": "python bench/cost_study.py --scratch SCRATCH "
         f"--size {args.size} --beams {args.beams} --draft-vocab {args.draft_vocab} "
-        f"--exit-dim {args.exit_dim} --layers {args.layers} --out {args.out}",
+        f"--exit-dim {args.exit_dim} --layers {args.layers} "
+        f"--drafter-weights {args.drafter_weights} --out {args.out}",
         "t_base_ms": base,
         "shapes_tried": rows,
     }
@@ -327,6 +344,12 @@ def main() -> None:
         type=int,
         default=TrainConfig().layers,
         help="Residual blocks of the drafters (default: train-drafter's)",
+    )
+    parser.add_argument(
+        "--drafter-weights",
+        choices=("float", "int8", "int4"),
+        default="float",
+        help="How the drafters' matrices are stored (convert --drafter-weights)",
     )
     parser.add_argument(
         "--shapes-record",

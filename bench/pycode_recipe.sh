@@ -48,3 +48,16 @@ redcompile bench "$FIXTURE" --drafter "$WORK/drafter-e256" --work-dir "$WORK/art
     --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2 --beam-length 3,5 \
     --draft-vocab 512,1024 --batch-size 8 --repeats 1 --max-new-tokens 128 \
     --json bench/results/pycode_draft_vocab_e256.json
+
+# 6. Both drafters with quantized weights (--drafter-weights): tokens per step and speed at
+#    batch 1, the acceptance the cost study pairs with quantized drafters of the same shape.
+for format in int8 int4; do
+    redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
+        --drafter-weights "$format" --prompts-file "$FIXTURE/dev_prompts.jsonl" \
+        --beam-width 1,2 --beam-length 3,5 --batch-size 1 --repeats 3 --max-new-tokens 128 \
+        --json "bench/results/pycode_$format.json"
+    redcompile bench "$FIXTURE" --drafter "$WORK/drafter-e256" --work-dir "$WORK/artifacts-e256" \
+        --drafter-weights "$format" --prompts-file "$FIXTURE/dev_prompts.jsonl" \
+        --beam-width 1,2 --beam-length 3,5 --batch-size 1 --repeats 3 --max-new-tokens 128 \
+        --json "bench/results/pycode_e256_$format.json"
+done

@@ -1,0 +1,98 @@
+"""Where an ONNX Runtime artifact's decoding step spends its time, per op type (CPU profile).
+
+Generates twice from one prompt with ONNX Runtime's profiler on and reports the second run
+only (the same tokens, so the embedding rows and every weight page are already resident: the
+first run of a freshly loaded artifact also pays page faults on the memory-mapped weights).
+Per step: the split categories of `redcompile bench` and, for the drafting nodes (the beam
+search's body, `DrafterBeamSearch.*`), the time and calls of each op type.
+
+    python bench/profile_step.py ARTIFACT.onnx --max-new-tokens 8 --json OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import onnxruntime as ort
+
+from redcompile.benchmark import _category
+from redcompile.generation import GenerationConfig
+from redcompile.runtime.loading import open_artifact
+
+
+def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
+    """Milliseconds per step by category and by drafting op type, from the second run."""
+    engine = open_artifact(artifact)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        plain = engine.backend.session
+        session = ort.InferenceSession(str(artifact), options, providers=plain.get_providers())
+        engine.backend.session = session
+        ids = [engine.codec.encode(prompt)]
+        cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=1)
+        engine.generate_ids(ids, cfg)
+        engine.generate_ids(ids, cfg)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+        key=lambda e: e["ts"],
+    )
+    second = runs[len(runs) // 2 :]
+    start = second[0]["ts"]
+    by_category: dict[str, float] = defaultdict(float)
+    by_op: dict[str, float] = defaultdict(float)
+    calls: Counter = Counter()
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        if event["ts"] < start:
+            continue
+        by_category[_category(event["name"])] += event["dur"]
+        if "DrafterBeamSearch" in event["name"]:
+            op = event["args"].get("op_name", "?")
+            by_op[op] += event["dur"]
+            calls[op] += 1
+    steps = len(second)
+
+    def per_step(micros: float) -> float:
+        return round(micros / steps / 1e3, 3)
+
+    return {
+        "artifact": str(artifact),
+        "steps": steps,
+        "run_ms": per_step(sum(e["dur"] for e in second)),
+        "nodes_ms_by_category": {k: per_step(v) for k, v in sorted(by_category.items())},
+        "drafting_ms_by_op": {
+            op: {"ms": per_step(t), "calls": round(calls[op] / steps, 1)}
+            for op, t in sorted(by_op.items(), key=lambda item: -item[1])
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--prompt", default="def main():\n    x = 1\n")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="Also write the record here")
+    args = parser.parse_args()
+    record = profile(args.artifact, args.prompt, args.max_new_tokens)
+    record["device"] = f"CPU {platform.machine()}, onnxruntime {ort.__version__}"
+    record["command"] = (
+        f"python bench/profile_step.py {args.artifact.name} --max-new-tokens {args.max_new_tokens}"
+    )
+    text = json.dumps(record, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
