@@ -9,12 +9,12 @@ After:   the DrafterBeamSearch body inlined into the graph, and every one of tho
              q [E, V'] int8 ─┐
              scale [E/bs, V'] ┴ DequantizeLinear(axis=0, block_size=bs) ── MatMul(x_t, ·) (+ b)
 
-Why: at batch 1 drafting is memory-bound, and the drafter's matrices are what it reads: the
+Why: at batch 1 float drafting is memory-bound, and the drafter's matrices are what it reads: the
 vocabulary projection alone is E x V floats per drafted position (131 MB at E = 1024,
 V = 32000). ONNX Runtime turns DequantizeLinear -> MatMul into one MatMulNBits kernel that reads
 the packed integers (4x / 8x fewer bytes), but only when the DequantizeLinear owns its
 initializer: a matrix shared by the C unrolled steps stays a float dequantization per step
-(measured 7x slower than the float MatMul). Hence the body is inlined and each use gets its
+(slower than the float MatMul it replaces). Hence the body is inlined and each use gets its
 own copy: C copies of an int8 matrix take the float matrix's bytes on disk at C = 4, int4 half.
 The arithmetic is models/weight_quant.py's, which the PyTorch reference applies with
 `--drafter-weights`, so `verify` holds; the base model decides every token, so decoding stays
