@@ -128,7 +128,7 @@ class QuantizeDrafter(GraphPass):
                     continue  # optional input this drafter does not have
                 tensor = node.inputs[index]
                 rank = 2 if input_name in QUANTIZED_MATRICES else 3
-                reason = _refusal(tensor, rank)
+                reason = _refusal(tensor, rank, node)
                 if reason:
                     ctx.reject(node, f"{input_name}: {reason}")
                     continue
@@ -201,7 +201,7 @@ class QuantizeDrafter(GraphPass):
         vocab_index = DRAFTER_BEAM_SEARCH.input_names.index("vocab_w")
         for node in graph.nodes:
             if node.domain == DOMAIN and node.op == OP:
-                if _refusal(node.inputs[vocab_index], 2) is None:
+                if _refusal(node.inputs[vocab_index], 2, node) is None:
                     raise self.fail(f"{node.name or OP} was not inlined")
             if node.op == "Gemm" and node.name.startswith(f"{OP}.") and len(node.inputs) > 1:
                 source = node.inputs[1]
@@ -225,13 +225,16 @@ def _fold_shape_reads(weight: gs.Constant) -> None:
         node.outputs.append(out)
 
 
-def _refusal(tensor: gs.Tensor, rank: int) -> str | None:
+def _refusal(tensor: gs.Tensor, rank: int, node: gs.Node) -> str | None:
+    """Why `node`'s weight `tensor` cannot be quantized, or None."""
     if not isinstance(tensor, gs.Constant):
         return f"{tensor.name} is computed, not an initializer"
     if len(tensor.shape) != rank:
         return f"{tensor.name} has shape {tuple(tensor.shape)}, expected rank {rank}"
     if np.dtype(tensor.dtype) not in FLOAT_TYPES:
         return f"{tensor.name} is {np.dtype(tensor.dtype)}; only float32 and float16 quantize"
+    if any(user is not node for user in tensor.outputs):
+        return f"{tensor.name} is read by other nodes too"
     return None
 
 

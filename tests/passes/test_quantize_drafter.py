@@ -130,3 +130,15 @@ def test_refuses_computed_weights_and_fails_loudly_when_nothing_is_left():
     assert any("vocab_w" in r.reason and "computed" in r.reason for r in ctx.rejections)
     with pytest.raises(PassError, match="quantize-drafter: required pass matched nothing"):
         PassManager([QuantizeDrafter(WEIGHT_FORMATS["int8"])]).run(model)
+
+
+def test_refuses_a_vocabulary_projection_that_other_nodes_read():
+    model, *_ = drafter_model()
+    model.graph.node.append(onnx.helper.make_node("Identity", ["vocab_w"], ["vocab_copy"]))
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info("vocab_copy", onnx.TensorProto.FLOAT, [40, 24])
+    )
+    ctx = PassContext()
+    _, matches = apply(QuantizeDrafter(WEIGHT_FORMATS["int8"]), model, ctx)
+    assert matches == []
+    assert any("read by other nodes" in r.reason for r in ctx.rejections)
