@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from redcompile.errors import InputError
+
 if TYPE_CHECKING:  # the CLI reads the format names without importing torch
     import torch
 
@@ -61,6 +63,16 @@ def weight_format(name: str | None) -> WeightFormat | None:
     if name not in WEIGHT_FORMATS:
         raise ValueError(f"unknown drafter weight format {name!r}; one of {WEIGHT_FORMAT_NAMES}")
     return WEIGHT_FORMATS[name]
+
+
+def parse_drafter_weights(name: str) -> WeightFormat | None:
+    """The `--drafter-weights` option as a format (None: float), refusing unknown names in one
+    line for users."""
+    if name not in WEIGHT_FORMAT_NAMES:
+        raise InputError(
+            f"--drafter-weights must be one of {', '.join(WEIGHT_FORMAT_NAMES)}, got {name!r}"
+        )
+    return weight_format(name)
 
 
 def quantize_blockwise(w_nk: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor, torch.Tensor]:

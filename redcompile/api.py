@@ -143,6 +143,7 @@ def open_model_folder(
     from redcompile.models.drafter_io import random_drafter as make_random_drafter
     from redcompile.models.loader import check_model_dir, load_decoder
     from redcompile.models.step import SpeculativeStep
+    from redcompile.models.weight_quant import parse_drafter_weights
     from redcompile.runtime.torch_backend import TorchBackend
 
     model_dir = check_model_dir(Path(model_dir))
@@ -176,7 +177,7 @@ def open_model_folder(
             if draft_vocab is not None:
                 counts = read_token_frequencies(path, base.config.vocab_size)
                 drafter.restrict_vocabulary(most_frequent(counts, draft_vocab))
-        fmt = _weight_format_option(drafter_weights)
+        fmt = parse_drafter_weights(drafter_weights)
         if fmt is not None:
             drafter.quantize_weights(fmt)
         step = SpeculativeStep(base, drafter, beam.width, beam.length, max_len)
@@ -191,16 +192,6 @@ def open_model_folder(
     return Generator(
         TorchBackend(step), codec, stop_tokens_of(model_dir, base.config.eos_token_ids), info
     )
-
-
-def _weight_format_option(name: str):  # noqa: ANN202
-    from redcompile.models.weight_quant import WEIGHT_FORMAT_NAMES, weight_format
-
-    if name not in WEIGHT_FORMAT_NAMES:
-        raise InputError(
-            f"--drafter-weights must be one of {', '.join(WEIGHT_FORMAT_NAMES)}, got {name!r}"
-        )
-    return weight_format(name)
 
 
 def open_generator(source: Path | str, **options: Any) -> Generator:

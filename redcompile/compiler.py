@@ -289,15 +289,10 @@ def convert(
 def _check_drafter_weights(o: ConvertOptions, target: str) -> None:
     """--drafter-weights int8/int4: ONNX targets with a drafter (the dtype is checked after
     loading: a checkpoint's own dtype is known only then)."""
-    from redcompile.models.weight_quant import WEIGHT_FORMAT_NAMES
+    from redcompile.models.weight_quant import parse_drafter_weights
 
-    if o.drafter_weights == "float":
+    if parse_drafter_weights(o.drafter_weights) is None:
         return
-    if o.drafter_weights not in WEIGHT_FORMAT_NAMES:
-        raise InputError(
-            f"--drafter-weights must be one of {', '.join(WEIGHT_FORMAT_NAMES)}, "
-            f"got {o.drafter_weights!r}"
-        )
     if o.autoregressive:
         raise InputError("--drafter-weights needs a drafter; --autoregressive compiles none")
     if target == "torch":
