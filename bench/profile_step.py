@@ -3,8 +3,9 @@
 Generates twice from one prompt with ONNX Runtime's profiler on and reports the second run
 only (the same tokens, so the embedding rows and every weight page are already resident: the
 first run of a freshly loaded artifact also pays page faults on the memory-mapped weights).
-Per step: the split categories of `redcompile bench` and, for the drafting nodes (the beam
-search's body, `DrafterBeamSearch.*`), the time and calls of each op type.
+Per step: the split categories of `redcompile bench`, the time and calls of each op type
+within every category but the base model's, and the session time no node accounts for
+(ONNX Runtime's own per-node and allocation overhead).
 
     python bench/profile_step.py ARTIFACT.onnx --max-new-tokens 8 --json OUT.json
 """
@@ -26,7 +27,8 @@ from redcompile.runtime.loading import open_artifact
 
 
 def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
-    """Milliseconds per step by category and by drafting op type, from the second run."""
+    """Milliseconds per step by category and by op type within the categories redcompile adds
+    (drafting, tree, acceptance, kv), from the second run."""
     engine = open_artifact(artifact)
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
@@ -47,31 +49,39 @@ def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
     second = runs[len(runs) // 2 :]
     start = second[0]["ts"]
     by_category: dict[str, float] = defaultdict(float)
-    by_op: dict[str, float] = defaultdict(float)
-    calls: Counter = Counter()
+    by_op: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    calls: dict[str, Counter] = defaultdict(Counter)
+    node_micros = 0.0
     for event in events:
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
         if event["ts"] < start:
             continue
-        by_category[_category(event["name"])] += event["dur"]
-        if "DrafterBeamSearch" in event["name"]:
+        category = _category(event["name"])
+        by_category[category] += event["dur"]
+        node_micros += event["dur"]
+        if category != "base":
             op = event["args"].get("op_name", "?")
-            by_op[op] += event["dur"]
-            calls[op] += 1
+            by_op[category][op] += event["dur"]
+            calls[category][op] += 1
     steps = len(second)
 
     def per_step(micros: float) -> float:
         return round(micros / steps / 1e3, 3)
 
+    run_micros = sum(e["dur"] for e in second)
     return {
         "artifact": str(artifact),
         "steps": steps,
-        "run_ms": per_step(sum(e["dur"] for e in second)),
+        "run_ms": per_step(run_micros),
+        "outside_nodes_ms": per_step(run_micros - node_micros),
         "nodes_ms_by_category": {k: per_step(v) for k, v in sorted(by_category.items())},
-        "drafting_ms_by_op": {
-            op: {"ms": per_step(t), "calls": round(calls[op] / steps, 1)}
-            for op, t in sorted(by_op.items(), key=lambda item: -item[1])
+        "ms_by_op": {
+            category: {
+                op: {"ms": per_step(t), "calls": round(calls[category][op] / steps, 1)}
+                for op, t in sorted(ops.items(), key=lambda item: -item[1])
+            }
+            for category, ops in sorted(by_op.items())
         },
     }
 
