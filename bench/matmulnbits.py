@@ -2,8 +2,10 @@
 forms `--drafter-weights` writes (DequantizeLinear -> MatMul, which ONNX Runtime fuses into
 MatMulNBits), at ONNX Runtime's accuracy levels 4 (its default: activations quantized too) and 1
 (float activations). Medians of 15 runs, each after a 256 MB write that evicts the caches.
+With `--blocks`, each quantized form at each of those block sizes instead (accuracy level 4).
 
     python bench/matmulnbits.py --json bench/results/matmulnbits_cpu.json
+    python bench/matmulnbits.py --k 2048,4096 --blocks 32,64,128,256
 """
 
 from __future__ import annotations
@@ -20,22 +22,21 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from redcompile.models.weight_quant import WEIGHT_FORMATS, quantize_blockwise
+from redcompile.models.weight_quant import WEIGHT_FORMATS, WeightFormat, quantize_blockwise
 from redcompile.passes.quantize_drafter import quantized_constant
 
 VOCAB, REPEATS = 32000, 15
 
 
-def projection_model(w_kn: np.ndarray, fmt_name: str | None) -> onnx.ModelProto:
+def projection_model(w_kn: np.ndarray, fmt: WeightFormat | None) -> onnx.ModelProto:
     """y = x @ w_kn, with w_kn float or quantized as convert quantizes the drafter."""
     k = w_kn.shape[0]
-    if fmt_name is None:
+    if fmt is None:
         nodes, inits = (
             [helper.make_node("MatMul", ["x", "w"], ["y"])],
             [numpy_helper.from_array(w_kn, "w")],
         )
     else:
-        fmt = WEIGHT_FORMATS[fmt_name]
         q_kn, scale = quantize_blockwise(torch.from_numpy(w_kn.T.copy()), fmt)
         inits = [
             onnx_graphsurgeon_export(quantized_constant("q", q_kn.numpy(), fmt)),
@@ -88,24 +89,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", default="1024,2048", help="Comma-separated input widths")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--blocks", help="Comma-separated block sizes to compare (level 4)")
     args = parser.parse_args()
+    if args.blocks:
+        cases = [
+            (WeightFormat(f.name, f.bits, int(bs)), 4)
+            for f in WEIGHT_FORMATS.values()
+            for bs in args.blocks.split(",")
+        ]
+    else:
+        cases = [(f, level) for f in WEIGHT_FORMATS.values() for level in (4, 1)]
     rows = []
     for k in (int(v) for v in args.k.split(",")):
         w_kn = (np.random.default_rng(0).standard_normal((k, VOCAB)) * 0.02).astype(np.float32)
-        cases = [(None, None), ("int8", 4), ("int8", 1), ("int4", 4), ("int4", 1)]
-        for fmt_name, accuracy in cases:
-            ms = time_projection(projection_model(w_kn, fmt_name), accuracy, k)
-            weights = fmt_name or "fp32"
-            rows.append(
-                {"k": k, "weights": weights, "accuracy_level": accuracy, "ms": round(ms, 3)}
-            )
+        for fmt, accuracy in [(None, None), *cases]:
+            ms = time_projection(projection_model(w_kn, fmt), accuracy, k)
+            row = {"k": k, "weights": fmt.name if fmt else "fp32", "accuracy_level": accuracy}
+            if fmt:
+                row["block_size"] = fmt.block_size
+            rows.append({**row, "ms": round(ms, 3)})
             print(rows[-1], flush=True)
     record = {
         "what": "x [1, K] @ W [K, 32000]: fp32 MatMul vs DequantizeLinear -> MatMul as "
         "--drafter-weights writes it (fused by ONNX Runtime into MatMulNBits), cold caches",
         "device": f"CPU {platform.machine()}, 2 threads",
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
-        "command": f"python bench/matmulnbits.py --k {args.k}",
+        "command": f"python bench/matmulnbits.py --k {args.k}"
+        + (f" --blocks {args.blocks}" if args.blocks else ""),
         "results": rows,
     }
     if args.json:

@@ -48,9 +48,12 @@ class WeightFormat:
         return 2 ** (self.bits - 1) - 1
 
 
+# Blocks of 128 (the common choice of GPTQ, AWQ and ONNX Runtime's quantizer): ONNX Runtime's
+# int4 MatMulNBits on AVX2 is 15-25% faster at 128 than at 32 for the same bytes, and the
+# fixture's drafter loses about 1% of tokens per step to it (docs/benchmarks.md).
 WEIGHT_FORMATS = {
     "int8": WeightFormat("int8", bits=8, block_size=128),
-    "int4": WeightFormat("int4", bits=4, block_size=32),
+    "int4": WeightFormat("int4", bits=4, block_size=128),
 }
 FLOAT = "float"  # the drafter's weights as the checkpoint (or --dtype) gives them
 WEIGHT_FORMAT_NAMES = (FLOAT, *WEIGHT_FORMATS)
@@ -73,6 +76,21 @@ def parse_drafter_weights(name: str) -> WeightFormat | None:
             f"--drafter-weights must be one of {', '.join(WEIGHT_FORMAT_NAMES)}, got {name!r}"
         )
     return weight_format(name)
+
+
+def recorded_format(name: str, block_size: int | None) -> WeightFormat:
+    """The format an artifact's manifest names (`drafter.quantized`, `quantized_block_size`),
+    refused in one line for users when its blocks are not the ones this version writes (the
+    reference would then quantize differently from the artifact)."""
+    fmt = parse_drafter_weights(name)
+    if fmt is None:
+        raise InputError(f"the manifest's drafter.quantized is {name!r}, not a quantized format")
+    if block_size is not None and block_size != fmt.block_size:
+        raise InputError(
+            f"the artifact's {name} drafter uses blocks of {block_size} inputs; this version "
+            f"quantizes {name} in blocks of {fmt.block_size}: convert it again"
+        )
+    return fmt
 
 
 def quantize_blockwise(w_nk: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor, torch.Tensor]:

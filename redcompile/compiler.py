@@ -269,7 +269,14 @@ def convert(
 
         start = time.perf_counter()
         if manifest["drafter"] is not None and o.drafter_weights != "float":
-            manifest["drafter"]["quantized"] = o.drafter_weights  # by quantize-drafter
+            from redcompile.models.weight_quant import weight_format
+
+            # written by quantize-drafter; the block size tells other runtimes and `verify`
+            # exactly which quantization the artifact carries
+            manifest["drafter"]["quantized"] = o.drafter_weights
+            manifest["drafter"]["quantized_block_size"] = weight_format(
+                o.drafter_weights
+            ).block_size
         model, records = _run_passes(exported, workdir, signature, manifest, target, o, say)
         times["passes"] = time.perf_counter() - start
 

@@ -168,7 +168,7 @@ def format_description(info: dict[str, Any]) -> str:
             f"  drafter: {d['num_draft_layers']} blocks, exit_dim {d['exit_dim']}, "
             f"rnn {d['rnn']}{' (random)' if d.get('random') else ''}"
             + (f", drafts from {d['draft_vocab']} tokens" if d.get("draft_vocab") else "")
-            + (f", {d['quantized']} weights (beam search inlined)" if d.get("quantized") else "")
+            + (f", {_quantized(d)} (beam search inlined)" if d.get("quantized") else "")
         )
     w = info["weights"]
     where = f" in {w['external_data_file']}" if w["external_data_file"] else ""
@@ -195,3 +195,9 @@ def format_description(info: dict[str, Any]) -> str:
         )
     lines.append(f"  made by: {info['command']}")
     return "\n".join(lines)
+
+
+def _quantized(drafter: dict) -> str:
+    """`int4 weights in blocks of 128` (no block size where the manifest records none)."""
+    block = drafter.get("quantized_block_size")
+    return f"{drafter['quantized']} weights" + (f" in blocks of {block}" if block else "")

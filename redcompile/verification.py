@@ -24,6 +24,7 @@ import numpy as np
 from redcompile.compiler import source_hashes
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig, first_step_outputs
+from redcompile.models.weight_quant import recorded_format
 
 DEFAULT_PROMPTS = (
     "def main():\n",
@@ -226,6 +227,9 @@ def verify(
         if drafter_dir
         else (None if random_drafter or manifest["drafter"] is None else model_dir / "drafter")
     )
+    quantized = (manifest["drafter"] or {}).get("quantized")
+    if quantized:
+        recorded_format(quantized, manifest["drafter"].get("quantized_block_size"))
     common = dict(dtype=manifest["dtype"], max_seq_len=manifest["max_seq_len"])
     reference = open_model_folder(
         model_dir,
@@ -235,7 +239,7 @@ def verify(
         autoregressive=manifest["mode"] == "autoregressive",
         random_drafter=random_drafter,
         draft_vocab=(manifest["drafter"] or {}).get("draft_vocab"),
-        drafter_weights=(manifest["drafter"] or {}).get("quantized") or "float",
+        drafter_weights=quantized or "float",
         **common,
     )
     baseline = open_model_folder(model_dir, autoregressive=True, **common)
@@ -244,7 +248,7 @@ def verify(
     got = first_step_outputs(artifact.backend, ids, max_new_tokens)
     want = first_step_outputs(reference.backend, ids, max_new_tokens)
     first = [compare_output(name, got[name], want[name], atol, rtol) for name in want]
-    if (manifest["drafter"] or {}).get("quantized"):
+    if quantized:
         for check in first:
             check.informational = check.name in DRAFT_OUTPUTS
 

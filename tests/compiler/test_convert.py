@@ -17,6 +17,7 @@ from redcompile.cli import main
 from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig
+from redcompile.models.weight_quant import WEIGHT_FORMATS
 from support import PROMPTS
 
 
@@ -183,10 +184,11 @@ def test_a_quantized_drafter_stays_lossless_and_verifies(artifacts, tmp_path):
         model, tmp_path / "q.onnx", options=ConvertOptions(**shape, drafter_weights="int4")
     )
     assert report.manifest["drafter"]["quantized"] == "int4"
+    assert report.manifest["drafter"]["quantized_block_size"] == WEIGHT_FORMATS["int4"].block_size
     assert "--drafter-weights int4" in report.manifest["command"]
     assert "quantize-drafter" in [p["name"] for p in report.passes]
     described = CliRunner().invoke(main, ["inspect", str(report.out)])
-    assert "int4 weights (beam search inlined)" in described.output
+    assert "int4 weights in blocks of 128 (beam search inlined)" in described.output
     graph_ops = Counter(n.op_type for n in onnx.load(str(report.out)).graph.node)
     assert graph_ops["DrafterBeamSearch"] == 0 and graph_ops["DequantizeLinear"] > 0
     cfg = GenerationConfig(max_new_tokens=24, batch_size=4, stop_token_ids=())

@@ -7,19 +7,21 @@ import onnx
 import pytest
 import torch
 
+from redcompile.errors import InputError
 from redcompile.models.drafter import Drafter, DrafterConfig
 from redcompile.models.weight_quant import (
     WEIGHT_FORMATS,
     dequantize_blockwise,
     fake_quantize,
     quantize_blockwise,
+    recorded_format,
     weight_format,
 )
 from redcompile.passes.quantize_drafter import pack_int4
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHT_FORMATS))
-@pytest.mark.parametrize("k", [96, 100])  # whole blocks (int4) and a ragged last block
+@pytest.mark.parametrize("k", [256, 300])  # whole blocks and a ragged last block
 def test_error_is_at_most_half_a_step_of_each_block(name, k):
     fmt = WEIGHT_FORMATS[name]
     w = torch.randn(7, k, generator=torch.Generator().manual_seed(0))
@@ -35,11 +37,13 @@ def test_error_is_at_most_half_a_step_of_each_block(name, k):
 
 
 def test_zero_blocks_get_unit_scale_and_zero_codes():
-    w = torch.zeros(3, 64)
-    w[:, 32:] = torch.randn(3, 32)
-    q, scale = quantize_blockwise(w, WEIGHT_FORMATS["int4"])
-    assert torch.equal(scale[0], torch.ones(3)) and int(q[:32].abs().sum()) == 0
-    assert torch.equal(fake_quantize(w, WEIGHT_FORMATS["int4"])[:, :32], w[:, :32])
+    fmt = WEIGHT_FORMATS["int4"]
+    bs = fmt.block_size
+    w = torch.zeros(3, 2 * bs)
+    w[:, bs:] = torch.randn(3, bs)
+    q, scale = quantize_blockwise(w, fmt)
+    assert torch.equal(scale[0], torch.ones(3)) and int(q[:bs].abs().sum()) == 0
+    assert torch.equal(fake_quantize(w, fmt)[:, :bs], w[:, :bs])
 
 
 def test_fp16_scales_stay_fp16_and_dequantize_exactly():
@@ -81,3 +85,12 @@ def test_drafter_quantize_weights_holds_the_artifact_values():
         assert torch.equal(dict(drafter.named_parameters())[name], before[name])
     with pytest.raises(ValueError, match="already quantized"):
         drafter.quantize_weights(fmt)
+
+
+def test_an_artifact_quantized_in_other_blocks_is_refused_in_one_line():
+    assert recorded_format("int4", WEIGHT_FORMATS["int4"].block_size) is WEIGHT_FORMATS["int4"]
+    assert recorded_format("int8", None) is WEIGHT_FORMATS["int8"]  # no block size recorded
+    with pytest.raises(InputError, match="blocks of 32 inputs.*blocks of 128: convert it again"):
+        recorded_format("int4", 32)
+    with pytest.raises(InputError, match="--drafter-weights must be one of"):
+        recorded_format("int3", None)

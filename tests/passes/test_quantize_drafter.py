@@ -87,10 +87,11 @@ def test_matches_the_reference_with_fake_quantized_weights(name):
     assert np.abs(float_logprobs - got_logprobs).max() > 1e-4
 
 
-def test_every_product_owns_its_weights_and_onnx_runtime_fuses_them(tmp_path):
+@pytest.mark.parametrize("name", sorted(WEIGHT_FORMATS))
+def test_every_product_owns_its_weights_and_onnx_runtime_fuses_them(tmp_path, name):
     # Shapes whose inputs are whole blocks: hidden 128, E = 128 (input_proj reads 2H = 256).
     model, feeds, *_ = drafter_model(hidden=128, vocab=200, exit_dim=128, layers=2)
-    quantized, _ = apply(QuantizeDrafter(WEIGHT_FORMATS["int8"]), model)
+    quantized, _ = apply(QuantizeDrafter(WEIGHT_FORMATS[name]), model)
     counts = collections.Counter(ops(quantized))
     c = ATTRS["beam_length"] - 1
     products = 6 * c  # per step: rnn_w, rnn_u_w, input_proj_w, 2 residual blocks, vocab_w
@@ -102,7 +103,7 @@ def test_every_product_owns_its_weights_and_onnx_runtime_fuses_them(tmp_path):
     )  # no float copy
     readers = collections.Counter(i for n in quantized.graph.node for i in n.input)
     for init in quantized.graph.initializer:
-        if init.data_type == onnx.TensorProto.INT8:
+        if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT4):
             assert readers[init.name] == 1, f"{init.name} is shared"
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
