@@ -82,9 +82,12 @@ def recorded_format(name: str, block_size: int | None) -> WeightFormat:
     """The format an artifact's manifest names (`drafter.quantized`, `quantized_block_size`),
     refused in one line for users when its blocks are not the ones this version writes (the
     reference would then quantize differently from the artifact)."""
-    fmt = parse_drafter_weights(name)
+    fmt = WEIGHT_FORMATS.get(name)
     if fmt is None:
-        raise InputError(f"the manifest's drafter.quantized is {name!r}, not a quantized format")
+        raise InputError(
+            f"the artifact's drafter is quantized as {name!r}, which this version does not "
+            f"know (it writes {', '.join(WEIGHT_FORMATS)})"
+        )
     if block_size is not None and block_size != fmt.block_size:
         raise InputError(
             f"the artifact's {name} drafter uses blocks of {block_size} inputs; this version "

@@ -92,5 +92,5 @@ def test_an_artifact_quantized_in_other_blocks_is_refused_in_one_line():
     assert recorded_format("int8", None) is WEIGHT_FORMATS["int8"]  # no block size recorded
     with pytest.raises(InputError, match="blocks of 32 inputs.*blocks of 128: convert it again"):
         recorded_format("int4", 32)
-    with pytest.raises(InputError, match="--drafter-weights must be one of"):
+    with pytest.raises(InputError, match="quantized as 'int3', which this version does not know"):
         recorded_format("int3", None)
