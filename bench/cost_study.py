@@ -53,6 +53,7 @@ import torch
 from random_llama import LLAMA_1B, LLAMA_350M, write_config_and_tokenizer
 from safetensors.torch import save_file
 
+from redcompile.models.weight_quant import WEIGHT_FORMAT_NAMES
 from redcompile.training.trainer import TrainConfig
 
 SIZES = {"350m": LLAMA_350M, "1b": LLAMA_1B}
@@ -347,7 +348,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--drafter-weights",
-        choices=("float", "int8", "int4"),
+        choices=WEIGHT_FORMAT_NAMES,
         default="float",
         help="How the drafters' matrices are stored (convert --drafter-weights)",
     )
