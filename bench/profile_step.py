@@ -4,7 +4,8 @@ Generates twice from one prompt with ONNX Runtime's profiler on and reports the 
 only (the same tokens, so the embedding rows and every weight page are already resident: the
 first run of a freshly loaded artifact also pays page faults on the memory-mapped weights).
 Per step: the split categories of `redcompile bench`, the time and calls of each op type
-within every category but the base model's, and the session time no node accounts for
+within every category (in the base model, the ops of the inlined tree attention bodies are
+named `TreeAttention:<op>`), and the session time no node accounts for
 (ONNX Runtime's own per-node and allocation overhead).
 
     python bench/profile_step.py ARTIFACT.onnx --max-new-tokens 8 --json OUT.json
@@ -27,8 +28,8 @@ from redcompile.runtime.loading import open_artifact
 
 
 def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
-    """Milliseconds per step by category and by op type within the categories redcompile adds
-    (drafting, tree, acceptance, kv), from the second run."""
+    """Milliseconds per step by category and by op type within each category, from the
+    second run."""
     engine = open_artifact(artifact)
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
@@ -60,10 +61,11 @@ def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
         category = _category(event["name"])
         by_category[category] += event["dur"]
         node_micros += event["dur"]
-        if category != "base":
-            op = event["args"].get("op_name", "?")
-            by_op[category][op] += event["dur"]
-            calls[category][op] += 1
+        op = event["args"].get("op_name", "?")
+        if "TreeAttention." in event["name"]:
+            op = f"TreeAttention:{op}"
+        by_op[category][op] += event["dur"]
+        calls[category][op] += 1
     steps = len(second)
 
     def per_step(micros: float) -> float:

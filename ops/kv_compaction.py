@@ -54,7 +54,13 @@ def kv_compaction_fake(past, new, cache_lengths, keep_idx, keep_len):  # noqa: A
 
 
 def build_kv_compaction_body(spec: BodySpec):  # noqa: ANN201
-    """GatherND of the kept keys and of the cache slots, ScatterND of T slots per row."""
+    """GatherND of the kept keys and of the cache slots, ScatterND of T slots per row.
+
+    Every index is computed from inputs all layers share (cache_lengths, keep_idx, keep_len)
+    and, when the graph knows it, the static head count: after ONNX Runtime inlines the body
+    at each layer, common-subexpression elimination keeps one copy of that index math, and a
+    layer runs only its two gathers, the select and the scatter.
+    """
     b = FunctionBuilder(KV_COMPACTION, spec)
     past, new = b.input("past"), b.input("new")
     cache_lengths, keep_idx, keep_len = (
@@ -62,7 +68,9 @@ def build_kv_compaction_body(spec: BodySpec):  # noqa: ANN201
         b.input("keep_idx"),
         b.input("keep_len"),
     )
-    batch, heads, t = b.dim(past, 0), b.dim(past, 1), b.dim(new, 2)
+    static_heads = spec.static_dims.get(("past", 1))
+    heads = b.const([static_heads]) if static_heads else b.dim(past, 1)
+    batch, t = b.dim(keep_idx, 0), b.dim(keep_idx, 1)
     t_scalar = b.Squeeze(t, b.const([0]))
     slots = b.Unsqueeze(b.Range(b.const(0), t_scalar, b.const(1)), b.const([0]))  # [1, T]
     positions = b.Add(b.Unsqueeze(cache_lengths, b.const([1])), slots)  # [B, T]
@@ -107,4 +115,5 @@ KV_COMPACTION = OpDef(
     output_names=("present",),
     cuda_kernel="redcompile_kv_compaction",
     doc=__doc__ or "",
+    static_dims=(("past", 1),),
 )

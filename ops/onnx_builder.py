@@ -132,10 +132,16 @@ def spec_from_node(
     node_attrs: dict[str, Any],
     input_types: dict[str, int | None],
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    static_dims: dict[tuple[str, int], int] | None = None,
 ) -> BodySpec:
     """Normalise a node's attributes (bytes to str) into a BodySpec for `op`."""
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in node_attrs.items()}
     unknown = set(attrs) - set(op.attribute_names)
     if unknown:
         raise ValueError(f"{op.onnx_name} node carries unknown attributes {sorted(unknown)}")
-    return BodySpec(attributes=attrs, input_types=input_types, input_shapes=input_shapes or {})
+    return BodySpec(
+        attributes=attrs,
+        input_types=input_types,
+        input_shapes=input_shapes or {},
+        static_dims=static_dims or {},
+    )

@@ -44,6 +44,10 @@ class OpDef:
     attribute_names: tuple[str, ...] = ()
     cuda_kernel: str = ""  # C entry point in cuda/, e.g. "redcompile_tree_attention"
     doc: str = ""
+    # (input, axis) pairs whose size the body writes as a constant when the graph knows it
+    # statically, e.g. the KV cache's heads, so that nothing in the body depends on a per-layer
+    # tensor's shape and ONNX Runtime can compute the shared index math once for all layers.
+    static_dims: tuple[tuple[str, int], ...] = ()
 
     @property
     def qualname(self) -> str:
@@ -67,12 +71,14 @@ class BodySpec:
 
     `input_types` maps each input name to an ONNX TensorProto element type, or None when the
     optional input is absent on the node; `input_shapes` holds the static shape of inputs that
-    are initializers (weights), which bodies may unroll over.
+    are initializers (weights), which bodies may unroll over; `static_dims` the sizes of the
+    op's `OpDef.static_dims` that the graph knows (absent: dynamic, the body reads the shape).
     """
 
     attributes: dict[str, Any]
     input_types: dict[str, int | None]
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    static_dims: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def has(self, name: str) -> bool:
         """Whether the optional input `name` is present on the node."""
@@ -84,6 +90,7 @@ class BodySpec:
             tuple(sorted((k, repr(v)) for k, v in self.attributes.items())),
             tuple(sorted(self.input_types.items())),
             tuple(sorted(self.input_shapes.items())),
+            tuple(sorted(self.static_dims.items())),
         )
 
 

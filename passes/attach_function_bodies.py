@@ -4,8 +4,9 @@ Before:  ... ── redcompile::DrafterBeamSearch(beam_width=4, beam_length=5, t
          (no FunctionProto: no runtime knows the op)
 
 After:   the same node, plus a model-local FunctionProto `redcompile::DrafterBeamSearch` built by
-         the op's `build_body` for this node's attributes, input element types and the static
-         shapes of its weight inputs (e.g. the beam search unrolls one step per drafted token).
+         the op's `build_body` for this node's attributes, input element types, the static
+         shapes of its weight inputs (e.g. the beam search unrolls one step per drafted token)
+         and the static sizes the op names in `OpDef.static_dims` (e.g. the KV cache's heads).
 
 Why: stock ONNX Runtime inlines a model-local function where it has no kernel, so the artifact
 runs anywhere; a registered kernel (ORT custom-op library, TensorRT plugin named like the op in
@@ -40,7 +41,8 @@ def element_type(tensor: gs.Tensor) -> int | None:
 
 
 def node_spec(op: OpDef, node: gs.Node) -> BodySpec:
-    """The BodySpec one node needs: its attributes, input types and constant input shapes."""
+    """The BodySpec one node needs: its attributes, input types, constant input shapes and the
+    static sizes its op asks for."""
     inputs = list(node.inputs) + [gs.Variable.empty()] * (len(op.input_names) - len(node.inputs))
     types = {name: element_type(t) for name, t in zip(op.input_names, inputs)}
     shapes = {
@@ -48,7 +50,13 @@ def node_spec(op: OpDef, node: gs.Node) -> BodySpec:
         for name, t in zip(op.input_names, inputs)
         if isinstance(t, gs.Constant)
     }
-    return spec_from_node(op, dict(node.attrs), types, shapes)
+    by_name = dict(zip(op.input_names, inputs))
+    static = {}
+    for name, axis in op.static_dims:
+        shape = by_name[name].shape
+        if shape is not None and len(shape) > axis and isinstance(shape[axis], (int, np.integer)):
+            static[(name, axis)] = int(shape[axis])
+    return spec_from_node(op, dict(node.attrs), types, shapes, static)
 
 
 class AttachFunctionBodies(GraphPass):

@@ -20,8 +20,14 @@ ONNX_TYPES = {
 }
 
 
-def single_op_model(op: OpDef, inputs: list, attrs: dict) -> onnx.ModelProto:
-    """A model holding one `redcompile` node of `op` with its function body attached."""
+def single_op_model(
+    op: OpDef, inputs: list, attrs: dict, static_dims: bool = True
+) -> onnx.ModelProto:
+    """A model holding one `redcompile` node of `op` with its function body attached.
+
+    With `static_dims` the body knows the sizes its op asks for (`OpDef.static_dims`), as it
+    does in a compiled graph; without, it reads them from the inputs' shapes.
+    """
     names = [name if t is not None else "" for name, t in zip(op.input_names, inputs)]
     graph_inputs = [
         helper.make_tensor_value_info(
@@ -37,7 +43,9 @@ def single_op_model(op: OpDef, inputs: list, attrs: dict) -> onnx.ModelProto:
         for name, t in zip(op.input_names, inputs)
     }
     shapes = {name: tuple(t.shape) for name, t in zip(op.input_names, inputs) if t is not None}
-    body = op.build_body(spec_from_node(op, attrs, types, shapes))
+    by_name = dict(zip(op.input_names, inputs))
+    static = {(n, a): int(by_name[n].shape[a]) for n, a in op.static_dims} if static_dims else {}
+    body = op.build_body(spec_from_node(op, attrs, types, shapes, static))
     graph = helper.make_graph([node], op.onnx_name, graph_inputs, outputs)
     model = helper.make_model(
         graph,
@@ -51,9 +59,11 @@ def single_op_model(op: OpDef, inputs: list, attrs: dict) -> onnx.ModelProto:
     return model
 
 
-def run_op_body(op: OpDef, inputs: list, attrs: dict) -> list[np.ndarray]:
+def run_op_body(
+    op: OpDef, inputs: list, attrs: dict, static_dims: bool = True
+) -> list[np.ndarray]:
     """Run `op`'s ONNX function body in stock ONNX Runtime (CPU) on torch inputs."""
-    model = single_op_model(op, inputs, attrs)
+    model = single_op_model(op, inputs, attrs, static_dims)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(op.input_names, inputs) if t is not None}
     return session.run(list(op.output_names), feeds)

@@ -184,11 +184,9 @@ def test_fake_matches_reference_shapes_and_dtypes(op, index, case):
     assert [layout(t) for t in real] == [layout(t) for t in fake]
 
 
-@pytest.mark.parametrize("op,index,case", CASES, ids=case_id)
-def test_onnx_function_body_matches_reference(op, index, case):
-    inputs, attrs = case
+def assert_body_matches_reference(op, inputs, attrs, static_dims=True):
     expected = as_tuple(op.reference(*call_args(op, inputs, attrs)))
-    actual = run_op_body(op, inputs, attrs)
+    actual = run_op_body(op, inputs, attrs, static_dims)
     for name, want, got in zip(op.output_names, expected, actual):
         want = want.numpy()
         assert got.shape == want.shape, name
@@ -196,6 +194,19 @@ def test_onnx_function_body_matches_reference(op, index, case):
             np.testing.assert_array_equal(got, want, err_msg=name)
         else:
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("op,index,case", CASES, ids=case_id)
+def test_onnx_function_body_matches_reference(op, index, case):
+    assert_body_matches_reference(op, *case)
+
+
+@pytest.mark.parametrize(
+    "op,index,case", [c for c in CASES if c[0].static_dims], ids=case_id
+)
+def test_body_reading_its_static_dims_from_shapes_matches_reference(op, index, case):
+    """A graph that does not know a size statically gets the body that reads it at run time."""
+    assert_body_matches_reference(op, *case, static_dims=False)
 
 
 def test_tree_attention_equals_one_attention_over_concatenated_cache():
