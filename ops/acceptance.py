@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from redcompile.ops.drafter_beam_search import warp_top_k
-from redcompile.ops.onnx_builder import FLOAT, INT64, FunctionBuilder
+from redcompile.ops.onnx_builder import BOOL, FLOAT, INT64, FunctionBuilder
 from redcompile.ops.opdef import BodySpec, OpDef
 
 
@@ -189,6 +189,14 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
     def probs(x: str, rank: int) -> str:
         return b.Softmax(b.Mul(_warp(b, x, top_k, vocab), per_row(inv_t, rank)), axis=-1)
 
+    def draft_logprobs() -> str:
+        return b.Cast(b.input("draft_logprobs"), to=FLOAT)
+
+    # The sampling test and the draw over the vocabulary run only when a row samples (If).
+    any_sampling = b.Greater(
+        b.ReduceMax(b.Cast(b.Not(greedy), to=INT64), keepdims=0), b.const(0)
+    )  # 0-d
+
     with_tree = spec.has("paths")
     if with_tree:
         paths = b.Clip(
@@ -205,13 +213,17 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
         )
         logits_at = b.GatherND(logits, b.Unsqueeze(source_idx, b.const([-1])), batch_dims=1)
         greedy_pass = b.Equal(b.ArgMax(logits_at, axis=-1, keepdims=0), drafts)
-        drafts_4d = b.Unsqueeze(drafts, b.const([-1]))
-        log_p = b.Log(probs(logits_at, 4))
-        p_draft = b.Squeeze(b.GatherElements(log_p, drafts_4d, axis=3), b.const([3]))
-        draft_logprobs = b.Cast(b.input("draft_logprobs"), to=FLOAT)
-        q_draft = b.Squeeze(b.GatherElements(draft_logprobs, drafts_4d, axis=3), b.const([3]))
-        sample_pass = b.Less(
-            b.Cast(b.input("accept_uniforms"), to=FLOAT), b.Exp(b.Sub(p_draft, q_draft))
+
+        def sample_test() -> list[str]:
+            drafts_4d = b.Unsqueeze(drafts, b.const([-1]))
+            log_p = b.Log(probs(logits_at, 4))
+            p_draft = b.Squeeze(b.GatherElements(log_p, drafts_4d, axis=3), b.const([3]))
+            q_draft = b.Squeeze(b.GatherElements(draft_logprobs(), drafts_4d, axis=3), b.const([3]))
+            uniforms = b.Cast(b.input("accept_uniforms"), to=FLOAT)
+            return [b.Less(uniforms, b.Exp(b.Sub(p_draft, q_draft)))]
+
+        sample_pass = b.If(
+            any_sampling, sample_test, lambda: [b.Equal(drafts, b.const(-1))], [BOOL]
         )
         greedy_3d = per_row(greedy, 3)
         chosen = b.Or(b.And(greedy_3d, greedy_pass), b.And(b.Not(greedy_3d), sample_pass))
@@ -232,24 +244,30 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
 
     last_logits = b.GatherND(logits, b.Unsqueeze(last_idx, b.const([1])), batch_dims=1)  # [B, V]
     greedy_next = b.ArgMax(last_logits, axis=-1, keepdims=0)
-    weights = probs(last_logits, 2)
-    if with_tree:
-        rejected = b.And(has_tree, b.Less(n, b.Squeeze(c, b.const([0]))))
-        q_rows = b.GatherND(draft_logprobs, best, batch_dims=1)  # [B, C, V]
-        at = b.Min(n, b.Squeeze(b.Sub(c, b.const([1])), b.const([0])))
-        q_at = b.Exp(b.GatherND(q_rows, b.Unsqueeze(at, b.const([1])), batch_dims=1))
-        residual = b.Relu(b.Sub(weights, q_at))
-        usable = b.Greater(
-            b.ReduceSum(residual, b.const([-1]), keepdims=0), b.const(0.0, "float32")
+
+    def draw() -> list[str]:
+        weights = probs(last_logits, 2)
+        if with_tree:
+            rejected = b.And(has_tree, b.Less(n, b.Squeeze(c, b.const([0]))))
+            q_rows = b.GatherND(draft_logprobs(), best, batch_dims=1)  # [B, C, V]
+            at = b.Min(n, b.Squeeze(b.Sub(c, b.const([1])), b.const([0])))
+            q_at = b.Exp(b.GatherND(q_rows, b.Unsqueeze(at, b.const([1])), batch_dims=1))
+            residual = b.Relu(b.Sub(weights, q_at))
+            usable = b.Greater(
+                b.ReduceSum(residual, b.const([-1]), keepdims=0), b.const(0.0, "float32")
+            )
+            weights = b.Where(b.Unsqueeze(b.And(rejected, usable), b.const([1])), residual, weights)
+        cdf = b.CumSum(weights, b.const(-1))
+        total = b.Slice(cdf, b.const([-1]), b.const([2**62]), b.const([-1]))
+        threshold = b.Mul(
+            b.Unsqueeze(b.Cast(b.input("sample_uniforms"), to=FLOAT), b.const([1])), total
         )
-        weights = b.Where(b.Unsqueeze(b.And(rejected, usable), b.const([1])), residual, weights)
-    cdf = b.CumSum(weights, b.const(-1))
-    total = b.Slice(cdf, b.const([-1]), b.const([2**62]), b.const([-1]))
-    threshold = b.Mul(
-        b.Unsqueeze(b.Cast(b.input("sample_uniforms"), to=FLOAT), b.const([1])), total
-    )
-    drawn = b.ReduceSum(b.Cast(b.LessOrEqual(cdf, threshold), to=INT64), b.const([-1]), keepdims=0)
-    drawn = b.Min(drawn, b.Squeeze(b.Sub(vocab, b.const([1])), b.const([0])))
+        drawn = b.ReduceSum(
+            b.Cast(b.LessOrEqual(cdf, threshold), to=INT64), b.const([-1]), keepdims=0
+        )
+        return [b.Min(drawn, b.Squeeze(b.Sub(vocab, b.const([1])), b.const([0])))]
+
+    drawn = b.If(any_sampling, draw, lambda: [zero], [INT64])
     next_token = b.Where(greedy, greedy_next, drawn)
 
     keep_len = b.Where(active, b.Add(forced, n), zero)

@@ -11,7 +11,7 @@ unroll, which is how bodies specialise to a node's attributes (beam width, beam 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -86,6 +86,52 @@ class FunctionBuilder:
         """A float scalar cast to the element type of `like` (keeps bodies dtype-generic)."""
         return self.CastLike(self.const(value, np.float32), like)
 
+    def If(  # noqa: N802 (named like the ONNX op, as the other emitters are)
+        self,
+        condition: str,
+        then_branch: Callable[[], Sequence[str]],
+        else_branch: Callable[[], Sequence[str]],
+        output_types: Sequence[int],
+    ) -> Any:
+        """An ONNX If on the 0-d bool `condition`: each branch is a Python function that emits
+        its nodes through this builder (reading outer values freely) and returns its outputs,
+        whose element types are `output_types`. Only the branch taken runs."""
+        branches = []
+        for kind, emit in (("then", then_branch), ("else", else_branch)):
+            outer, self.nodes = self.nodes, []
+            try:
+                results = list(emit())
+            finally:
+                inner, self.nodes = self.nodes, outer
+            if len(results) != len(output_types):
+                raise ValueError(
+                    f"{kind} branch returns {len(results)} values, not {len(output_types)}"
+                )
+            # A branch output must be produced inside the branch.
+            outputs = [self._fresh(f"{kind}_out") for _ in results]
+            inner += [
+                helper.make_node("Identity", [r], [o], name=f"{self.op.onnx_name}.{o}")
+                for r, o in zip(results, outputs)
+            ]
+            branches.append(
+                helper.make_graph(
+                    inner,
+                    self._fresh(kind),
+                    [],
+                    [
+                        helper.make_tensor_value_info(o, t, None)
+                        for o, t in zip(outputs, output_types)
+                    ],
+                )
+            )
+        return self.node(
+            "If",
+            [condition],
+            outputs=len(output_types),
+            then_branch=branches[0],
+            else_branch=branches[1],
+        )
+
     def dim(self, tensor: str, axis: int) -> str:
         """Size of `tensor` along `axis` as an int64 tensor of shape [1]."""
         return self.Shape(tensor, start=axis, end=axis + 1 if axis != -1 else None)
@@ -106,9 +152,7 @@ class FunctionBuilder:
                 renamed[value] = name
             else:
                 nodes.append(helper.make_node("Identity", [renamed.get(value, value)], [name]))
-        for node in nodes:
-            node.input[:] = [renamed.get(i, i) for i in node.input]
-            node.output[:] = [renamed.get(o, o) for o in node.output]
+        _rename(nodes, renamed)
         return helper.make_function(
             DOMAIN,
             self.op.onnx_name,
@@ -119,6 +163,16 @@ class FunctionBuilder:
             attributes=list(self.op.attribute_names),
             doc_string=self.op.doc,
         )
+
+
+def _rename(nodes: Sequence[onnx.NodeProto], renamed: dict[str, str]) -> None:
+    """Apply `renamed` to the nodes' inputs and outputs, inside If branches too."""
+    for node in nodes:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _rename(attribute.g.node, renamed)
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:

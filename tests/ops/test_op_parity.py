@@ -107,6 +107,11 @@ def accept_samples():
     for top_k in (0, 5):
         yield common + tree, {"top_k": top_k}
     yield common + [None, None, None], {"top_k": 0}
+    # Every row greedy, or every row sampling: the body skips, or takes, the sampling branch.
+    for temperature in (torch.zeros(4), torch.full((4,), 0.9)):
+        common[4] = temperature
+        yield common + tree, {"top_k": 5}
+        yield common + [None, None, None], {"top_k": 0}
 
 
 def kv_compaction_samples():
