@@ -18,6 +18,7 @@ point of the op (see docs/architecture.md, "KV cache").
 
 from __future__ import annotations
 
+import onnx
 import torch
 
 from redcompile.ops.onnx_builder import FunctionBuilder
@@ -70,8 +71,19 @@ def build_tree_attention_body(spec: BodySpec):  # noqa: ANN201
     past_mask, tree_mask = b.input("past_mask"), b.input("tree_mask")
 
     # [B, Hq, T, D] -> [B, Hkv, G, T, D] so that each key/value head serves its G query heads.
-    shape_5d = b.Concat(b.const([0]), b.dim(k, 1), b.const([-1]), b.dim(q, 2), b.dim(q, 3), axis=0)
-    q5 = b.Reshape(b.Mul(q, b.const_like(float(spec.attributes["scale"]), q)), shape_5d)
+    # Shapes come from the graph's static sizes or from the masks, which every layer shares, so
+    # that no node in a layer's inlined body only computes a shape.
+    hq, d, hkv = (spec.static_dims.get(key) for key in (("q", 1), ("q", 3), ("k", 1)))
+    static = None not in (hq, d, hkv)
+    if static:
+        shape_5d = b.const([0, hkv, hq // hkv, -1, d])
+        shape_y = b.const([0, hq, -1, d])
+    else:
+        shape_5d = b.Concat(
+            b.const([0]), b.dim(k, 1), b.const([-1]), b.dim(q, 2), b.dim(q, 3), axis=0
+        )
+        shape_y = b.Shape(q)
+    q5 = b.Reshape(b.Mul(q, _scalar_like(b, float(spec.attributes["scale"]), spec, q)), shape_5d)
     neg_inf = b.const(float("-inf"), "float32")
 
     def scores(keys: str, mask: str) -> str:
@@ -82,15 +94,26 @@ def build_tree_attention_body(spec: BodySpec):  # noqa: ANN201
 
     joined = b.Concat(scores(past_k, past_mask), scores(k, tree_mask), axis=-1)
     probs = b.Softmax(joined, axis=-1)
-    probs = b.CastLike(b.Where(b.IsNaN(probs), b.const(0.0, "float32"), probs), q)
-    sizes = b.Concat(b.dim(past_k, 2), b.dim(k, 2), axis=0)
+    probs = b.Where(b.IsNaN(probs), b.const(0.0, "float32"), probs)
+    if spec.input_types.get("q") != onnx.TensorProto.FLOAT:
+        probs = b.CastLike(probs, q)
+    sizes = b.Concat(b.dim(past_mask, -1), b.dim(tree_mask, -1), axis=0)  # [S, T]
     probs_past, probs_new = b.Split(probs, sizes, axis=-1, outputs=2)
 
     def weighted(p: str, values: str) -> str:
         return b.MatMul(p, b.Unsqueeze(values, b.const([2])))
 
     y5 = b.Add(weighted(probs_past, past_v), weighted(probs_new, v))
-    return b.build({"y": b.Reshape(y5, b.Shape(q))})
+    return b.build({"y": b.Reshape(y5, shape_y)})
+
+
+def _scalar_like(b: FunctionBuilder, value: float, spec: BodySpec, like: str) -> str:
+    """A scalar constant in `like`'s element type: written directly for float32 and float16,
+    through CastLike for types numpy cannot hold (bfloat16)."""
+    dtype = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}.get(
+        spec.input_types.get(like)
+    )
+    return b.const(value, dtype) if dtype else b.const_like(value, like)
 
 
 TREE_ATTENTION = OpDef(
@@ -108,4 +131,5 @@ TREE_ATTENTION = OpDef(
     attribute_names=("scale",),
     cuda_kernel="redcompile_tree_attention",
     doc=__doc__ or "",
+    static_dims=(("q", 1), ("q", 3), ("k", 1)),
 )

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from redcompile.ops.onnx_builder import FunctionBuilder
+from redcompile.ops.onnx_builder import BOOL, FunctionBuilder
 from redcompile.ops.opdef import BodySpec, OpDef
 
 
@@ -104,26 +104,42 @@ def ancestor_mask_fake(parents, depths, steps):  # noqa: ANN001, ANN201
     return parents.new_empty((b, t, t), dtype=torch.bool)
 
 
+# Decoding trees are shallow (depth < beam length) while a prompt chunk is as deep as it is
+# long: a step whose tokens are all shallower than 2**SHALLOW_STEPS lifts in that many steps.
+SHALLOW_STEPS = 5
+
+
 def build_ancestor_mask_body(spec: BodySpec):  # noqa: ANN201
-    """Binary lifting unrolled `steps` times (GatherElements, Div, Mod, Where)."""
+    """Binary lifting unrolled `steps` times (GatherElements, Div, Mod, Where); behind an If,
+    a step whose tokens are all shallower than 2**SHALLOW_STEPS takes a shorter unrolling."""
     b = FunctionBuilder(ANCESTOR_MASK, spec)
     parents, depths = b.input("parents"), b.input("depths")
     t = b.dim(parents, 1)
     index = b.Add(
         b.Mul(parents, b.const(0)), b.Range(b.const(0), b.Squeeze(t, b.const([0])), b.const(1))
     )  # [B, T]
-    up = b.Where(b.Less(parents, b.const(0)), index, parents)
     climb = b.Sub(b.Unsqueeze(depths, b.const([2])), b.Unsqueeze(depths, b.const([1])))
     square = b.Shape(climb)
     flat = b.Concat(b.dim(parents, 0), b.const([-1]), axis=0)
-    node = b.Expand(b.Unsqueeze(index, b.const([2])), square)
-    for bit in range(int(spec.attributes["steps"])):
-        take = b.Equal(b.Mod(b.Div(climb, b.const(2**bit)), b.const(2)), b.const(1))
-        jumped = b.Reshape(b.GatherElements(up, b.Reshape(node, flat), axis=1), square)
-        node = b.Where(take, jumped, node)
-        up = b.GatherElements(up, up, axis=1)
-    own = b.Equal(node, b.Unsqueeze(index, b.const([1])))
-    return b.build({"mask": b.And(b.GreaterOrEqual(climb, b.const(0)), own)})
+
+    def lift(steps: int) -> list[str]:
+        up = b.Where(b.Less(parents, b.const(0)), index, parents)
+        node = b.Expand(b.Unsqueeze(index, b.const([2])), square)
+        for bit in range(steps):
+            take = b.Equal(b.Mod(b.Div(climb, b.const(2**bit)), b.const(2)), b.const(1))
+            jumped = b.Reshape(b.GatherElements(up, b.Reshape(node, flat), axis=1), square)
+            node = b.Where(take, jumped, node)
+            if bit + 1 < steps:
+                up = b.GatherElements(up, up, axis=1)
+        own = b.Equal(node, b.Unsqueeze(index, b.const([1])))
+        return [b.And(b.GreaterOrEqual(climb, b.const(0)), own)]
+
+    steps = int(spec.attributes["steps"])
+    if steps <= SHALLOW_STEPS:
+        return b.build({"mask": lift(steps)[0]})
+    shallow = b.Less(b.ReduceMax(depths, keepdims=0), b.const(2**SHALLOW_STEPS))  # 0-d
+    mask = b.If(shallow, lambda: lift(SHALLOW_STEPS), lambda: lift(steps), [BOOL])
+    return b.build({"mask": mask})
 
 
 ANCESTOR_MASK = OpDef(

@@ -59,9 +59,7 @@ def single_op_model(
     return model
 
 
-def run_op_body(
-    op: OpDef, inputs: list, attrs: dict, static_dims: bool = True
-) -> list[np.ndarray]:
+def run_op_body(op: OpDef, inputs: list, attrs: dict, static_dims: bool = True) -> list[np.ndarray]:
     """Run `op`'s ONNX function body in stock ONNX Runtime (CPU) on torch inputs."""
     model = single_op_model(op, inputs, attrs, static_dims)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

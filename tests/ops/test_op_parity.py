@@ -21,7 +21,7 @@ from redcompile.ops import (
     TREE_ATTENTION,
 )
 from redcompile.ops.tree_building import ancestor_mask, build_tree_reference
-from support import run_op_body
+from support import run_op_body, single_op_model
 
 
 def tree_attention_samples(dtype=torch.float32):
@@ -81,6 +81,9 @@ def ancestor_mask_samples():
     beams[:, :, 0] = 1
     _, parents, depths, _, _ = build_tree_reference(beams)
     yield [parents, depths], {"steps": 4}
+    # Compiled for deep chains: a shallow tree takes the body's short branch, a chain of 38
+    # tokens the full one.
+    yield [parents, depths], {"steps": 10}
     chain = torch.arange(-1, 37).unsqueeze(0)  # a prompt chain of 38 tokens
     yield [chain, torch.arange(38).unsqueeze(0)], {"steps": 6}
 
@@ -206,9 +209,7 @@ def test_onnx_function_body_matches_reference(op, index, case):
     assert_body_matches_reference(op, *case)
 
 
-@pytest.mark.parametrize(
-    "op,index,case", [c for c in CASES if c[0].static_dims], ids=case_id
-)
+@pytest.mark.parametrize("op,index,case", [c for c in CASES if c[0].static_dims], ids=case_id)
 def test_body_reading_its_static_dims_from_shapes_matches_reference(op, index, case):
     """A graph that does not know a size statically gets the body that reads it at run time."""
     assert_body_matches_reference(op, *case, static_dims=False)
@@ -248,3 +249,12 @@ def test_kv_compaction_writes_only_the_kept_path():
         for j in range(int(keep_len[b])):
             expected[b, :, int(lengths[b]) + j] = new[b, :, int(keep_idx[b, j])]
     assert torch.equal(out, expected)
+
+
+def test_tree_attention_body_reads_shapes_only_from_the_masks_every_layer_shares():
+    """With the head counts and head size known, nothing in a layer's inlined attention body
+    computes a shape from that layer's own tensors (ONNX Runtime then shares the rest)."""
+    ((inputs, attrs),) = tree_attention_samples()
+    body = single_op_model(TREE_ATTENTION, inputs, attrs).functions[0]
+    assert {n.input[0] for n in body.node if n.op_type == "Shape"} <= {"past_mask", "tree_mask"}
+    assert "CastLike" not in {n.op_type for n in body.node}  # float32: constants written as such
