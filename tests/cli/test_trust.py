@@ -179,6 +179,29 @@ def test_a_terminated_convert_removes_its_temporaries(tiny_llama, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "raised,status", [("KeyboardInterrupt", -signal.SIGINT), ("Terminated", 130)]
+)
+def test_sigterm_unwinds_with_an_exception_cpython_does_not_remember(raised, status, tmp_path):
+    """A KeyboardInterrupt that escapes code a library runs through PyRun_String makes CPython
+    kill a `python -m` process with SIGINT at exit even when the CLI caught it; the CLI's
+    SIGTERM exception is a subclass, which that check does not match, so its status holds."""
+    (tmp_path / "unwind.py").write_text(
+        "import ctypes, sys\n"
+        "from redcompile.cli import Terminated\n"
+        "run = ctypes.pythonapi.PyRun_String\n"
+        "run.restype = ctypes.py_object\n"
+        "run.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]\n"
+        "scope = {'Terminated': Terminated}\n"
+        "try:\n"
+        f"    run(b'raise {raised}()', 257, scope, scope)\n"  # 257: Py_file_input
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    process = subprocess.run([sys.executable, "-m", "unwind"], cwd=tmp_path)
+    assert process.returncode == status
+
+
 def test_a_failing_pass_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
     from redcompile.passes.share_weights import ShareWeights
 
