@@ -22,7 +22,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from redcompile.benchmark import _category
+from redcompile.benchmark import _category, kernel_events
 from redcompile.generation import GenerationConfig
 from redcompile.runtime.loading import open_artifact
 
@@ -53,9 +53,7 @@ def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
     by_op: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     calls: dict[str, Counter] = defaultdict(Counter)
     node_micros = 0.0
-    for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
-            continue
+    for event in kernel_events(events):
         if event["ts"] < start:
             continue
         category = _category(event["name"])

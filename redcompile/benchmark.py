@@ -309,9 +309,7 @@ def _ort_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     recorded_until = max((e["ts"] + e["dur"] for e in runs), default=0)
     totals: dict[str, float] = defaultdict(float)
-    for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
-            continue
+    for event in kernel_events(events):
         if event["ts"] + event["dur"] > recorded_until:
             continue
         totals[_category(event["name"])] += event["dur"] / 1e6
@@ -324,6 +322,30 @@ def _graph_range():  # noqa: ANN202
     import torch
 
     return torch.profiler.record_function("redcompile.graph")
+
+
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+
+
+def kernel_events(events: list[dict]) -> list[dict]:
+    """ONNX Runtime profile events of node kernels, each microsecond counted once.
+
+    A control-flow node's event (the If of Accept or AncestorMask) spans the branch it ran,
+    whose nodes are recorded as well; those nested events are dropped and the If's own event,
+    which belongs to the same op, stands for them (branch time plus the If's overhead).
+    """
+    kernels = sorted(
+        (e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
+        key=lambda e: e["ts"],
+    )
+    kept, inside_until = [], -1
+    for event in kernels:
+        if event["ts"] < inside_until:
+            continue
+        kept.append(event)
+        if event["args"].get("op_name") in CONTROL_FLOW_OPS:
+            inside_until = event["ts"] + event["dur"]
+    return kept
 
 
 def _category(node_name: str) -> str:

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from redcompile.benchmark import BenchReport
+from redcompile.benchmark import BenchReport, kernel_events
 from redcompile.cli import main
 from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
@@ -146,3 +146,24 @@ def test_bench_of_a_model_folder_with_a_quantized_drafter(tiny_llama, tmp_path):
         "W1-L3-int8.onnx",
         "autoregressive.onnx",
     ]
+
+
+def test_the_step_split_counts_an_if_and_the_branch_it_ran_once():
+    def event(name, op, ts, dur):
+        return {
+            "cat": "Node",
+            "name": f"{name}_kernel_time",
+            "ts": ts,
+            "dur": dur,
+            "args": {"op_name": op},
+        }
+
+    events = [
+        event("_inlfunc_Accept_Accept.if_7", "If", 100, 50),
+        event("_inlfunc_Accept_Accept.softmax_9", "Softmax", 110, 30),  # inside the If
+        event("_inlfunc_Accept_Accept.argmax_3", "ArgMax", 90, 5),
+        event("/model/MatMul", "MatMul", 160, 20),
+        {"cat": "Session", "name": "model_run", "ts": 80, "dur": 200},
+    ]
+    kept = kernel_events(events)
+    assert [e["args"]["op_name"] for e in kept] == ["ArgMax", "If", "MatMul"]
