@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 INT64 = TensorProto.INT64
 FLOAT = TensorProto.FLOAT
 BOOL = TensorProto.BOOL
+_NUMPY_FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 
 
 class FunctionBuilder:
@@ -83,7 +84,12 @@ class FunctionBuilder:
         return name
 
     def const_like(self, value: float, like: str) -> str:
-        """A float scalar cast to the element type of `like` (keeps bodies dtype-generic)."""
+        """A float scalar in the element type of `like` (keeps bodies dtype-generic): a constant
+        of that type when `like` is an input of known float32/float16 type, else a CastLike
+        (e.g. bfloat16, which numpy cannot hold)."""
+        dtype = _NUMPY_FLOATS.get(self.spec.input_types.get(like))
+        if dtype is not None:
+            return self.const(value, dtype)
         return self.CastLike(self.const(value, np.float32), like)
 
     def If(  # noqa: N802 (named like the ONNX op, as the other emitters are)

@@ -83,7 +83,7 @@ def build_tree_attention_body(spec: BodySpec):  # noqa: ANN201
             b.const([0]), b.dim(k, 1), b.const([-1]), b.dim(q, 2), b.dim(q, 3), axis=0
         )
         shape_y = b.Shape(q)
-    q5 = b.Reshape(b.Mul(q, _scalar_like(b, float(spec.attributes["scale"]), spec, q)), shape_5d)
+    q5 = b.Reshape(b.Mul(q, b.const_like(float(spec.attributes["scale"]), q)), shape_5d)
     neg_inf = b.const(float("-inf"), "float32")
 
     def scores(keys: str, mask: str) -> str:
@@ -105,15 +105,6 @@ def build_tree_attention_body(spec: BodySpec):  # noqa: ANN201
 
     y5 = b.Add(weighted(probs_past, past_v), weighted(probs_new, v))
     return b.build({"y": b.Reshape(y5, shape_y)})
-
-
-def _scalar_like(b: FunctionBuilder, value: float, spec: BodySpec, like: str) -> str:
-    """A scalar constant in `like`'s element type: written directly for float32 and float16,
-    through CastLike for types numpy cannot hold (bfloat16)."""
-    dtype = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}.get(
-        spec.input_types.get(like)
-    )
-    return b.const(value, dtype) if dtype else b.const_like(value, like)
 
 
 TREE_ATTENTION = OpDef(
