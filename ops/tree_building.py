@@ -159,9 +159,13 @@ ANCESTOR_MASK = OpDef(
 
 
 def build_build_tree_body(spec: BodySpec):  # noqa: ANN201
-    """Prefix dedup and packing in standard ops (Equal, CumSum, ArgMax, ScatterElements)."""
+    """Prefix dedup and packing in standard ops (Equal, CumSum, ArgMax, ScatterElements); a
+    single beam of static length is already its packed tree (a chain), written directly."""
     b = FunctionBuilder(BUILD_TREE, spec)
     beams = b.input("beams")
+    width, length = spec.static_dims.get(("beams", 1)), spec.static_dims.get(("beams", 2))
+    if width == 1 and length:
+        return _single_beam_body(b, beams, length)
     shape = b.Shape(beams)
     batch, width, length = (b.dim(beams, i) for i in range(3))
     n = b.Add(b.Mul(width, b.Sub(length, b.const([1]))), b.const([1]))
@@ -208,6 +212,24 @@ def build_build_tree_body(spec: BodySpec):  # noqa: ANN201
     )
 
 
+def _single_beam_body(b: FunctionBuilder, beams: str, length: int):  # noqa: ANN202
+    """One beam [B, 1, L]: tokens are the beam, each token's parent the one before it."""
+    batch = b.dim(beams, 0)
+    rows = b.Concat(batch, b.const([length]), axis=0)
+    positions = list(range(length))
+    return b.build(
+        {
+            "tokens": b.Squeeze(beams, b.const([1])),
+            "parents": b.Expand(b.const([[p - 1 for p in positions]]), rows),
+            "depths": b.Expand(b.const([positions]), rows),
+            "num_tokens": b.Expand(b.const([length]), batch),
+            "paths": b.Expand(
+                b.const([[positions]]), b.Concat(batch, b.const([1, length]), axis=0)
+            ),
+        }
+    )
+
+
 BUILD_TREE = OpDef(
     name="build_tree",
     onnx_name="BuildTree",
@@ -219,4 +241,5 @@ BUILD_TREE = OpDef(
     output_names=("tokens", "parents", "depths", "num_tokens", "paths"),
     cuda_kernel="redcompile_build_tree",
     doc=__doc__ or "",
+    static_dims=(("beams", 1), ("beams", 2)),
 )
