@@ -6,7 +6,8 @@ intermediate 2816, vocab 32000; 334M parameters, fp32) or "1B" shapes (hidden 20
 drafter, compiled by redcompile and timed in ONNX Runtime on this CPU, batch 1, 256 cached
 tokens:
 
-- t_base(T): the autoregressive artifact verifying a T-token chain (T = 1, 2, 4, ..., 64);
+- t_base(T): the autoregressive artifact verifying a T-token chain (T = 1 ... 8, 16, 32, 64;
+  every length up to 8, where narrow beams' verified trees lie, so that none is interpolated);
 - t_step(W, L): a whole ReDrafter step per beam shape (drafting, tree, acceptance included),
   whose random drafter verifies about W(L-1)+1 tokens per step (few shared prefixes).
 
@@ -59,6 +60,7 @@ from redcompile.training.trainer import TrainConfig
 SIZES = {"350m": LLAMA_350M, "1b": LLAMA_1B}
 BEAMS = ((1, 3), (1, 5), (2, 5), (4, 5))  # narrow beams; each is a 1.3 GB (350M) convert
 CACHED, REPEATS = 256, 15
+CHAIN_LENGTHS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)
 PROJECTED_FIELDS = (
     "fixture_tokens_per_step",
     "fixture_verified_tokens",
@@ -282,7 +284,7 @@ def measure(args: argparse.Namespace) -> dict:
     """Time the artifacts (converting what is missing): the record without projections."""
     shapes = SIZES[args.size]
     ar, paths = convert_all(args)
-    base = {t: round(chain_step_ms(ar, t), 3) for t in (1, 2, 4, 8, 16, 32, 64)}
+    base = {t: round(chain_step_ms(ar, t), 3) for t in CHAIN_LENGTHS}
     print("t_base(T) ms:", base, flush=True)
     rows = []
     for ((width, length), draft_vocab, exit_dim), path in paths.items():

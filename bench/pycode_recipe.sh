@@ -61,3 +61,13 @@ for format in int8 int4; do
         --beam-width 1,2 --beam-length 3,5 --batch-size 1 --repeats 3 --max-new-tokens 128 \
         --json "bench/results/pycode_e256_$format.json"
 done
+
+# 7. Tokens per step of single chains, L = 3, 4, 5, with int4 weights: the narrowest beams,
+#    which the cost study projects (`cost_study.py --beams 1x3,1x4,1x5`).
+for drafter in drafter drafter-e256; do
+    name=${drafter#drafter}; name=${name#-}
+    redcompile bench "$FIXTURE" --drafter "$WORK/$drafter" --work-dir "$WORK/artifacts${name:+-$name}" \
+        --drafter-weights int4 --prompts-file "$FIXTURE/dev_prompts.jsonl" \
+        --beam-width 1 --beam-length 3,4,5 --batch-size 8 --repeats 1 --max-new-tokens 128 \
+        --json "bench/results/pycode_${name:+${name}_}int4_w1.json"
+done
