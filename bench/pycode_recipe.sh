@@ -71,3 +71,8 @@ for drafter in drafter drafter-e256; do
         --beam-width 1 --beam-length 3,4,5 --batch-size 8 --repeats 1 --max-new-tokens 128 \
         --json "bench/results/pycode_${name:+${name}_}int4_w1.json"
 done
+# ... and the same chains end to end with int8 weights at batch 1 (speed, 3 alternating rounds).
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
+    --drafter-weights int8 --prompts-file "$FIXTURE/dev_prompts.jsonl" \
+    --beam-width 1 --beam-length 3,4,5 --batch-size 1 --repeats 3 --max-new-tokens 128 \
+    --json bench/results/pycode_int8_w1_b1.json
