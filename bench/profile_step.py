@@ -1,8 +1,9 @@
 """Where an ONNX Runtime artifact's decoding step spends its time, per op type (CPU profile).
 
-Generates twice from one prompt with ONNX Runtime's profiler on and reports the second run
-only (the same tokens, so the embedding rows and every weight page are already resident: the
-first run of a freshly loaded artifact also pays page faults on the memory-mapped weights).
+Generates twice from one prompt with ONNX Runtime's profiler on and reports the decoding steps
+of the second run only: the same tokens, so the embedding rows and every weight page are
+already resident (the first run of a freshly loaded artifact also pays page faults on the
+memory-mapped weights); its prefill, which processes the whole prompt, is reported on its own.
 Per step: the split categories of `redcompile bench`, the time and calls of each op type
 within every category (in the base model, the ops of the inlined tree attention bodies are
 named `TreeAttention:<op>`), and the session time no node accounts for
@@ -28,8 +29,8 @@ from redcompile.runtime.loading import open_artifact
 
 
 def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
-    """Milliseconds per step by category and by op type within each category, from the
-    second run."""
+    """Milliseconds per decoding step by category and by op type within each category, from
+    the second run (its prefill, which processes the whole prompt, is left out of them)."""
     engine = open_artifact(artifact)
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
@@ -47,8 +48,10 @@ def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
         (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
         key=lambda e: e["ts"],
     )
-    second = runs[len(runs) // 2 :]
-    start = second[0]["ts"]
+    prefill, *decoding = runs[len(runs) // 2 :]
+    if not decoding:
+        raise SystemExit("the second run made no decoding step: raise --max-new-tokens")
+    start = decoding[0]["ts"]
     by_category: dict[str, float] = defaultdict(float)
     by_op: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     calls: dict[str, Counter] = defaultdict(Counter)
@@ -64,15 +67,16 @@ def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
             op = f"TreeAttention:{op}"
         by_op[category][op] += event["dur"]
         calls[category][op] += 1
-    steps = len(second)
+    steps = len(decoding)
 
     def per_step(micros: float) -> float:
         return round(micros / steps / 1e3, 3)
 
-    run_micros = sum(e["dur"] for e in second)
+    run_micros = sum(e["dur"] for e in decoding)
     return {
         "artifact": str(artifact),
         "steps": steps,
+        "prefill_ms": round(prefill["dur"] / 1e3, 3),
         "run_ms": per_step(run_micros),
         "outside_nodes_ms": per_step(run_micros - node_micros),
         "nodes_ms_by_category": {k: per_step(v) for k, v in sorted(by_category.items())},
