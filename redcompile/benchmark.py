@@ -2,10 +2,12 @@
 
 For every batch size, the engines (the baseline and one ReDrafter engine per beam shape) run the
 whole prompt set in turn, `repeats` times after a warm-up round, alternating, and the medians
-are reported: tokens per second, tokens per step, step latency, speedup over the baseline. One
-extra, untimed, profiled run per engine over the first max(4, 2 x batch) prompts gives the step
-split (base model, drafting, tree, acceptance, KV update, host) and the tokens verified per step
-after deduplication.
+are reported: tokens per second, tokens per step, step latency, speedup over the baseline.
+Tokens per step come with a 95% interval from a bootstrap over the prompts: how much the figure
+would move on another prompt set of the same size and kind. One extra, untimed, profiled run
+per engine over the first max(4, 2 x batch) prompts gives the decoding step's split (base model,
+drafting, tree, acceptance, KV update, host; steps that only prefill prompts are left out) and
+the tokens verified per step after deduplication.
 
 Sources: a model folder (runtime `torch`, or `onnxruntime` after converting each shape into a
 work folder), or an artifact plus an autoregressive artifact as `baseline`.
@@ -13,6 +15,7 @@ work folder), or an artifact plus an autoregressive artifact as `baseline`.
 
 from __future__ import annotations
 
+import bisect
 import json
 import platform
 import statistics
@@ -87,6 +90,10 @@ class Measurement:
     split_ms: dict[str, float] = field(default_factory=dict)
     speedup: float = 1.0
     draft_vocab: int | None = None  # tokens the drafter drafts from; None: the whole vocabulary
+    # 95% bootstrap interval of tokens_per_step over the prompts, and each prompt's [decoded
+    # tokens, decoding steps] in prompt order; None in records made before them
+    tokens_per_step_ci95: list[float] | None = None
+    prompt_counts: list[list[int]] | None = None
 
 
 @dataclass
@@ -135,15 +142,16 @@ class BenchReport:
     def table(self) -> str:
         """A fixed-width summary, one line per engine and batch size."""
         head = (
-            f"{'engine':<16}{'batch':>6}{'tok/s':>10}{'tok/step':>10}{'verified':>10}"
-            f"{'step ms':>10}{'speedup':>9}"
+            f"{'engine':<16}{'batch':>6}{'tok/s':>10}{'tok/step':>10}{'(95%)':>12}"
+            f"{'verified':>10}{'step ms':>10}{'speedup':>9}"
         )
         rows = [head]
         for m in self.measurements:
+            low, high = m.tokens_per_step_ci95 or (m.tokens_per_step, m.tokens_per_step)
             rows.append(
                 f"{m.engine:<16}{m.batch_size:>6}{m.tokens_per_second:>10.1f}"
-                f"{m.tokens_per_step:>10.2f}{m.verified_tokens_per_step:>10.1f}"
-                f"{m.step_ms:>10.2f}{m.speedup:>8.2f}x"
+                f"{m.tokens_per_step:>10.2f}{f'{low:.2f}-{high:.2f}':>12}"
+                f"{m.verified_tokens_per_step:>10.1f}{m.step_ms:>10.2f}{m.speedup:>8.2f}x"
             )
         return "\n".join(rows)
 
@@ -225,32 +233,112 @@ def _run(
     return engine.generate_ids(prompts, cfg)
 
 
+def prompt_counts(result: GenerationResult) -> list[list[int]]:
+    """[decoded tokens, decoding steps] of every prompt, in prompt order: what tokens per step
+    is made of, kept in the record so that runs on the same prompts can be compared pairwise."""
+    return [[c.decode_tokens, c.steps] for c in result.completions]
+
+
+def _bootstrap_tokens_per_step(counts: Sequence[Sequence[int]], picks: np.ndarray) -> np.ndarray:
+    """Tokens per step of every resample: `picks` [resamples, prompts] indexes `counts`."""
+    tokens, steps = np.asarray(counts, dtype=np.float64).reshape(-1, 2).T
+    return tokens[picks].sum(axis=1) / np.maximum(steps[picks].sum(axis=1), 1)
+
+
+def _prompt_picks(prompts: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, prompts, (resamples, prompts))
+
+
+def _interval(values: np.ndarray, level: float) -> list[float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [round(float(low), 4), round(float(high), 4)]
+
+
+def tokens_per_step_interval(
+    counts: Sequence[Sequence[int]], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> list[float]:
+    """[low, high]: the `level` bootstrap interval of tokens per step over the prompts, from
+    their `prompt_counts`.
+
+    Tokens per step is a ratio of sums over prompts, and prompts differ: a few dozen of them
+    leave several percent of sampling error. Resampling whole prompts (fixed seed, so a record
+    is reproducible) keeps each prompt's steps together."""
+    if not sum(steps for _, steps in counts):
+        return [0.0, 0.0]
+    picks = _prompt_picks(len(counts), resamples, seed)
+    return _interval(_bootstrap_tokens_per_step(counts, picks), level)
+
+
+def paired_difference_interval(
+    counts_a: Sequence[Sequence[int]],
+    counts_b: Sequence[Sequence[int]],
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> list[float]:
+    """[low, high]: the `level` bootstrap interval of tokens per step of B minus A, two runs
+    over the same prompts (e.g. two drafters), resampling the prompts together. Much narrower
+    than either run's own interval: what the prompts share cancels."""
+    if len(counts_a) != len(counts_b):
+        raise ValueError(f"paired runs need the same prompts: {len(counts_a)} != {len(counts_b)}")
+    picks = _prompt_picks(len(counts_a), resamples, seed)
+    delta = _bootstrap_tokens_per_step(counts_b, picks) - _bootstrap_tokens_per_step(
+        counts_a, picks
+    )
+    return _interval(delta, level)
+
+
 def _profiled_split(
     engine: Generator, prompts, batch: int, new_tokens: int
 ) -> tuple[dict[str, float], float]:
-    """Per-step milliseconds by category, and tokens verified per decoding step."""
+    """Per-decoding-step milliseconds by category, and tokens verified per decoding step."""
     from redcompile.runtime.ort_backend import OrtBackend
 
     backend = engine.backend
     tree_sizes: list[int] = []
+    decodes: list[bool] = []  # per step call: whether any row decodes (else it only prefills)
     original_step = backend.step
 
-    def observed_step():  # noqa: ANN202 - record the tree size of decoding rows
+    def observed_step():  # noqa: ANN202 - record which steps decode, and their tree sizes
         state = backend.read(["num_tokens", "forced"])
         decoding = (state["forced"] == 1) & (state["num_tokens"] > 0)
         tree_sizes.extend(state["num_tokens"][decoding].tolist())
+        decodes.append(bool(decoding.any()))
         with _graph_range():
             return original_step()
 
     backend.step = observed_step
     try:
         if isinstance(backend, OrtBackend):
-            split = _ort_split(engine, prompts, batch, new_tokens)
+            split = _ort_split(engine, prompts, batch, new_tokens, decodes)
         else:
-            split = _torch_split(engine, prompts, batch, new_tokens)
+            split = _torch_split(engine, prompts, batch, new_tokens, decodes)
     finally:
         backend.step = original_step
     return split, (float(np.mean(tree_sizes)) if tree_sizes else 1.0)
+
+
+def decoding_intervals(
+    intervals: Sequence[tuple[float, float]], decodes: Sequence[bool]
+) -> list[tuple[float, float]]:
+    """The (start, end) of the step runs that decode, from every run's interval in time order
+    and whether its step decoded. A step that only prefills processes whole prompts and would
+    weigh the split toward the base model; when no step decodes (one new token), every run
+    stands."""
+    chosen = [span for span, decoded in zip(intervals, decodes) if decoded]
+    return chosen or list(intervals)
+
+
+def _inside(spans: Sequence[tuple[float, float]]) -> Callable[[float], bool]:
+    """A test of whether a time falls in one of the sorted, disjoint `spans`."""
+    starts = [start for start, _ in spans]
+
+    def test(at: float) -> bool:
+        i = bisect.bisect_right(starts, at) - 1
+        return i >= 0 and at < spans[i][1]
+
+    return test
 
 
 class _TimedSession:
@@ -287,7 +375,9 @@ def _unprofiled_ort_host_ms(engine: Generator, prompts, batch: int, new_tokens: 
     return max(0.0, statistics.median(host)) * 1e3 if host else 0.0
 
 
-def _ort_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[str, float]:
+def _ort_split(
+    engine: Generator, prompts, batch: int, new_tokens: int, decodes: list[bool]
+) -> dict[str, float]:
     import onnxruntime as ort
 
     backend = engine.backend
@@ -305,15 +395,8 @@ def _ort_split(engine: Generator, prompts, batch: int, new_tokens: int) -> dict[
         finally:
             backend.session = plain
         events = json.loads(Path(profiled.end_profiling()).read_text())
-    # ORT stops recording at a fixed number of events: count only the steps it recorded whole.
-    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    recorded_until = max((e["ts"] + e["dur"] for e in runs), default=0)
-    totals: dict[str, float] = defaultdict(float)
-    for event in kernel_events(events):
-        if event["ts"] + event["dur"] > recorded_until:
-            continue
-        totals[_category(event["name"])] += event["dur"] / 1e6
-    split = _per_step(totals, len(runs))
+    totals, steps = decoding_step_totals(events, decodes)
+    split = _per_step(totals, steps)
     split["host"] = round(_unprofiled_ort_host_ms(engine, prompts, batch, new_tokens), 3)
     return split
 
@@ -322,6 +405,25 @@ def _graph_range():  # noqa: ANN202
     import torch
 
     return torch.profiler.record_function("redcompile.graph")
+
+
+def decoding_step_totals(events: list[dict], decodes: Sequence[bool]) -> tuple[dict, int]:
+    """Seconds by split category over the decoding steps of an ONNX Runtime profile, and how
+    many such steps it recorded. `decodes[i]` says whether the i-th run decoded. ORT stops
+    recording at a fixed number of events: only the runs it recorded whole count."""
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+        key=lambda e: e["ts"],
+    )
+    spans = decoding_intervals(
+        [(e["ts"], e["ts"] + e["dur"]) for e in runs], list(decodes[: len(runs)])
+    )
+    inside = _inside(spans)
+    totals: dict[str, float] = defaultdict(float)
+    for event in kernel_events(events):
+        if inside(event["ts"]):
+            totals[_category(event["name"])] += event["dur"] / 1e6
+    return totals, len(spans)
 
 
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
@@ -359,24 +461,32 @@ def _category(node_name: str) -> str:
 
 
 def _torch_split(
-    engine: Generator, prompts, batch: int, new_tokens: int
+    engine: Generator, prompts, batch: int, new_tokens: int, decodes: list[bool]
 ) -> dict[str, float | None]:
-    """From the step module's profiler ranges. A compiled (.pt2) step has none inside: its
-    categories are unknown (None) and only the host share is measured."""
+    """From the step module's profiler ranges, over the decoding steps. A compiled (.pt2) step
+    has none inside: its categories are unknown (None) and only the host share is measured."""
     import torch
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         result = _run(engine, prompts, batch, new_tokens)
+    ranges = sorted(
+        (e for e in prof.events() if e.name.startswith("redcompile.")),
+        key=lambda e: e.time_range.start,
+    )
+    graph = "redcompile.graph"
+    graphs = [(e.time_range.start, e.time_range.end) for e in ranges if e.name == graph]
+    chosen = decodes[: len(graphs)]
+    spans = decoding_intervals(graphs, chosen)
+    inside = _inside(spans)
     totals: dict[str, float] = defaultdict(float)
-    graph_seconds = 0.0
-    for event in prof.key_averages():
-        if event.key == "redcompile.graph":
-            graph_seconds += event.cpu_time_total / 1e6
-        elif event.key.startswith("redcompile.") and event.key[11:] in SPLIT_KEYS:
-            totals[event.key[11:]] += event.cpu_time_total / 1e6
-    split: dict[str, float | None] = dict(_per_step(totals, result.steps))
-    wall = sum(result.step_seconds)  # host: step time outside the graph's profiler range
-    split["host"] = round(max(0.0, wall - graph_seconds) / max(1, result.steps) * 1e3, 3)
+    for event in ranges:
+        if event.name[11:] in SPLIT_KEYS and inside(event.time_range.start):
+            totals[event.name[11:]] += event.cpu_time_total / 1e6
+    split: dict[str, float | None] = dict(_per_step(totals, len(spans)))
+    # host: the chosen steps' time outside the graph's profiler range
+    walls = [t for t, d in zip(result.step_seconds, chosen) if d] or result.step_seconds
+    graph_seconds = sum(end - start for start, end in spans) / 1e6
+    split["host"] = round(max(0.0, sum(walls) - graph_seconds) / max(1, len(spans)) * 1e3, 3)
     if not totals:
         split.update({key: None for key in SPLIT_KEYS if key != "host"})
     return split
@@ -466,6 +576,7 @@ def bench(
             split, verified = _profiled_split(engine, profiled, batch, cfg.max_new_tokens)
             step_ms = statistics.median(result.step_seconds) * 1e3
             median = statistics.median(seconds[name])
+            counts = prompt_counts(result)
             measurements.append(
                 Measurement(
                     engine=name,
@@ -480,6 +591,8 @@ def bench(
                     verified_tokens_per_step=round(verified, 2),
                     split_ms=_scaled_to(split, step_ms),
                     draft_vocab=engine.info.get("draft_vocab"),
+                    tokens_per_step_ci95=tokens_per_step_interval(counts),
+                    prompt_counts=counts,
                 )
             )
         reference = next(m for m in measurements if m.engine == BASELINE and m.batch_size == batch)
@@ -534,7 +647,10 @@ def plot(report: BenchReport, path: Path | str, speed: bool = True) -> Path:
         xs = [x_of(m) for m in rows]
         if left is not None:
             left.plot(xs, [m.speedup for m in rows], marker="o", label=name)
-        right.plot(xs, [m.tokens_per_step for m in rows], marker="o", label=name)
+        (line,) = right.plot(xs, [m.tokens_per_step for m in rows], marker="o", label=name)
+        if all(m.tokens_per_step_ci95 for m in rows):  # the prompts' sampling error
+            bounds = zip(*(m.tokens_per_step_ci95 for m in rows))
+            right.fill_between(xs, *bounds, color=line.get_color(), alpha=0.15, linewidth=0)
     if left is not None:
         left.axhline(1.0, color="gray", linestyle="--", linewidth=1)
         left.set(
@@ -542,7 +658,11 @@ def plot(report: BenchReport, path: Path | str, speed: bool = True) -> Path:
             xlabel=x_label,
             ylabel="tokens/s ratio",
         )
-    right.set(title="Tokens per step (greedy)", xlabel=x_label, ylabel="tokens / step")
+    right.set(
+        title="Tokens per step (greedy; band: 95% over prompts)",
+        xlabel=x_label,
+        ylabel="tokens / step",
+    )
     for axis in (a for a in (left, right) if a is not None):
         axis.set_xscale("log", base=2)
         axis.grid(alpha=0.3)

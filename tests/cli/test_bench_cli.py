@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
-from redcompile.benchmark import BenchReport, kernel_events
+from redcompile.api import open_model_folder
+from redcompile.benchmark import (
+    BenchReport,
+    decoding_step_totals,
+    kernel_events,
+    paired_difference_interval,
+    prompt_counts,
+    tokens_per_step_interval,
+)
 from redcompile.cli import main
 from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
+from redcompile.generation import GenerationConfig
 
 FIELDS = {
     "engine",
@@ -25,6 +35,8 @@ FIELDS = {
     "split_ms",
     "speedup",
     "draft_vocab",
+    "tokens_per_step_ci95",
+    "prompt_counts",
 }
 SPLIT = {"base", "drafting", "tree", "acceptance", "kv", "host"}
 
@@ -72,6 +84,8 @@ def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, tmp_path
     for row in record["results"]:
         assert set(row) == FIELDS and set(row["split_ms"]) == SPLIT
         assert row["tokens_per_second"] > 0 and row["step_ms"] > 0
+        low, high = row["tokens_per_step_ci95"]
+        assert low <= row["tokens_per_step"] <= high and len(row["prompt_counts"]) == 3
     for row in (r for r in record["results"] if r["engine"] != "autoregressive"):
         # every op's time is found in ONNX Runtime's profile, and the split adds up to a step
         assert all(row["split_ms"][k] > 0 for k in SPLIT), row["split_ms"]
@@ -167,3 +181,60 @@ def test_the_step_split_counts_an_if_and_the_branch_it_ran_once():
     ]
     kept = kernel_events(events)
     assert [e["args"]["op_name"] for e in kept] == ["ArgMax", "If", "MatMul"]
+
+
+def _kernel(name, ts, dur):
+    return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {}}
+
+
+def _model_run(ts, dur):
+    return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
+
+
+def test_the_step_split_leaves_out_steps_that_only_prefill():
+    events = [
+        _model_run(0, 100),  # prefill: the whole prompt through the base model
+        _kernel("/model/MatMul", 10, 80),
+        _model_run(200, 50),
+        _kernel("/model/MatMul", 210, 20),
+        _kernel("_inlfunc_DrafterBeamSearch_DrafterBeamSearch.gemm_1", 235, 10),
+        _model_run(300, 50),
+        _kernel("/model/MatMul", 310, 30),
+        _kernel("/model/MatMul", 400, 30),  # after the last run ORT recorded whole
+    ]
+    totals, steps = decoding_step_totals(events, [False, True, True, True])
+    assert steps == 2 and totals == pytest.approx({"base": 50e-6, "drafting": 10e-6})
+    # one new token: no step decodes, and the split falls back to every recorded run
+    totals, steps = decoding_step_totals(events, [False, False, False])
+    assert steps == 3 and totals == pytest.approx({"base": 130e-6, "drafting": 10e-6})
+
+
+def test_the_tokens_per_step_interval_comes_from_resampling_prompts():
+    # prompts that agree leave no sampling error
+    assert tokens_per_step_interval([[20, 10]] * 8) == [2.0, 2.0]
+    # prompts that differ: the interval holds the pooled ratio, is reproducible, and narrows
+    # with four times the prompts by about half
+    mixed = [[30, 10], [12, 10], [25, 10], [16, 10]]
+    few, many = tokens_per_step_interval(mixed), tokens_per_step_interval(mixed * 4)
+    assert few[0] < 2.075 < few[1] and few == tokens_per_step_interval(mixed)
+    assert 0.35 < (many[1] - many[0]) / (few[1] - few[0]) < 0.65
+    assert tokens_per_step_interval([[1, 0]]) == [0.0, 0.0]  # nothing decoded
+
+
+def test_a_paired_difference_cancels_what_the_prompts_share():
+    a = [[30, 10], [12, 10], [25, 10], [16, 10]] * 4
+    b = [[t + 2, s] for t, s in a]  # B drafts 0.2 more tokens per step on every prompt
+    assert paired_difference_interval(a, b) == pytest.approx([0.2, 0.2])
+    low, high = tokens_per_step_interval(a)
+    assert high - low > 0.5  # unpaired, the prompts' spread would hide the difference
+    assert paired_difference_interval(a, a) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference_interval(a, b[:-1])
+
+
+def test_bench_keeps_every_prompts_counts(tiny_llama, tmp_path):
+    engine = open_model_folder(tiny_llama, autoregressive=True)
+    result = engine.generate_ids([[1, 2, 3], [4, 5]], GenerationConfig(max_new_tokens=5))
+    counts = prompt_counts(result)
+    assert len(counts) == 2 and all(steps == tokens for tokens, steps in counts)
+    assert sum(t for t, _ in counts) / sum(s for _, s in counts) == result.tokens_per_step
