@@ -16,7 +16,10 @@ verified tokens per step v(W, L) are MEASURED on the pycode-lm fixture with the 
 (bench/results/pycode_shapes.json), and t_step' = t_step(W, L) - t_base(T_random) + t_base(v),
 i.e. the measured step with its verification cost moved to the fixture's deduplicated tree
 size (interpolated in the measured t_base curve). What is projected is that acceptance measured
-on the fixture carries over to a model of these shapes.
+on the fixture carries over to a model of these shapes. Where the shapes record gives tau's 95%
+interval over the fixture's prompts (`tokens_per_step_ci95`), the projection carries it as
+`projected_speedup_ci95`: the part of the uncertainty that comes from the prompt sample (the
+step times' run-to-run spread is not in it; repeat runs show that).
 
 With `--draft-vocab N,...` each beam shape is also compiled drafting from N of the 32000 tokens
 (`convert --draft-vocab`; the random drafter takes the N lowest ids, which costs the same as the
@@ -66,6 +69,7 @@ PROJECTED_FIELDS = (
     "fixture_verified_tokens",
     "projected_step_ms",
     "projected_speedup",
+    "projected_speedup_ci95",
 )
 
 
@@ -244,6 +248,10 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
                 "projected_speedup": round(tau * base[1] / float(adjusted), 3),
             }
         )
+        if measured.get("tokens_per_step_ci95"):  # the fixture prompts' sampling error
+            row["projected_speedup_ci95"] = [
+                round(t * base[1] / float(adjusted), 3) for t in measured["tokens_per_step_ci95"]
+            ]
     return record
 
 
