@@ -76,3 +76,26 @@ redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifact
     --drafter-weights int8 --prompts-file "$FIXTURE/dev_prompts.jsonl" \
     --beam-width 1 --beam-length 3,4,5 --batch-size 1 --repeats 3 --max-new-tokens 128 \
     --json bench/results/pycode_int8_w1_b1.json
+
+# 8. The same single chains on a second, disjoint prompt set: one function opening from each
+#    held-out file that is not a dev prompt's source (bench/build_prompts.py wrote
+#    bench/held_out_prompts.jsonl from this Python's stdlib), then tokens per step by the kind
+#    of file each prompt came from (codec modules, tests, library), on both prompt sets.
+for drafter in drafter drafter-e256; do
+    name=${drafter#drafter}; name=${name#-}
+    redcompile bench "$FIXTURE" --drafter "$WORK/$drafter" --work-dir "$WORK/artifacts${name:+-$name}" \
+        --drafter-weights int4 --prompts-file bench/held_out_prompts.jsonl \
+        --beam-width 1 --beam-length 3,4,5 --batch-size 8 --repeats 1 --max-new-tokens 128 \
+        --json "bench/results/pycode_${name:+${name}_}int4_w1_held_out.json"
+done
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
+    --prompts-file bench/held_out_prompts.jsonl --beam-width 1,16 --beam-length 4,5 \
+    --batch-size 8 --repeats 1 --max-new-tokens 128 --json bench/results/pycode_shapes_held_out.json
+python bench/acceptance_by_source.py \
+    bench/results/pycode_int4_w1.json "$FIXTURE/dev_prompts.jsonl" \
+    bench/results/pycode_int4_w1_held_out.json bench/held_out_prompts.jsonl \
+    bench/results/pycode_e256_int4_w1.json "$FIXTURE/dev_prompts.jsonl" \
+    bench/results/pycode_e256_int4_w1_held_out.json bench/held_out_prompts.jsonl \
+    bench/results/pycode_shapes.json "$FIXTURE/dev_prompts.jsonl" \
+    bench/results/pycode_shapes_held_out.json bench/held_out_prompts.jsonl \
+    --json bench/results/acceptance_by_source.json
