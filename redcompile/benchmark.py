@@ -647,10 +647,14 @@ def plot(report: BenchReport, path: Path | str, speed: bool = True) -> Path:
         xs = [x_of(m) for m in rows]
         if left is not None:
             left.plot(xs, [m.speedup for m in rows], marker="o", label=name)
-        (line,) = right.plot(xs, [m.tokens_per_step for m in rows], marker="o", label=name)
-        if all(m.tokens_per_step_ci95 for m in rows):  # the prompts' sampling error
-            bounds = zip(*(m.tokens_per_step_ci95 for m in rows))
-            right.fill_between(xs, *bounds, color=line.get_color(), alpha=0.15, linewidth=0)
+        tps = [m.tokens_per_step for m in rows]
+        errors = None  # the prompts' sampling error, where the record has it
+        if all(m.tokens_per_step_ci95 for m in rows):
+            errors = [
+                [t - m.tokens_per_step_ci95[0] for t, m in zip(tps, rows)],
+                [m.tokens_per_step_ci95[1] - t for t, m in zip(tps, rows)],
+            ]
+        right.errorbar(xs, tps, yerr=errors, marker="o", capsize=3, elinewidth=1, label=name)
     if left is not None:
         left.axhline(1.0, color="gray", linestyle="--", linewidth=1)
         left.set(
@@ -659,7 +663,7 @@ def plot(report: BenchReport, path: Path | str, speed: bool = True) -> Path:
             ylabel="tokens/s ratio",
         )
     right.set(
-        title="Tokens per step (greedy; band: 95% over prompts)",
+        title="Tokens per step (greedy; bars: 95% over prompts)",
         xlabel=x_label,
         ylabel="tokens / step",
     )
