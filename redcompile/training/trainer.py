@@ -295,14 +295,19 @@ def build_examples(
 
 
 def _greedy(base, prompts: list[list[int]], new_tokens: int, eos: int) -> list[list[int]]:
-    """The base model's greedy continuations (the PyTorch reference step, batched)."""
+    """The base model's greedy continuations (the PyTorch reference step, batched), on the
+    device the base model is on, which training keeps using afterwards."""
     from redcompile.generation import GenerationConfig, generate_ids
     from redcompile.models.step import SpeculativeStep
     from redcompile.runtime.torch_backend import TorchBackend
+    from redcompile.torch_target import register_device_kernels
 
     if not prompts:
         return []
-    backend = TorchBackend(SpeculativeStep(base, None, 1, 1, max(2048, 4 * new_tokens)))
+    device = next(base.parameters()).device
+    register_device_kernels(device.type)  # on CUDA: the kernels of cuda/, or the references
+    step = SpeculativeStep(base, None, 1, 1, max(2048, 4 * new_tokens))
+    backend = TorchBackend(step, device=str(device))
     cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=256, stop_token_ids=(eos,))
     return [c.token_ids for c in generate_ids(backend, prompts, cfg).completions]
 

@@ -119,6 +119,18 @@ def test_self_distillation_trains_on_greedy_continuations(tiny_llama, corpus, tm
     assert report.examples == 24 and report.target_tokens <= 24 * 32
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_self_distillation_on_cuda_keeps_the_base_model_on_the_gpu(tiny_llama, corpus, tmp_path):
+    # the continuations are generated on the base model's device, and training goes on there
+    report = train_drafter(
+        tiny_llama,
+        [corpus],
+        tmp_path / "sd",
+        small(self_distill=True, distill_examples=24, prefix_len=16, steps=4, device="cuda"),
+    )
+    assert report.steps == 4 and report.examples == 24
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
