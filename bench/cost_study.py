@@ -62,7 +62,7 @@ from redcompile.training.trainer import TrainConfig
 
 SIZES = {"350m": LLAMA_350M, "1b": LLAMA_1B}
 BEAMS = ((1, 3), (1, 5), (2, 5), (4, 5))  # narrow beams; each is a 1.3 GB (350M) convert
-CACHED, REPEATS = 256, 15
+CACHED, REPEATS, SNAPSHOT_STEP = 256, 15, 12
 CHAIN_LENGTHS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)
 PROJECTED_FIELDS = (
     "fixture_tokens_per_step",
@@ -133,13 +133,19 @@ def _write_random_model(folder: Path, shapes: dict, seed: int) -> None:
     write_config_and_tokenizer(folder, shapes, rope_theta=10000.0)
 
 
-def chain_step_ms(artifact: Path, tokens: int) -> float:
-    """Median time of one step verifying a `tokens`-long chain after CACHED cached tokens."""
-    from redcompile.runtime.loading import open_artifact
+def shared_pool_options() -> ort.SessionOptions:
+    """Session options on the process's one intra-op thread pool (main() creates it before any
+    session). With a pool per session, the session measured just before keeps its idle threads
+    spinning on the two cores and slows the next one's step by tens of milliseconds; sharing
+    one pool lets steps of different artifacts alternate at no cost."""
+    options = ort.SessionOptions()
+    options.use_per_session_threads = False
+    return options
 
-    backend = open_artifact(artifact).backend
-    backend.reset(1, CACHED + tokens + 8)
-    arrays = {
+
+def chain_inputs(tokens: int) -> dict[str, np.ndarray]:
+    """Step inputs that verify a `tokens`-long chain after CACHED cached tokens."""
+    return {
         "input_ids": np.full((1, tokens), 7, np.int64),
         "parent_ids": np.arange(-1, tokens - 1, dtype=np.int64)[None],
         "depths": np.arange(tokens, dtype=np.int64)[None],
@@ -147,41 +153,54 @@ def chain_step_ms(artifact: Path, tokens: int) -> float:
         "forced": np.array([tokens]),
         "cache_lengths": np.array([CACHED]),
     }
-    times = []
-    for repeat in range(REPEATS + 2):
-        backend.write(arrays)
-        start = time.perf_counter()
-        backend.step()
-        if repeat >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
-def decode_step_ms(artifact: Path) -> tuple[float, float]:
-    """Median decoding-step time and mean verified tokens, 256-token prompt, 24 new tokens."""
+def decoding_inputs(generator, at: int = SNAPSHOT_STEP) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """The step inputs (cache aside) just before step `at` of greedy decoding after a
+    CACHED-token prompt: replayed, they time a steady-state decoding step, tree included."""
     from redcompile.generation import GenerationConfig
-    from redcompile.runtime.loading import open_artifact
 
-    generator = open_artifact(artifact)
-    prompt = [list(np.random.default_rng(0).integers(1, 90, CACHED))]
-    backend = generator.backend
-    sizes: list[int] = []
-    original = backend.step
+    backend, original, inputs, count = generator.backend, generator.backend.step, {}, [0]
+    cache_inputs = set(backend.cache_outputs.values())
 
     def observed():  # noqa: ANN202
-        state = backend.read(["num_tokens", "forced"])
-        if state["forced"][0] == 1:
-            sizes.append(int(state["num_tokens"][0]))
+        count[0] += 1
+        if count[0] == at:
+            inputs.update(backend.read([n for n in backend.state if n not in cache_inputs]))
         return original()
 
     backend.step = observed
-    runs = []
-    for _ in range(3):
-        result = generator.generate_ids(
-            prompt, GenerationConfig(max_new_tokens=24, stop_token_ids=(-1,))
+    prompt = [list(np.random.default_rng(0).integers(1, 90, CACHED))]
+    try:
+        generator.generate_ids(
+            prompt, GenerationConfig(max_new_tokens=at + 4, stop_token_ids=(-1,))
         )
-        runs.append(statistics.median(result.step_seconds[1:]) * 1e3)  # skip the prefill step
-    return statistics.median(runs), float(np.mean(sizes))
+    finally:
+        backend.step = original
+    return inputs
+
+
+def paired_rounds(steps: dict[str, tuple], rounds: int = REPEATS) -> dict[str, list[float]]:
+    """Milliseconds of each named (backend, inputs) step, once per round in an order that
+    reverses every round, after a warm-up round: steps timed side by side, so that the
+    machine's drifts (this shared CPU's memory bandwidth swings by a third over minutes)
+    touch every step of a round alike and cancel in per-round ratios."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for round_index in range(rounds + 1):
+        for name in names if round_index % 2 else names[::-1]:
+            backend, inputs = steps[name]
+            backend.write(inputs)
+            start = time.perf_counter()
+            backend.step()
+            if round_index:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median over rounds of one step's time over another's in the same round."""
+    return float(statistics.median(n / d for n, d in zip(numerators, denominators)))
 
 
 def drafter_shape(drafter: dict | None) -> tuple[float, int, str]:
@@ -213,10 +232,27 @@ def fixture_measurements(records: list[dict]) -> dict[tuple, dict]:
     }
 
 
+def step_in_base_steps(row: dict, record: dict, verified: float) -> tuple[float, float]:
+    """(projected ReDrafter step over t_base(1), t_base(1) in ms) for a measured row whose
+    tree is moved to `verified` tokens on the t_base curve. Records measured side by side
+    (`step_over_base_1`) use per-round ratios; older ones (steps and t_base timed at different
+    times) their medians."""
+    paired = "step_over_base_1" in row
+    curve = record["t_base_relative"] if paired else record["t_base_ms"]
+    sizes = np.array([int(t) for t in curve])
+    costs = np.array(list(curve.values()), dtype=float)
+    base_1 = row["paired_base_1_ms"] if paired else record["t_base_ms"]["1"]
+    step = row["step_over_base_1"] if paired else row["step_ms"] / base_1
+    scale = 1.0 if paired else base_1  # the old curve is in ms
+    moved = (
+        np.interp(verified, sizes, costs)
+        - np.interp(row["verified_tokens_random_drafter"], sizes, costs)
+    ) / scale
+    return float(step + moved), float(base_1)
+
+
 def project(record: dict, shapes_records: list[dict]) -> dict:
     """Add the projection (module docstring) to every measured row of a cost-study record."""
-    base = {int(t): ms for t, ms in record["t_base_ms"].items()}
-    sizes, costs = np.array(list(base)), np.array(list(base.values()))
     fixture = fixture_measurements(shapes_records)
     vocab, hidden = record["shapes"]["vocab_size"], record["shapes"]["hidden_size"]
     for row in record["shapes_tried"]:
@@ -235,22 +271,18 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
         if not measured:
             continue
         tau, verified = measured["tokens_per_step"], measured["verified_tokens_per_step"]
-        adjusted = (
-            row["step_ms"]
-            - np.interp(row["verified_tokens_random_drafter"], sizes, costs)
-            + np.interp(verified, sizes, costs)
-        )
+        relative, base_1 = step_in_base_steps(row, record, verified)
         row.update(
             {
                 "fixture_tokens_per_step": tau,
                 "fixture_verified_tokens": verified,
-                "projected_step_ms": round(float(adjusted), 3),
-                "projected_speedup": round(tau * base[1] / float(adjusted), 3),
+                "projected_step_ms": round(relative * base_1, 3),
+                "projected_speedup": round(tau / relative, 3),
             }
         )
         if measured.get("tokens_per_step_ci95"):  # the fixture prompts' sampling error
             row["projected_speedup_ci95"] = [
-                round(t * base[1] / float(adjusted), 3) for t in measured["tokens_per_step_ci95"]
+                round(t / relative, 3) for t in measured["tokens_per_step_ci95"]
             ]
     return record
 
@@ -288,15 +320,56 @@ def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
     return ar, paths
 
 
+def base_curve(ar_backend) -> tuple[dict[int, float], dict[int, float]]:  # noqa: ANN001
+    """t_base(T) over CHAIN_LENGTHS, side by side: (median ms, median of t_base(T) / t_base(1)
+    within a round)."""
+    times = paired_rounds({t: (ar_backend, chain_inputs(t)) for t in CHAIN_LENGTHS})
+    absolute = {t: round(statistics.median(v), 3) for t, v in times.items()}
+    relative = {t: round(median_ratio(v, times[1]), 4) for t, v in times.items()}
+    return absolute, relative
+
+
+def step_against_base(ar_backend, path: Path) -> dict:  # noqa: ANN001
+    """A ReDrafter decoding step of the artifact at `path` timed side by side with the
+    autoregressive step verifying one token and the chain as long as its tree."""
+    from redcompile.runtime.loading import open_artifact
+
+    generator = open_artifact(path, session_options=shared_pool_options())
+    inputs = decoding_inputs(generator)
+    tree = int(inputs["num_tokens"][0])
+    times = paired_rounds(
+        {
+            "step": (generator.backend, inputs),
+            "base_1": (ar_backend, chain_inputs(1)),
+            "base_tree": (ar_backend, chain_inputs(tree)),
+        }
+    )
+    over_base = [s / b for s, b in zip(times["step"], times["base_1"])]
+    return {
+        "step_ms": round(statistics.median(times["step"]), 3),
+        "verified_tokens_random_drafter": tree,
+        "paired_base_1_ms": round(statistics.median(times["base_1"]), 3),
+        "paired_base_tree_ms": round(statistics.median(times["base_tree"]), 3),
+        "step_over_base_1": round(float(statistics.median(over_base)), 4),
+        "step_over_base_1_quartiles": [
+            round(float(q), 4) for q in np.percentile(over_base, [25, 75])
+        ],
+        "base_tree_over_base_1": round(median_ratio(times["base_tree"], times["base_1"]), 4),
+    }
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Time the artifacts (converting what is missing): the record without projections."""
+    from redcompile.runtime.loading import open_artifact
+
     shapes = SIZES[args.size]
     ar, paths = convert_all(args)
-    base = {t: round(chain_step_ms(ar, t), 3) for t in CHAIN_LENGTHS}
-    print("t_base(T) ms:", base, flush=True)
+    ar_backend = open_artifact(ar, session_options=shared_pool_options()).backend
+    ar_backend.reset(1, CACHED + max(CHAIN_LENGTHS) + 8)
+    base, base_relative = base_curve(ar_backend)
+    print("t_base(T) ms:", base, "\nt_base(T) / t_base(1):", base_relative, flush=True)
     rows = []
     for ((width, length), draft_vocab, exit_dim), path in paths.items():
-        step, verified_random = decode_step_ms(path)
         rows.append(
             {
                 "beam_width": width,
@@ -305,8 +378,7 @@ def measure(args: argparse.Namespace) -> dict:
                 "exit_dim": exit_dim or 2 * shapes["hidden_size"],
                 "num_draft_layers": args.layers,
                 "drafter_weights": args.drafter_weights,
-                "step_ms": round(step, 3),
-                "verified_tokens_random_drafter": round(verified_random, 2),
+                **step_against_base(ar_backend, path),
             }
         )
         print(rows[-1], flush=True)
@@ -316,12 +388,18 @@ def measure(args: argparse.Namespace) -> dict:
         "acceptance measured on pycode-lm (at the same fraction of the vocabulary when "
         "drafting from a draft vocabulary, with a drafter of the same width relative to its "
         "base model)",
+        "method": f"one process, one ONNX Runtime thread pool shared by the sessions; steps "
+        f"timed side by side in {REPEATS} rounds after a warm-up round, in an order reversed "
+        "every round; ratios are medians of per-round ratios. Steps are the artifact's "
+        "session run (host loop excluded for both engines)",
         "measured": [
             "t_base(T): autoregressive artifact verifying a T-token chain",
-            "step_ms: whole ReDrafter step with a random drafter",
+            "step_ms: ReDrafter decoding step (random drafter), side by side with t_base(1) "
+            "and t_base(its tree size)",
         ],
-        "projected": "projected_speedup = fixture tokens/step x t_base(1) / (step_ms with "
-        "verification moved to the fixture's verified tree size)",
+        "projected": "projected_speedup = fixture tokens/step / (step_over_base_1 with "
+        "verification moved to the fixture's verified tree size on the t_base(T)/t_base(1) "
+        "curve)",
         "shapes": shapes,
         "device": f"CPU {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads",
@@ -331,6 +409,7 @@ def measure(args: argparse.Namespace) -> dict:
         f"--exit-dim {args.exit_dim} --layers {args.layers} "
         f"--drafter-weights {args.drafter_weights} --out {args.out}",
         "t_base_ms": base,
+        "t_base_relative": base_relative,
         "shapes_tried": rows,
     }
 
@@ -384,6 +463,7 @@ def main() -> None:
     if args.convert_only:
         convert_all(args)
         return
+    ort.capi._pybind_state.set_global_thread_pool_sizes(0, 0)  # before any session
     if args.reproject:
         record = json.loads(args.out.read_text())
     elif args.scratch is None:

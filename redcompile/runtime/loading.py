@@ -67,16 +67,25 @@ def _info(path: Path, manifest: dict[str, Any], runtime: str) -> dict[str, Any]:
     }
 
 
-def open_artifact(path: Path | str, provider: str | None = None, **options: Any) -> Generator:
+def open_artifact(
+    path: Path | str,
+    provider: str | None = None,
+    session_options: Any = None,
+    **options: Any,
+) -> Generator:
     """A Generator for an artifact file: ONNX Runtime for .onnx, AOTInductor for .pt2.
 
     `provider` is the device ("cpu" or "cuda"): ONNX Runtime's execution provider (default
     "cpu"); a .pt2 runs on the device it was compiled for, and naming another is an error.
+    `session_options` (an onnxruntime.SessionOptions: threads, profiling, ...) applies to ONNX
+    artifacts only.
     """
     from redcompile.pt2_artifact import is_pt2_file
 
     path = Path(path)
     if path.is_file() and is_pt2_file(path):
+        if session_options is not None:
+            raise InputError(f"{path} is a PT2 package; session options apply to ONNX artifacts")
         return open_pt2_artifact(path, provider, **options)
     provider = provider or "cpu"
     artifact = read_artifact(path)
@@ -95,7 +104,7 @@ def open_artifact(path: Path | str, provider: str | None = None, **options: Any)
 
     providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), session_options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         raise ArtifactError(
             f"artifact: ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}"

@@ -96,6 +96,18 @@ def test_greedy_artifact_equals_pytorch_and_autoregressive(artifacts, batch_size
     assert ids(open_generator(artifacts["ar"].out).generate_ids(PROMPTS, cfg)) == expected
 
 
+def test_session_options_reach_onnx_runtime_and_decoding_stays_the_same(artifacts):
+    import onnxruntime as ort
+
+    cfg = GenerationConfig(max_new_tokens=12, stop_token_ids=())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    generator = open_generator(artifacts["spec"].out, session_options=options)
+    assert generator.backend.session.get_session_options().intra_op_num_threads == 1
+    expected = ids(open_generator(artifacts["spec"].out).generate_ids(PROMPTS, cfg))
+    assert ids(generator.generate_ids(PROMPTS, cfg)) == expected
+
+
 def test_new_prompts_join_rows_that_are_decoding(artifacts):
     generator = open_generator(artifacts["spec"].out)
     solo = [

@@ -246,6 +246,8 @@ def test_options_that_do_not_fit_the_package_are_refused(pt2):
         open_generator(pt2["out"], beam=BeamShape(4, 4))
     with pytest.raises(InputError, match="applies to model folders"):
         open_generator(pt2["out"], random_drafter=True)
+    with pytest.raises(InputError, match="session options apply to ONNX"):
+        open_generator(pt2["out"], session_options=object())
 
 
 def test_device_option_is_checked_before_any_work(tiny_llama, tmp_path):
