@@ -8,18 +8,28 @@ tokens:
 
 - t_base(T): the autoregressive artifact verifying a T-token chain (T = 1 ... 8, 16, 32, 64;
   every length up to 8, where narrow beams' verified trees lie, so that none is interpolated);
-- t_step(W, L): a whole ReDrafter step per beam shape (drafting, tree, acceptance included),
-  whose random drafter verifies about W(L-1)+1 tokens per step (few shared prefixes).
+- t_step(W, L): a whole ReDrafter decoding step per beam shape (drafting, tree, acceptance
+  included; its inputs replayed from step 12 of a greedy generation), whose random drafter
+  verifies about W(L-1)+1 tokens per step (few shared prefixes).
 
-Projection, for each shape: speedup = tau(W, L) * t_base(1) / t_step'(W, L), where tau and the
-verified tokens per step v(W, L) are MEASURED on the pycode-lm fixture with the trained drafter
-(bench/results/pycode_shapes.json), and t_step' = t_step(W, L) - t_base(T_random) + t_base(v),
-i.e. the measured step with its verification cost moved to the fixture's deduplicated tree
-size (interpolated in the measured t_base curve). What is projected is that acceptance measured
-on the fixture carries over to a model of these shapes. Where the shapes record gives tau's 95%
-interval over the fixture's prompts (`tokens_per_step_ci95`), the projection carries it as
+All in one process whose ONNX Runtime sessions share one thread pool, timed side by side: the
+t_base curve in rounds over every T, and each t_step in rounds with t_base(1) and t_base(its
+tree), after a warm-up round, in an order reversed every round. Ratios are medians of per-round
+ratios, so that the drifts of this shared machine (its memory bandwidth swings by a third over
+minutes) fall on both sides of a ratio alike. The host loop is left out on both sides (replayed
+steps equal generation steps within noise at these sizes).
+
+Projection, for each shape: speedup = tau(W, L) / r'(W, L), where tau and the verified tokens
+per step v(W, L) are MEASURED on the pycode-lm fixture with the trained drafter
+(bench/results/pycode_shapes.json), and r' = t_step / t_base(1) (per round) - c(T_random) +
+c(v), with c(T) = t_base(T) / t_base(1) (per round, interpolated): the measured step with its
+verification moved to the fixture's deduplicated tree size (no move for W = 1, whose tree is a
+chain of L either way). What is projected is that acceptance measured on the fixture carries
+over to a model of these shapes. Where the shapes record gives tau's 95% interval over the
+fixture's prompts (`tokens_per_step_ci95`), the projection carries it as
 `projected_speedup_ci95`: the part of the uncertainty that comes from the prompt sample (the
-step times' run-to-run spread is not in it; repeat runs show that).
+step times' spread is in `step_over_base_1_quartiles`; repeat runs show the rest). Records made
+before 2026-11-22 timed steps and t_base minutes apart and re-project with their medians.
 
 With `--draft-vocab N,...` each beam shape is also compiled drafting from N of the 32000 tokens
 (`convert --draft-vocab`; the random drafter takes the N lowest ids, which costs the same as the
