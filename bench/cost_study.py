@@ -48,32 +48,48 @@ With `--drafter-weights int8|int4` the drafters are compiled with `convert --dra
 (models/weight_quant.py), and a projection uses the fixture's tokens per step measured with a
 drafter quantized the same way (the shapes record's `drafter.quantized`).
 
+With `--runtime torch` (for the GPU machine, whose ONNX Runtime has no CUDA provider) nothing is
+converted: the same `SpeculativeStep` is built in memory with random weights on `--device` in
+`--dtype` (bench/torch_steps.py; "7b" is Llama-2-7B's shapes) and timed in PyTorch, by the same
+rounds and ratios. On CUDA each step is replayed from a CUDA graph captured on its inputs
+(`--no-cuda-graphs`: eagerly), so that it is timed as a compiled runtime launches it rather
+than with Python between its kernels; the redcompile ops run their torch references unless
+`--kernels cuda` loads the kernels of cuda/. `bench/gpu_suite.sh install cost` runs the 7B study.
+
     python bench/cost_study.py --scratch SCRATCH --size 350m --draft-vocab 4000 \
         --shapes-record bench/results/pycode_shapes.json
+    python bench/cost_study.py --runtime torch --device cuda --dtype float16 --size 7b \
+        --beams 1x4,16x5 --shapes-record bench/results/pycode_shapes_d8192.json --out OUT.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from random_llama import LLAMA_1B, LLAMA_350M, write_config_and_tokenizer
+from random_llama import LLAMA_1B, LLAMA_7B, LLAMA_350M, LLAMA_TINY, write_config_and_tokenizer
 from safetensors.torch import save_file
 
 from redcompile.models.weight_quant import WEIGHT_FORMAT_NAMES
 from redcompile.training.trainer import TrainConfig
 
-SIZES = {"350m": LLAMA_350M, "1b": LLAMA_1B}
+SIZES = {"tiny": LLAMA_TINY, "350m": LLAMA_350M, "1b": LLAMA_1B, "7b": LLAMA_7B}
 BEAMS = ((1, 3), (1, 5), (2, 5), (4, 5))  # narrow beams; each is a 1.3 GB (350M) convert
 CACHED, REPEATS, SNAPSHOT_STEP = 256, 15, 12
 CHAIN_LENGTHS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64)
+METHOD_BY_RUNTIME = {
+    "onnxruntime": ", one ONNX Runtime thread pool shared by the sessions",
+    "torch": ", PyTorch steps built in memory sharing one base model",
+}
 PROJECTED_FIELDS = (
     "fixture_tokens_per_step",
     "fixture_verified_tokens",
@@ -171,7 +187,8 @@ def decoding_inputs(generator, at: int = SNAPSHOT_STEP) -> dict[str, np.ndarray]
     from redcompile.generation import GenerationConfig
 
     backend, original, inputs, count = generator.backend, generator.backend.step, {}, [0]
-    cache_inputs = set(backend.cache_outputs.values())
+    feedback = backend.signature.feedback
+    cache_inputs = {feedback[o] for o in feedback if o.startswith("present.")}
 
     def observed():  # noqa: ANN202
         count[0] += 1
@@ -297,24 +314,28 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
     return record
 
 
+def shapes_to_try(args: argparse.Namespace) -> list[tuple[tuple[int, int], int | None, int | None]]:
+    """Every ((W, L), draft vocab, exit dim) the arguments ask for (None: whole vocabulary,
+    Apple's width)."""
+    beams = [tuple(int(x) for x in b.split("x")) for b in args.beams.split(",")]
+    vocabularies = [None] + [int(n) for n in args.draft_vocab.split(",") if n]
+    exit_dims = [int(n) if n != "default" else None for n in args.exit_dim.split(",")]
+    return [(b, v, e) for e in exit_dims for b in beams for v in vocabularies]
+
+
 def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
     """Convert what --scratch lacks: (autoregressive artifact,
     {((W, L), draft vocab, exit dim): path})."""
     from redcompile.compiler import ConvertOptions, convert
     from redcompile.config import BeamShape
 
-    shapes = SIZES[args.size]
-    beams = [tuple(int(x) for x in b.split("x")) for b in args.beams.split(",")]
-    vocabularies = [None] + [int(n) for n in args.draft_vocab.split(",") if n]
-    exit_dims = [int(n) if n != "default" else None for n in args.exit_dim.split(",")]
     folder = args.scratch / f"llama-{args.size}"
-    write_model(folder, shapes)
+    write_model(folder, SIZES[args.size])
     ar = args.scratch / f"llama-{args.size}-ar.onnx"
     if not ar.exists():
         convert(folder, ar, options=ConvertOptions(autoregressive=True))
-    shapes_tried = [(b, v, e) for e in exit_dims for b in beams for v in vocabularies]
     paths = {}
-    for (width, length), draft_vocab, exit_dim in shapes_tried:
+    for (width, length), draft_vocab, exit_dim in shapes_to_try(args):
         suffix = (f"-V{draft_vocab}" if draft_vocab else "") + drafter_suffix(exit_dim, args.layers)
         if args.drafter_weights != "float":
             suffix += f"-{args.drafter_weights}"
@@ -330,6 +351,38 @@ def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
     return ar, paths
 
 
+def runtime_words(args: argparse.Namespace) -> str:
+    """The runtime a record's steps ran in, as its `what` says it."""
+    if args.runtime == "onnxruntime":
+        return "ONNX Runtime CPU"
+    how = "CUDA graphs" if args.cuda_graphs else "eager"
+    kernels = f", ops: {args.kernels_used}" if args.device == "cuda" else ""
+    return f"PyTorch {args.device}, {how}{kernels}"
+
+
+def device_words(device: str) -> str:
+    """The machine a record was measured on."""
+    if device == "cuda":
+        return f"GPU {torch.cuda.get_device_name()}"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def versions(runtime: str) -> dict[str, str]:
+    """Versions of what ran the steps."""
+    if runtime == "onnxruntime":
+        return {"onnxruntime": ort.__version__, "torch": torch.__version__}
+    return {"torch": torch.__version__, "cuda": torch.version.cuda or "none"}
+
+
+def timing_wrapper(args: argparse.Namespace) -> Callable:
+    """How a backend is timed: replayed from CUDA graphs (--cuda-graphs on a GPU) or as is."""
+    if args.runtime == "torch" and args.device == "cuda" and args.cuda_graphs:
+        from torch_steps import CudaGraphBackend
+
+        return CudaGraphBackend
+    return lambda backend: backend
+
+
 def base_curve(ar_backend) -> tuple[dict[int, float], dict[int, float]]:  # noqa: ANN001
     """t_base(T) over CHAIN_LENGTHS, side by side: (median ms, median of t_base(T) / t_base(1)
     within a round)."""
@@ -339,17 +392,48 @@ def base_curve(ar_backend) -> tuple[dict[int, float], dict[int, float]]:  # noqa
     return absolute, relative
 
 
-def step_against_base(ar_backend, path: Path) -> dict:  # noqa: ANN001
-    """A ReDrafter decoding step of the artifact at `path` timed side by side with the
-    autoregressive step verifying one token and the chain as long as its tree."""
+def onnx_steps(args: argparse.Namespace) -> tuple[object, dict[tuple, Callable]]:
+    """(the autoregressive artifact's backend, {shape: opens the ReDrafter artifact}), in ONNX
+    Runtime on one shared thread pool, converting what --scratch lacks."""
     from redcompile.runtime.loading import open_artifact
 
-    generator = open_artifact(path, session_options=shared_pool_options())
+    ar, paths = convert_all(args)
+    ar_backend = open_artifact(ar, session_options=shared_pool_options()).backend
+    return ar_backend, {
+        key: functools.partial(open_artifact, path, session_options=shared_pool_options())
+        for key, path in paths.items()
+    }
+
+
+def torch_steps(args: argparse.Namespace) -> tuple[object, dict[tuple, Callable]]:
+    """(the autoregressive step's backend, {shape: makes the ReDrafter step}), eager PyTorch
+    steps built in memory on --device in --dtype (bench/torch_steps.py)."""
+    from torch_steps import random_decoder, random_drafter_for, step_generator
+
+    from redcompile.config import BeamShape
+
+    base = random_decoder(SIZES[args.size], args.dtype, args.device)
+    ar_backend = step_generator(base, None, BeamShape()).backend
+
+    def opener(width: int, length: int, draft_vocab: int | None, exit_dim: int | None):  # noqa: ANN202
+        def make():  # noqa: ANN202
+            drafter = random_drafter_for(base, args.layers, exit_dim, draft_vocab)
+            return step_generator(base, drafter, BeamShape(width, length))
+
+        return make
+
+    return ar_backend, {key: opener(*key[0], key[1], key[2]) for key in shapes_to_try(args)}
+
+
+def step_against_base(ar_backend, generator, timed=lambda backend: backend) -> dict:  # noqa: ANN001
+    """A ReDrafter decoding step of `generator` timed side by side with the autoregressive
+    step verifying one token and the chain as long as its tree; `timed` wraps a backend for
+    timing (e.g. in a CUDA graph) once the step's inputs are taken from a generation."""
     inputs = decoding_inputs(generator)
     tree = int(inputs["num_tokens"][0])
     times = paired_rounds(
         {
-            "step": (generator.backend, inputs),
+            "step": (timed(generator.backend), inputs),
             "base_1": (ar_backend, chain_inputs(1)),
             "base_tree": (ar_backend, chain_inputs(tree)),
         }
@@ -369,17 +453,16 @@ def step_against_base(ar_backend, path: Path) -> dict:  # noqa: ANN001
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """Time the artifacts (converting what is missing): the record without projections."""
-    from redcompile.runtime.loading import open_artifact
-
+    """Time the steps (converting what is missing): the record without projections."""
     shapes = SIZES[args.size]
-    ar, paths = convert_all(args)
-    ar_backend = open_artifact(ar, session_options=shared_pool_options()).backend
+    ar_backend, steps = (torch_steps if args.runtime == "torch" else onnx_steps)(args)
+    timed = timing_wrapper(args)
     ar_backend.reset(1, CACHED + max(CHAIN_LENGTHS) + 8)
-    base, base_relative = base_curve(ar_backend)
+    ar_timed = timed(ar_backend)
+    base, base_relative = base_curve(ar_timed)
     print("t_base(T) ms:", base, "\nt_base(T) / t_base(1):", base_relative, flush=True)
     rows = []
-    for ((width, length), draft_vocab, exit_dim), path in paths.items():
+    for ((width, length), draft_vocab, exit_dim), make in steps.items():
         rows.append(
             {
                 "beam_width": width,
@@ -388,20 +471,28 @@ def measure(args: argparse.Namespace) -> dict:
                 "exit_dim": exit_dim or 2 * shapes["hidden_size"],
                 "num_draft_layers": args.layers,
                 "drafter_weights": args.drafter_weights,
-                **step_against_base(ar_backend, path),
+                **step_against_base(ar_timed, make(), timed),
             }
         )
         print(rows[-1], flush=True)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()  # the last shape's graphs and drafter
     return {
-        "what": f"step cost vs tree size at {args.size} Llama shapes (random weights, fp32, "
-        "ONNX Runtime CPU, batch 1, 256 cached tokens) and the speedup projected with "
+        "what": f"step cost vs tree size at {args.size} Llama shapes (random weights, "
+        f"{args.dtype}, {runtime_words(args)}, batch 1, 256 cached tokens) and the speedup "
+        "projected with "
         "acceptance measured on pycode-lm (at the same fraction of the vocabulary when "
         "drafting from a draft vocabulary, with a drafter of the same width relative to its "
         "base model)",
-        "method": f"one process, one ONNX Runtime thread pool shared by the sessions; steps "
-        f"timed side by side in {REPEATS} rounds after a warm-up round, in an order reversed "
-        "every round; ratios are medians of per-round ratios. Steps are the artifact's "
-        "session run (host loop excluded for both engines)",
+        "method": f"one process{METHOD_BY_RUNTIME[args.runtime]}; steps timed side by side "
+        f"in {REPEATS} rounds after a warm-up round, in an order reversed every round; ratios "
+        "are medians of per-round ratios. A step is one run of the compiled step (ONNX "
+        "Runtime's session run, a CUDA graph's replay) or of the eager step module, waited "
+        "for; the host loop is excluded for both engines",
+        "runtime": args.runtime,
+        "dtype": args.dtype,
+        "cuda_graphs": bool(args.cuda_graphs and args.device == "cuda"),
+        "kernels": args.kernels_used,
         "measured": [
             "t_base(T): autoregressive artifact verifying a T-token chain",
             "step_ms: ReDrafter decoding step (random drafter), side by side with t_base(1) "
@@ -411,17 +502,47 @@ def measure(args: argparse.Namespace) -> dict:
         "verification moved to the fixture's verified tree size on the t_base(T)/t_base(1) "
         "curve)",
         "shapes": shapes,
-        "device": f"CPU {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads",
-        "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
-        "command": "python bench/cost_study.py --scratch SCRATCH "
-        f"--size {args.size} --beams {args.beams} --draft-vocab {args.draft_vocab} "
-        f"--exit-dim {args.exit_dim} --layers {args.layers} "
-        f"--drafter-weights {args.drafter_weights} --out {args.out}",
+        "device": device_words(args.device),
+        "versions": versions(args.runtime),
+        "command": command_line(args),
         "t_base_ms": base,
         "t_base_relative": base_relative,
         "shapes_tried": rows,
     }
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that measures a record like this one (SCRATCH: any folder)."""
+    if args.runtime == "torch":
+        where = f"--runtime torch --device {args.device} --dtype {args.dtype} "
+        if args.device == "cuda":
+            where += (
+                "" if args.cuda_graphs else "--no-cuda-graphs "
+            ) + f"--kernels {args.kernels} "
+    else:
+        where = "--scratch SCRATCH "
+    return (
+        f"python bench/cost_study.py {where}--size {args.size} --beams {args.beams} "
+        f"--draft-vocab {args.draft_vocab} --exit-dim {args.exit_dim} --layers {args.layers} "
+        f"--drafter-weights {args.drafter_weights} --out {args.out}"
+    )
+
+
+def check_runtime_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse combinations that would time something else than they say."""
+    if args.runtime == "onnxruntime":
+        if args.device != "cpu" or args.dtype != "float32":
+            parser.error("--device and --dtype apply to --runtime torch (artifacts are fp32, CPU)")
+    else:
+        if args.drafter_weights != "float":
+            parser.error(
+                "--drafter-weights applies to --runtime onnxruntime: the torch step keeps "
+                "float matrices (it would time a float drafter as a quantized one)"
+            )
+        if args.convert_only:
+            parser.error("--convert-only applies to --runtime onnxruntime")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda, but torch sees no CUDA device")
 
 
 def main() -> None:
@@ -468,16 +589,46 @@ def main() -> None:
         action="store_true",
         help="Only convert the artifacts into --scratch (e.g. while the machine is busy)",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "torch"),
+        default="onnxruntime",
+        help="Time compiled ONNX artifacts in ONNX Runtime (CPU), or the step module built in "
+        "memory in PyTorch (--device, --dtype; for the GPU machine, whose ONNX Runtime has no "
+        "CUDA provider)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="On CUDA, replay each step from a CUDA graph (as a compiled runtime launches "
+        "it) rather than eagerly",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=("reference", "cuda"),
+        default="reference",
+        help="On CUDA, run the redcompile ops with their torch references or the kernels "
+        "of cuda/ (built with nvcc)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/cost_study_cpu.json"))
     args = parser.parse_args()
+    check_runtime_arguments(parser, args)
+    args.kernels_used = "reference"
+    if args.runtime == "torch" and not args.reproject:
+        from torch_steps import register_kernels
+
+        args.kernels_used = register_kernels(args.device, args.kernels)
     if args.convert_only:
         convert_all(args)
         return
     ort.capi._pybind_state.set_global_thread_pool_sizes(0, 0)  # before any session
     if args.reproject:
         record = json.loads(args.out.read_text())
-    elif args.scratch is None:
-        parser.error("--scratch is required unless --reproject")
+    elif args.scratch is None and args.runtime == "onnxruntime":
+        parser.error("--scratch is required unless --reproject or --runtime torch")
     else:
         record = measure(args)
     record = project(record, [json.loads(p.read_text()) for p in args.shapes_record])

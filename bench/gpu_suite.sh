@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/gpu_suite.sh: everything the CUDA kernels need on a GPU machine, in one command.
 #
-#   bench/gpu_suite.sh [STAGE ...]       stages: install build test sanitize bench (default: all)
+#   bench/gpu_suite.sh [STAGE ...]       stages: install build test sanitize bench cost
+#                                        (default: all but cost)
 #
 # Run from anywhere on a machine with an NVIDIA GPU, nvcc and torch (torch is used as installed:
 # redcompile is installed with --no-deps, so its torch pin does not apply). Stages:
@@ -11,6 +12,11 @@
 #   sanitize  compute-sanitizer memcheck over the kernel tests (the "long" ones left out), then
 #             racecheck and synccheck over a smaller selection
 #   bench     bench/gpu_kernels.py -> $OUT_DIR/gpu_kernels.json
+#   cost      tests/bench (a CUDA graph replay against the eager step), then the cost study at
+#             Llama-7B shapes, fp16, in PyTorch: steps replayed from CUDA graphs
+#             (cost_study_7b_fp16_gpu.json; Apple's drafter and a hidden-wide one, whole and 8000
+#             token draft vocabularies, W1-W16), then a few of them eagerly, to show what the
+#             host's kernel launches cost (cost_study_7b_fp16_eager_gpu.json); a few minutes
 # Each stage stays well under 10 minutes on an H100, so stages can also go in separate calls.
 # Every stage runs even when an earlier one failed; the exit status is non-zero if any failed.
 # Output: $OUT_DIR (default bench/results) gets gpu_kernels.json, gpu_suite.log (everything
@@ -30,6 +36,10 @@ export REDCOMPILE_CUDA_BUILD_DIR="${REDCOMPILE_CUDA_BUILD_DIR:-/tmp/redcompile-c
 export PYTHONUNBUFFERED=1
 SANITIZE_SELECT="${SANITIZE_SELECT:-not long and not 32000 and not 151936}"
 RACECHECK_SELECT="${RACECHECK_SELECT:-((tree_attention_matches or strided) and (tiny or gqa_ragged or d72 or d256 or misaligned) and not bfloat16) or (beam_select_matches and b3w4) or build_tree or ancestor or kv_compaction or (accept_matches and float32 and 100 and 5)}"
+# Fixture acceptance the cost study projects with: float drafters of Apple's width and of the
+# hidden size (e256), whole vocabulary and a quarter of it (draft_vocab 1024 of 4096).
+COST_RECORDS=(bench/results/pycode_shapes_d8192.json bench/results/pycode_shapes_e256.json
+    bench/results/pycode_draft_vocab.json bench/results/pycode_draft_vocab_e256.json)
 log="$OUT_DIR/gpu_suite.log"
 summary="$OUT_DIR/gpu_suite_summary.txt"
 stages=("$@")
@@ -117,8 +127,18 @@ for stage in "${stages[@]}"; do
         bench)
             run_stage bench "$PYTHON" bench/gpu_kernels.py --out "$OUT_DIR/gpu_kernels.json"
             ;;
+        cost)
+            run_stage cost-test "$PYTHON" -m pytest -q -p no:cacheprovider tests/bench -rs
+            run_stage cost-graphs "$PYTHON" bench/cost_study.py --runtime torch --device cuda \
+                --dtype float16 --size 7b --beams 1x4,1x5,2x5,4x5,8x5,16x5 --layers 4 \
+                --exit-dim default,4096 --draft-vocab 8000 --shapes-record "${COST_RECORDS[@]}" \
+                --out "$OUT_DIR/cost_study_7b_fp16_gpu.json"
+            run_stage cost-eager "$PYTHON" bench/cost_study.py --runtime torch --device cuda \
+                --dtype float16 --size 7b --beams 1x4,16x5 --layers 4 --no-cuda-graphs \
+                --shapes-record "${COST_RECORDS[@]}" --out "$OUT_DIR/cost_study_7b_fp16_eager_gpu.json"
+            ;;
         *)
-            echo "gpu_suite.sh: unknown stage '$stage' (install build test sanitize bench)" >&2
+            echo "gpu_suite.sh: unknown stage '$stage' (install build test sanitize bench cost)" >&2
             failed=1
             ;;
     esac

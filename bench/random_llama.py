@@ -25,6 +25,25 @@ LLAMA_1B = dict(
     head_dim=64,
 )
 
+LLAMA_7B = dict(  # Llama-2-7B / Vicuna-7B
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    head_dim=128,
+)
+LLAMA_TINY = dict(  # for the bench scripts' own tests
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+
 
 def write_config_and_tokenizer(folder: Path, shapes: dict, rope_theta: float) -> None:
     """config.json (transformers 5 style, fp32, untied) and a character tokenizer."""
