@@ -129,22 +129,11 @@ def drafter_folder(folder: Path, exit_dim: int | None, layers: int, seed: int = 
 
 def _write_random_model(folder: Path, shapes: dict, seed: int) -> None:
     """config.json, tokenizer and random N(0, 0.02) weights."""
-    from redcompile.models.config import DecoderConfig, RopeConfig
+    from torch_steps import decoder_config
+
     from redcompile.models.llama import Decoder
 
-    cfg = DecoderConfig(
-        architecture="llama",
-        vocab_size=shapes["vocab_size"],
-        hidden_size=shapes["hidden_size"],
-        intermediate_size=shapes["intermediate_size"],
-        num_layers=shapes["num_hidden_layers"],
-        num_heads=shapes["num_attention_heads"],
-        num_kv_heads=shapes["num_key_value_heads"],
-        head_dim=shapes["head_dim"],
-        rope=RopeConfig(theta=10000.0),
-        max_position_embeddings=4096,
-        eos_token_ids=(0,),
-    )
+    cfg = decoder_config(shapes)
     torch.manual_seed(seed)
     model = Decoder(cfg)
     with torch.no_grad():
