@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from random_llama import LLAMA_TINY
 from tqdm import tqdm
 
 from redcompile.tokenizer import TextCodec
@@ -42,14 +43,7 @@ SIZES = {
         num_key_value_heads=4,
         head_dim=64,
     ),
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    ),
+    "tiny": {k: v for k, v in LLAMA_TINY.items() if k != "vocab_size"},  # for tests
 }
 # Copied from the fixture so that the new folder is a fixture too.
 FIXTURE_FILES = (

@@ -129,7 +129,7 @@ def test_random_steps_are_made_on_the_device_in_the_dtype_asked_for(bench_path):
 @pytest.mark.cuda
 def test_cuda_graph_replay_equals_the_eager_step(bench_path):
     if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
+        pytest.skip("CUDA graphs need a GPU: torch sees no CUDA device")
     import cost_study
     from random_llama import LLAMA_TINY
     from torch_steps import (

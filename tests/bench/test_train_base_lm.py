@@ -9,6 +9,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from redcompile.api import open_model_folder
 from redcompile.generation import GenerationConfig
 
@@ -27,9 +29,7 @@ def small_corpus(path: Path) -> Path:
 
 def test_tiny_model_learns_and_is_a_fixture_redcompile_opens(tmp_path):
     if not (FIXTURE / "tokenizer.json").exists():
-        import pytest
-
-        pytest.skip(f"needs the pycode-lm fixture at {FIXTURE}")
+        pytest.skip(f"the pycode-lm fixture (its tokenizer and config) is not at {FIXTURE}")
     out = tmp_path / "model"
     command = [
         sys.executable,

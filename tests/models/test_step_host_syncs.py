@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from redcompile.models.config import DecoderConfig, RopeConfig
+from redcompile.example import EXAMPLE
 from redcompile.models.drafter_io import random_drafter
 from redcompile.models.llama import Decoder
 from redcompile.models.step import SpeculativeStep
@@ -72,21 +72,9 @@ def boolean_index(args: tuple) -> bool:
 
 
 def tiny_base() -> Decoder:
-    cfg = DecoderConfig(
-        architecture="llama",
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        rope=RopeConfig(theta=10000.0),
-        max_position_embeddings=512,
-        eos_token_ids=(0,),
-    )
+    """`redcompile example`'s model (random weights)."""
     torch.manual_seed(0)
-    return Decoder(cfg).eval()
+    return Decoder(EXAMPLE).eval()
 
 
 def decoding_step_inputs(step: SpeculativeStep) -> list[torch.Tensor]:
