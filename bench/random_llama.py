@@ -45,11 +45,9 @@ LLAMA_TINY = dict(  # for the bench scripts' own tests
 )
 
 
-def write_config_and_tokenizer(folder: Path, shapes: dict, rope_theta: float) -> None:
-    """config.json (transformers 5 style, fp32, untied) and a character tokenizer."""
-    from redcompile.example import char_tokenizer_json
-
-    config = {
+def transformers_config(shapes: dict, rope_theta: float, dtype: str = "float32") -> dict:
+    """The config.json of a random Llama of `shapes` (transformers 5 style, untied)."""
+    return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         **shapes,
@@ -58,8 +56,15 @@ def write_config_and_tokenizer(folder: Path, shapes: dict, rope_theta: float) ->
         "hidden_act": "silu",
         "rope_parameters": {"rope_theta": rope_theta, "rope_type": "default"},
         "tie_word_embeddings": False,
-        "dtype": "float32",
+        "dtype": dtype,
         "eos_token_id": 0,
     }
+
+
+def write_config_and_tokenizer(folder: Path, shapes: dict, rope_theta: float) -> None:
+    """config.json (fp32) and a character tokenizer."""
+    from redcompile.example import char_tokenizer_json
+
+    config = transformers_config(shapes, rope_theta)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     (folder / "tokenizer.json").write_text(char_tokenizer_json())

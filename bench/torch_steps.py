@@ -16,14 +16,16 @@ step, made of many small ops, would look dearer than it is).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
+from random_llama import transformers_config
 
 from redcompile.api import Generator
 from redcompile.config import BeamShape
 from redcompile.example import char_tokenizer_json
-from redcompile.models.config import DecoderConfig, RopeConfig
+from redcompile.models.config import DecoderConfig, parse_decoder_config
 from redcompile.models.drafter import Drafter
 from redcompile.models.drafter_io import random_drafter
 from redcompile.models.llama import Decoder
@@ -34,25 +36,14 @@ from redcompile.ops import OPS, register_torch_op
 from redcompile.runtime.torch_backend import TorchBackend
 from redcompile.tokenizer import TextCodec
 
-MAX_SEQ_LEN = 4096
+MAX_SEQ_LEN = 4096  # random_llama's max_position_embeddings
 
 
 def decoder_config(shapes: dict, dtype: str = "float32") -> DecoderConfig:
-    """The DecoderConfig of a random Llama of `shapes` (random_llama's transformers fields)."""
-    return DecoderConfig(
-        architecture="llama",
-        vocab_size=shapes["vocab_size"],
-        hidden_size=shapes["hidden_size"],
-        intermediate_size=shapes["intermediate_size"],
-        num_layers=shapes["num_hidden_layers"],
-        num_heads=shapes["num_attention_heads"],
-        num_kv_heads=shapes["num_key_value_heads"],
-        head_dim=shapes["head_dim"],
-        rope=RopeConfig(theta=10000.0),
-        max_position_embeddings=MAX_SEQ_LEN,
-        eos_token_ids=(0,),
-        dtype=dtype,
-    )
+    """The DecoderConfig of a random Llama of `shapes`: the one its folder's config.json
+    (random_llama) is read as, so in-memory and converted models are the same model."""
+    config = transformers_config(shapes, rope_theta=10000.0, dtype=dtype)
+    return parse_decoder_config(config, Path("random Llama config"))
 
 
 def random_decoder(shapes: dict, dtype: str, device: str, seed: int = 0) -> Decoder:

@@ -19,6 +19,7 @@ anywhere.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -56,11 +57,10 @@ FIXTURE_FILES = (
 HELD_OUT_FRACTION = 0.01
 
 
-def model_config(fixture: Path, size: str):  # noqa: ANN201 - a transformers LlamaConfig
+def model_config(fixture_config: dict, size: str):  # noqa: ANN201 - a transformers LlamaConfig
     """A LlamaConfig of `size` with the fixture's vocabulary, special tokens and rope."""
     from transformers import LlamaConfig
 
-    fixture_config = json.loads((fixture / "config.json").read_text())
     return LlamaConfig(
         vocab_size=fixture_config["vocab_size"],
         max_position_embeddings=fixture_config["max_position_embeddings"],
@@ -113,8 +113,8 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     codec = TextCodec.from_file(args.fixture / "tokenizer.json")
-    eos = json.loads((args.fixture / "config.json").read_text())["eos_token_id"]
-    stream = token_stream(read_corpus(args.data), codec.encode, eos)
+    fixture_config = json.loads((args.fixture / "config.json").read_text())
+    stream = token_stream(read_corpus(args.data), codec.encode, fixture_config["eos_token_id"])
     held_out = max(args.seq_len + 1, int(len(stream) * HELD_OUT_FRACTION))
     train_stream, eval_stream = stream[:-held_out], stream[-held_out:]
     if len(train_stream) <= args.seq_len:
@@ -122,7 +122,7 @@ def train(args: argparse.Namespace) -> dict:
             f"the corpus has {len(stream)} tokens, too few for {args.seq_len}-token windows"
         )
 
-    model = LlamaForCausalLM(model_config(args.fixture, args.size)).to(args.device).train()
+    model = LlamaForCausalLM(model_config(fixture_config, args.size)).to(args.device).train()
     parameters = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -133,6 +133,9 @@ def train(args: argparse.Namespace) -> dict:
         fused=args.device == "cuda",
     )
     warmup = max(1, args.steps // 50)
+    evaluate = functools.partial(
+        evaluation_loss, model, eval_stream, args.seq_len, args.batch_size, args.device
+    )
     losses, evals, start = [], [], time.time()
     bar = tqdm(range(args.steps), desc="train", disable=args.quiet)
     for step in bar:
@@ -150,20 +153,9 @@ def train(args: argparse.Namespace) -> dict:
             losses.append({"step": step, "loss": round(loss.item(), 4)})
             bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
         if args.eval_every and step and step % args.eval_every == 0:
-            evals.append(
-                {
-                    "step": step,
-                    "loss": round(
-                        evaluation_loss(
-                            model, eval_stream, args.seq_len, args.batch_size, args.device
-                        ),
-                        4,
-                    ),
-                }
-            )
+            evals.append({"step": step, "loss": round(evaluate(), 4)})
     seconds = time.time() - start
-    final_eval = evaluation_loss(model, eval_stream, args.seq_len, args.batch_size, args.device)
-    evals.append({"step": args.steps, "loss": round(final_eval, 4)})
+    evals.append({"step": args.steps, "loss": round(evaluate(), 4)})
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float32).save_pretrained(args.out)
