@@ -25,6 +25,7 @@ from torch import nn
 
 from redcompile.models.config import DecoderConfig
 from redcompile.models.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
+from redcompile.models.weight_quant import WeightFormat, fake_quantize, round_activations
 from redcompile.ops import TREE_ATTENTION, call
 
 # "op": the redcompile TreeAttention op (reference on CPU, CUDA kernel on GPU).
@@ -169,6 +170,26 @@ class Decoder(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.rope_scale = rope_scale
         self.attention_impl = "op"
+
+    def quantize_weights(self, fmt: WeightFormat, int8_activations: bool = False) -> None:
+        """Replace every matrix product's weight (attention and MLP projections, lm_head) by
+        the values an artifact compiled with `convert --weights fmt.name` holds
+        (models/weight_quant.py), so this module decodes exactly as that artifact's weights do;
+        with `int8_activations` each product's input is also rounded to int8 per block, as
+        ONNX Runtime's MatMulNBits does at accuracy level 4. The embedding table stays float;
+        a tied lm_head gets its own quantized copy."""
+
+        def round_input(_module: nn.Module, args: tuple) -> tuple:
+            return (round_activations(args[0], fmt.block_size), *args[1:])
+
+        with torch.no_grad():
+            if self.lm_head.weight is self.model.embed_tokens.weight:
+                self.lm_head.weight = nn.Parameter(self.lm_head.weight.detach().clone())
+            for module in [*self.model.layers.modules(), self.lm_head]:
+                if isinstance(module, nn.Linear):
+                    module.weight.copy_(fake_quantize(module.weight, fmt))
+                    if int8_activations:
+                        module.register_forward_pre_hook(round_input)
 
     @property
     def embedding(self) -> torch.Tensor:

@@ -92,3 +92,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+def rope_tables(
+    inv_freq: torch.Tensor, scale: float, positions: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [positions, head_dim / 2] at positions 0.. `positions` - 1: the tables
+    ONNX Runtime's rotary kernels index by position, made by `rotary_cos_sin` itself so that a
+    fused kernel rotates exactly as the step module does."""
+    cos, sin = rotary_cos_sin(torch.arange(positions).unsqueeze(0), inv_freq, scale, dtype)
+    half = inv_freq.shape[0]
+    return cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous()

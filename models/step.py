@@ -224,6 +224,20 @@ class SpeculativeStep(nn.Module):
                 present.append(call(KV_COMPACTION, past_k, k, cache_lengths, keep_idx, keep_len))
                 present.append(call(KV_COMPACTION, past_v, v, cache_lengths, keep_idx, keep_len))
 
+        if not self.speculative:
+            # One token per row: new_tokens is the next root ([B, 1]; 0 for idle rows), and a
+            # row is active next step exactly when it emitted a token (num_new is 1 or 0).
+            return (
+                new_tokens,
+                num_new,
+                new_tokens,
+                torch.full_like(new_tokens, -1),
+                torch.zeros_like(new_tokens),
+                num_new,
+                num_new,
+                cache_lengths + keep_len,
+                *present,
+            )
         b = input_ids.shape[0]
         next_token = torch.gather(new_tokens, 1, (num_new - 1).clamp(min=0).unsqueeze(1))
         active = num_new > 0

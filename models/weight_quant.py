@@ -129,3 +129,96 @@ def dequantize_blockwise(
 def fake_quantize(w_nk: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
     """The float weight an artifact with `fmt` weights effectively multiplies by ([N, K])."""
     return dequantize_blockwise(*quantize_blockwise(w_nk, fmt), fmt)
+
+
+# The base model's weights (`convert --weights`): the same arithmetic, with block size and
+# ONNX Runtime's accuracy level as options. Defaults are what won the peer benchmark
+# (bench/peers.py; docs/benchmarks.md): blocks of 32 inputs, as onnxruntime-genai's int4
+# models, and accuracy level 4 (int8 activations, integer products), its fastest CPU path.
+BASE_WEIGHT_FORMAT_NAMES = (FLOAT, "int8", "int4")
+DEFAULT_BASE_BLOCK_SIZE = 32
+DEFAULT_ACCURACY_LEVEL = 4
+# ONNX Runtime's MatMulNBits compute: 1 float32; 4 int8 activations (each block of
+# `block_size` inputs rounded to int8 with its own scale, `round_activations`), integer products.
+# The other levels (fp16, bf16 compute) are not offered: the reference could not match them.
+ACCURACY_LEVELS = (1, 4)
+INT8_ACTIVATIONS = 4
+
+
+@dataclass(frozen=True)
+class BaseWeights:
+    """How `convert --weights` stores the base model's matrices: a format (None: float), and
+    the ONNX Runtime compute accuracy of its products."""
+
+    fmt: WeightFormat | None
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
+
+    @property
+    def name(self) -> str:
+        """The `--weights` name: float, int8 or int4."""
+        return FLOAT if self.fmt is None else self.fmt.name
+
+    def to_manifest(self) -> dict:
+        """The manifest's `base_weights` entry."""
+        if self.fmt is None:
+            return {"format": FLOAT}
+        return {
+            "format": self.fmt.name,
+            "bits": self.fmt.bits,
+            "block_size": self.fmt.block_size,
+            "accuracy_level": self.accuracy_level,
+            "symmetric": True,
+        }
+
+
+def parse_base_weights(
+    name: str,
+    block_size: int = DEFAULT_BASE_BLOCK_SIZE,
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+) -> BaseWeights:
+    """`--weights`, `--weight-block-size` and `--accuracy-level` as a BaseWeights, refusing
+    values no ONNX Runtime kernel takes in one line for users."""
+    if name not in BASE_WEIGHT_FORMAT_NAMES:
+        raise InputError(
+            f"--weights must be one of {', '.join(BASE_WEIGHT_FORMAT_NAMES)}, got {name!r}"
+        )
+    if block_size < 16 or block_size & (block_size - 1):
+        raise InputError(
+            f"--weight-block-size must be a power of two of at least 16 (MatMulNBits' "
+            f"blocks), got {block_size}"
+        )
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise InputError(
+            f"--accuracy-level must be 1 (float32) or 4 (int8 activations), got {accuracy_level}"
+        )
+    if name == FLOAT:
+        return BaseWeights(None, accuracy_level)
+    bits = 8 if name == "int8" else 4
+    return BaseWeights(WeightFormat(name, bits=bits, block_size=block_size), accuracy_level)
+
+
+def round_activations(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """x [..., K] with each block of `block_size` inputs rounded to int8 and back, as
+    MatMulNBits does at accuracy level 4 before its integer products: scale = max |x| / 127
+    per block, round half to even (0 stays 0)."""
+    import torch
+
+    shape = x.shape
+    blocks = x.float().reshape(*shape[:-1], shape[-1] // block_size, block_size)
+    scale = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    rounded = torch.where(scale > 0, torch.round(blocks / safe) * scale, torch.zeros_like(blocks))
+    return rounded.reshape(shape).to(x.dtype)
+
+
+def base_weights_of(manifest: dict) -> BaseWeights:
+    """The BaseWeights an artifact's manifest records (float for artifacts without the entry)."""
+    entry = manifest.get("base_weights") or {"format": FLOAT}
+    if entry.get("format", FLOAT) == FLOAT:
+        return BaseWeights(None)
+    name = entry["format"]
+    if name not in BASE_WEIGHT_FORMAT_NAMES:
+        raise InputError(
+            f"the artifact's base weights are {name!r}, which this version does not know"
+        )
+    return parse_base_weights(name, int(entry["block_size"]), int(entry["accuracy_level"]))

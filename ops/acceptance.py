@@ -179,23 +179,22 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
     zero = b.Mul(num_tokens, b.const(0))  # [B] zeros
     temperature = b.Cast(b.input("temperature"), to=FLOAT)
     greedy = b.LessOrEqual(temperature, b.const(0.0, "float32"))
-    inv_t = b.Reciprocal(b.Where(greedy, b.const(1.0, "float32"), temperature))
     active = b.Greater(num_tokens, b.const(0))
     last_forced = b.Max(b.Sub(forced, b.const(1)), b.const(0))
 
     def per_row(x: str, rank: int) -> str:  # [B] -> [B, 1, ..., 1]
         return b.Unsqueeze(x, b.const(list(range(1, rank))))
 
-    def probs(x: str, rank: int) -> str:
+    def probs(x: str, rank: int) -> str:  # only inside the sampling branches
+        inv_t = b.Reciprocal(b.Where(greedy, b.const(1.0, "float32"), temperature))
         return b.Softmax(b.Mul(_warp(b, x, top_k, vocab), per_row(inv_t, rank)), axis=-1)
 
     def draft_logprobs() -> str:
         return b.Cast(b.input("draft_logprobs"), to=FLOAT)
 
-    # The sampling test and the draw over the vocabulary run only when a row samples (If).
-    any_sampling = b.Greater(
-        b.ReduceMax(b.Cast(b.Not(greedy), to=INT64), keepdims=0), b.const(0)
-    )  # 0-d
+    # The sampling test and the draw over the vocabulary run only when a row samples (If):
+    # some temperature is above 0 (the host refuses NaN temperatures).
+    any_sampling = b.Greater(b.ReduceMax(temperature, keepdims=0), b.const(0.0, "float32"))  # 0-d
 
     with_tree = spec.has("paths")
     if with_tree:
@@ -270,19 +269,36 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
     drawn = b.If(any_sampling, draw, lambda: [zero], [INT64])
     next_token = b.Where(greedy, greedy_next, drawn)
 
-    keep_len = b.Where(active, b.Add(forced, n), zero)
-    positions = b.Unsqueeze(
-        b.Range(b.const(0), b.Squeeze(t, b.const([0])), b.const(1)), b.const([0])
-    )  # [1, T]
-    forced_col = b.Unsqueeze(forced, b.const([1]))
-    keep_idx = b.Add(positions, b.Unsqueeze(zero, b.const([1])))  # [B, T]
-    if with_tree:
-        slot = b.Clip(
-            b.Add(b.Sub(positions, forced_col), b.const(1)), b.const(0), b.Squeeze(c, b.const([0]))
+    keep_len = b.Where(active, b.Add(forced, n) if with_tree else forced, zero)
+    outputs = {"keep_len": keep_len}
+    # Outputs nothing reads (the cache write and drafting of chain artifacts fused into
+    # GroupQueryAttention, an autoregressive step's last_idx) are not computed.
+    if not spec.used("keep_idx"):
+        outputs["keep_idx"] = b.Identity(tokens)
+    if not spec.used("last_idx"):
+        outputs["last_idx"] = b.Identity(num_tokens)
+
+    def kept_indices() -> str:
+        positions = b.Unsqueeze(
+            b.Range(b.const(0), b.Squeeze(t, b.const([0])), b.const(1)), b.const([0])
+        )  # [1, T]
+        forced_col = b.Unsqueeze(forced, b.const([1]))
+        keep_idx = b.Add(positions, b.Unsqueeze(zero, b.const([1])))  # [B, T]
+        if with_tree:
+            slot = b.Clip(
+                b.Add(b.Sub(positions, forced_col), b.const(1)),
+                b.const(0),
+                b.Squeeze(c, b.const([0])),
+            )
+            from_path = b.GatherElements(beam_path, slot, axis=1)
+            keep_idx = b.Where(b.GreaterOrEqual(positions, forced_col), from_path, keep_idx)
+        keep_idx = b.Where(
+            b.Less(positions, b.Unsqueeze(keep_len, b.const([1]))), keep_idx, b.const(0)
         )
-        from_path = b.GatherElements(beam_path, slot, axis=1)
-        keep_idx = b.Where(b.GreaterOrEqual(positions, forced_col), from_path, keep_idx)
-    keep_idx = b.Where(b.Less(positions, b.Unsqueeze(keep_len, b.const([1]))), keep_idx, b.const(0))
+        return keep_idx
+
+    if "keep_idx" not in outputs:
+        outputs["keep_idx"] = kept_indices()
 
     n_col = b.Unsqueeze(n, b.const([1]))
     if with_tree:
@@ -298,15 +314,13 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
     else:
         new_tokens = b.Unsqueeze(next_token, b.const([1]))
     active_col = b.Unsqueeze(active, b.const([1]))
-    return b.build(
-        {
-            "keep_idx": keep_idx,
-            "keep_len": keep_len,
-            "last_idx": b.Where(active, last_idx, zero),
-            "new_tokens": b.Where(active_col, new_tokens, b.const(0)),
-            "num_new": b.Where(active, b.Add(n, b.const(1)), zero),
-        }
-    )
+    if "last_idx" not in outputs:
+        outputs["last_idx"] = b.Where(active, last_idx, zero)
+    outputs["new_tokens"] = b.Where(active_col, new_tokens, b.const(0))
+    # n + 1 for active rows; without a tree n is 0
+    num_new = b.Where(active, b.Add(n, b.const(1)), zero) if with_tree else b.Cast(active, to=INT64)
+    outputs["num_new"] = num_new
+    return b.build(outputs)
 
 
 ACCEPT = OpDef(

@@ -193,6 +193,7 @@ def spec_from_node(
     input_types: dict[str, int | None],
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     static_dims: dict[tuple[str, int], int] | None = None,
+    unused_outputs: frozenset[str] = frozenset(),
 ) -> BodySpec:
     """Normalise a node's attributes (bytes to str) into a BodySpec for `op`."""
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in node_attrs.items()}
@@ -204,4 +205,5 @@ def spec_from_node(
         input_types=input_types,
         input_shapes=input_shapes or {},
         static_dims=static_dims or {},
+        unused_outputs=unused_outputs,
     )

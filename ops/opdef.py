@@ -72,13 +72,15 @@ class BodySpec:
     `input_types` maps each input name to an ONNX TensorProto element type, or None when the
     optional input is absent on the node; `input_shapes` holds the static shape of inputs that
     are initializers (weights), which bodies may unroll over; `static_dims` the sizes of the
-    op's `OpDef.static_dims` that the graph knows (absent: dynamic, the body reads the shape).
+    op's `OpDef.static_dims` that the graph knows (absent: dynamic, the body reads the shape);
+    `unused_outputs` the outputs nothing reads, which a body may leave uncomputed.
     """
 
     attributes: dict[str, Any]
     input_types: dict[str, int | None]
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     static_dims: dict[tuple[str, int], int] = field(default_factory=dict)
+    unused_outputs: frozenset[str] = frozenset()  # outputs no node or graph output reads
 
     def has(self, name: str) -> bool:
         """Whether the optional input `name` is present on the node."""
@@ -91,7 +93,12 @@ class BodySpec:
             tuple(sorted(self.input_types.items())),
             tuple(sorted(self.input_shapes.items())),
             tuple(sorted(self.static_dims.items())),
+            tuple(sorted(self.unused_outputs)),
         )
+
+    def used(self, output: str) -> bool:
+        """Whether anything reads `output` (a body may skip computing an unread output)."""
+        return output not in self.unused_outputs
 
 
 def register_torch_op(op: OpDef, cuda_impl: Callable[..., Any] | None = None) -> None:

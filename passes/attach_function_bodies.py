@@ -40,9 +40,9 @@ def element_type(tensor: gs.Tensor) -> int | None:
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
-def node_spec(op: OpDef, node: gs.Node) -> BodySpec:
-    """The BodySpec one node needs: its attributes, input types, constant input shapes and the
-    static sizes its op asks for."""
+def node_spec(op: OpDef, node: gs.Node, graph_outputs: frozenset[str] = frozenset()) -> BodySpec:
+    """The BodySpec one node needs: its attributes, input types, constant input shapes, the
+    static sizes its op asks for and which of its outputs nothing reads."""
     inputs = list(node.inputs) + [gs.Variable.empty()] * (len(op.input_names) - len(node.inputs))
     types = {name: element_type(t) for name, t in zip(op.input_names, inputs)}
     shapes = {
@@ -56,7 +56,12 @@ def node_spec(op: OpDef, node: gs.Node) -> BodySpec:
         shape = by_name[name].shape
         if shape is not None and len(shape) > axis and isinstance(shape[axis], (int, np.integer)):
             static[(name, axis)] = int(shape[axis])
-    return spec_from_node(op, dict(node.attrs), types, shapes, static)
+    unused = frozenset(
+        name
+        for name, out in zip(op.output_names, node.outputs)
+        if not out.outputs and out.name not in graph_outputs
+    )
+    return spec_from_node(op, dict(node.attrs), types, shapes, static, unused)
 
 
 class AttachFunctionBodies(GraphPass):
@@ -77,9 +82,10 @@ class AttachFunctionBodies(GraphPass):
                 continue
             if node.op not in have:
                 by_op.setdefault(node.op, []).append(node)
+        outputs = frozenset(t.name for t in graph.outputs)
         for op_name, nodes in by_op.items():
             op = OPS_BY_ONNX_NAME[op_name]
-            specs = {node_spec(op, n).key(): node_spec(op, n) for n in nodes}
+            specs = {node_spec(op, n, outputs).key(): node_spec(op, n, outputs) for n in nodes}
             if len(specs) != 1:
                 raise self.fail(
                     f"{op_name} nodes need {len(specs)} different bodies; one model "

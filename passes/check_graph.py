@@ -1,6 +1,7 @@
 """check-graph: the artifact's invariants, checked once the rewrites are done (rewrites nothing).
 
-- every node is a standard ONNX op or a known `redcompile` op;
+- every node is a standard ONNX op, a known `redcompile` op or, for the onnxruntime target, one
+  of the contrib ops of passes/contrib.py;
 - for the onnxruntime target, every `redcompile` node carries a function body (stock ONNX Runtime
   can run the artifact with no redcompile code installed);
 - the graph inputs and outputs are exactly the step signature's, in order, with its dtypes;
@@ -20,6 +21,7 @@ import onnx_graphsurgeon as gs
 from redcompile.models.step import StepSignature
 from redcompile.ops import DOMAIN, OPS_BY_ONNX_NAME
 from redcompile.passes.base import GraphPass, Match, PassContext
+from redcompile.passes.contrib import CONTRIB_OPS, MS_DOMAIN
 
 DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
 
@@ -51,6 +53,10 @@ class CheckGraph(GraphPass):
         bodies = {f.name for f in graph.functions if f.domain == DOMAIN}
         for node in graph.nodes:
             if node.domain in (None, "", "ai.onnx"):
+                continue
+            if node.domain == MS_DOMAIN and node.op in CONTRIB_OPS:
+                if ctx.target != "onnxruntime":
+                    raise self.fail(f"{node.name}: {MS_DOMAIN}::{node.op} is for ONNX Runtime only")
                 continue
             if node.domain != DOMAIN or node.op not in OPS_BY_ONNX_NAME:
                 raise self.fail(f"{node.name}: op {node.domain}::{node.op} is not allowed")

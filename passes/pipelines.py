@@ -7,30 +7,55 @@ torch.onnx.export); attention enters as the exporter's standard Attention and is
 
 from __future__ import annotations
 
+import numpy as np
+
 from redcompile.models.step import StepSignature
-from redcompile.models.weight_quant import weight_format
+from redcompile.models.weight_quant import BaseWeights, weight_format
 from redcompile.passes.attach_function_bodies import AttachFunctionBodies
 from redcompile.passes.base import GraphPass
 from redcompile.passes.check_graph import CheckGraph
 from redcompile.passes.fold_constants import FoldConstants
+from redcompile.passes.fuse_chain_attention import FuseChainAttention
+from redcompile.passes.fuse_skip_rms_norm import FuseSkipRmsNorm
 from redcompile.passes.fuse_tree_attention import FuseTreeAttention
 from redcompile.passes.quantize_drafter import QuantizeDrafter
+from redcompile.passes.quantize_weights import QuantizeWeights
 from redcompile.passes.share_weights import ShareWeights
 
 TARGETS = ("onnxruntime", "torch", "tensorrt")
 
 
 def pipeline(
-    target: str, signature: StepSignature, model_dtype: str, drafter_weights: str = "float"
+    target: str,
+    signature: StepSignature,
+    model_dtype: str,
+    drafter_weights: str = "float",
+    rope_tables: tuple[np.ndarray, np.ndarray] | None = None,
+    base_weights: BaseWeights | None = None,
 ) -> list[GraphPass]:
-    """The passes for `target`, in order; `drafter_weights` int8 / int4 adds quantize-drafter."""
+    """The passes for `target`, in order; `drafter_weights` int8 / int4 adds quantize-drafter.
+
+    `rope_tables` (cos, sin [positions, head_dim / 2]) are given for artifacts whose every row
+    is a chain (autoregressive, single beam): ONNX Runtime then fuses their attention into
+    GroupQueryAttention. `base_weights` with a format adds quantize-weights (MatMulNBits)."""
     if target not in ("onnxruntime", "tensorrt"):
         raise ValueError(f"no ONNX pipeline for target {target!r}")
     fmt = weight_format(drafter_weights)
+    chain_attention = target == "onnxruntime" and rope_tables is not None
     return [
         FuseTreeAttention(),  # first: later passes see TreeAttention, not Attention + Concat
         ShareWeights(),  # after fusion: the cache Concats are gone, weights are final
+        # After share-weights (it reads the final q/k/v weights to concatenate them).
+        *([FuseChainAttention(*rope_tables)] if chain_attention else []),
+        *([FuseSkipRmsNorm()] if target == "onnxruntime" else []),
         FoldConstants(),  # after rewrites that may leave constant shape arithmetic
+        # After fold-constants (a tied lm_head's transposed table is then an initializer) and
+        # fuse-chain-attention (the concatenated q/k/v weight is quantized as one matrix).
+        *(
+            [QuantizeWeights(base_weights.fmt, base_weights.accuracy_level)]
+            if base_weights is not None and base_weights.fmt is not None
+            else []
+        ),
         # Bodies last among rewrites: they are specialised to the final input types.
         # TensorRT keeps them too: its parser prefers a plugin named like the op, else the body.
         AttachFunctionBodies(),
@@ -42,7 +67,10 @@ def pipeline(
 PASS_NAMES = (
     "fuse-tree-attention",
     "share-weights",
+    "fuse-chain-attention",
+    "fuse-skip-rms-norm",
     "fold-constants",
+    "quantize-weights",
     "attach-function-bodies",
     "quantize-drafter",
     "check-graph",

@@ -124,6 +124,8 @@ def open_model_folder(
     max_seq_len: int | None = None,
     draft_vocab: int | None = None,
     drafter_weights: str = "float",
+    base_weights: Any = None,
+    threads: int | None = None,
 ) -> Generator:
     """A Generator running the PyTorch reference step on a Hugging Face folder (+ drafter).
 
@@ -131,6 +133,9 @@ def open_model_folder(
     (models/draft_vocab.py); a random drafter takes the N lowest ids. `drafter_weights` int8 /
     int4 drafts with the weights an artifact compiled with `--drafter-weights` holds
     (models/weight_quant.py), so the reference drafts exactly as that artifact does.
+    `base_weights` (a models.weight_quant.BaseWeights) decodes with the base weights an
+    artifact compiled with `--weights int8|int4` holds. `threads` sets PyTorch's intra-op
+    threads (None or 0: unchanged).
     """
     import torch
 
@@ -148,7 +153,15 @@ def open_model_folder(
 
     model_dir = check_model_dir(Path(model_dir))
     beam = (beam or BeamShape()).validate()
+    if threads:
+        torch.set_num_threads(threads)
     base = load_decoder(model_dir, dtype=dtype, max_seq_len=max_seq_len)
+    if base_weights is not None and base_weights.fmt is not None:
+        from redcompile.models.weight_quant import INT8_ACTIVATIONS
+
+        base.quantize_weights(
+            base_weights.fmt, int8_activations=base_weights.accuracy_level == INT8_ACTIVATIONS
+        )
     max_len = max_seq_len or base.config.max_position_embeddings
     codec = TextCodec.from_file(model_dir / "tokenizer.json")
     if autoregressive:

@@ -190,7 +190,14 @@ def model_folder_engines(
 
     shapes = [(beam, vocab) for beam in cfg.beams for vocab in cfg.draft_vocabs]
     if cfg.runtime == "torch":
-        engines = {BASELINE: open_model_folder(model_dir, autoregressive=True)}
+        engines = {
+            BASELINE: open_model_folder(
+                model_dir,
+                autoregressive=True,
+                threads=options.get("threads"),
+                base_weights=options.get("base_weights"),
+            )
+        }
         for beam, vocab in shapes:
             engines[engine_name(beam, vocab)] = open_model_folder(
                 model_dir, beam=beam, draft_vocab=vocab, **options
@@ -203,10 +210,12 @@ def model_folder_engines(
     work.mkdir(parents=True, exist_ok=True)
     engines = {}
     weights = options.get("drafter_weights", "float")
+    base = options.get("base_convert", {})
+    base_tag = "" if base.get("weights", "float") == "float" else f"-base{base['weights']}"
     for beam, draft_vocab in [(None, None), *shapes]:
         name = engine_name(beam, draft_vocab)
         quantized = beam is not None and weights != "float"
-        path = work / f"{name}{f'-{weights}' if quantized else ''}.onnx"
+        path = work / f"{name}{f'-{weights}' if quantized else ''}{base_tag}.onnx"
         if not path.exists():
             progress(f"converting {name}")
             convert(
@@ -220,10 +229,35 @@ def model_folder_engines(
                     allow_pickle=options.get("allow_pickle", False),
                     draft_vocab=draft_vocab,
                     drafter_weights=weights if beam is not None else "float",
+                    **base,
                 ),
             )
-        engines[name] = open_artifact(path)
+        engines[name] = open_artifact(path, threads=options.get("threads"))
     return engines
+
+
+def _split_base_weights(source: Path | str, cfg: BenchConfig, options: dict) -> dict:
+    """`weights`, `weight_block_size`, `accuracy_level` (bench --weights) as what each kind of
+    source takes: convert options for ONNX Runtime, the reference's BaseWeights for PyTorch;
+    an artifact has its own weights."""
+    from redcompile.models.weight_quant import FLOAT, parse_base_weights
+
+    options = dict(options)
+    convert_options = {
+        key: options.pop(key)
+        for key in ("weights", "weight_block_size", "accuracy_level")
+        if key in options
+    }
+    if convert_options.get("weights", FLOAT) == FLOAT:
+        return options
+    if not Path(source).is_dir():
+        raise InputError("--weights applies to model folders; an artifact has its own weights")
+    parsed = parse_base_weights(**convert_options)
+    if cfg.runtime == "torch":
+        options["base_weights"] = parsed
+    else:
+        options["base_convert"] = convert_options
+    return options
 
 
 def _run(
@@ -528,6 +562,7 @@ def bench(
     cfg = cfg or BenchConfig()
     cfg.validate()
     say = progress or (lambda _m: None)
+    options = _split_base_weights(source, cfg, options)
     source = Path(source)
     if not source.exists():
         raise InputError(f"bench: {source} does not exist")
@@ -545,7 +580,7 @@ def bench(
                 f"artifact converted with --autoregressive, to compare against"
             )
         spec = open_artifact(source, **options)  # refuses options for model folders only
-        base = open_artifact(baseline)
+        base = open_artifact(baseline, threads=options.get("threads"))
         if base.info["mode"] != BASELINE:
             raise InputError(f"bench: --baseline {baseline} is not an autoregressive artifact")
         shape = BeamShape(spec.info["beam_width"], spec.info["beam_length"])

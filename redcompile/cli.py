@@ -86,6 +86,60 @@ def drafter_weights_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def base_weights_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--weights float|int8|int4, --weight-block-size, --accuracy-level: the base model's
+    matrices as blockwise MatMulNBits weights (ONNX Runtime)."""
+    from redcompile.models.weight_quant import (
+        BASE_WEIGHT_FORMAT_NAMES,
+        DEFAULT_ACCURACY_LEVEL,
+        DEFAULT_BASE_BLOCK_SIZE,
+        FLOAT,
+    )
+
+    options = [
+        click.option(
+            "--weights",
+            type=click.Choice(BASE_WEIGHT_FORMAT_NAMES),
+            default=FLOAT,
+            show_default=True,
+            help="Store the base model's matrices (attention, MLP, lm_head; not the "
+            "embedding) as blockwise symmetric int8 or int4 for ONNX Runtime's MatMulNBits. "
+            "Exactness is then defined against these weights: ReDrafter decodes exactly as the "
+            "autoregressive artifact with the same --weights.",
+        ),
+        click.option(
+            "--weight-block-size",
+            type=int,
+            default=DEFAULT_BASE_BLOCK_SIZE,
+            show_default=True,
+            help="Inputs sharing one scale (a power of two >= 16 that divides every matrix's "
+            "input size).",
+        ),
+        click.option(
+            "--accuracy-level",
+            type=int,
+            default=DEFAULT_ACCURACY_LEVEL,
+            show_default=True,
+            help="ONNX Runtime's MatMulNBits compute: 4 int8 activations (fastest on CPU), "
+            "1 float32.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--threads N: ONNX Runtime's intra-op threads for artifacts (PyTorch's for folders)."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Intra-op threads of ONNX Runtime (artifacts) or PyTorch (model folders); 0 is "
+        "the runtime's own default [default: redcompile's, see docs/cli.md].",
+    )(command)
+
+
 def emit_json(data: Any) -> None:
     """Write one JSON document to stdout."""
     click.echo(json.dumps(data, indent=2, sort_keys=False))
@@ -183,6 +237,7 @@ def main() -> None:
     help="0 is greedy; above 0 samples (speculative sampling).",
 )
 @click.option("--seed", type=int, default=_GEN.seed, show_default=True)
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
 @debug_option
 @handle_errors
@@ -202,6 +257,7 @@ def generate(
     drafter_weights: str,
     temperature: float,
     seed: int,
+    threads: int | None,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -229,6 +285,7 @@ def generate(
         allow_pickle=allow_pickle,
         draft_vocab=draft_vocab,
         drafter_weights=drafter_weights,
+        threads=threads,
     )
     if beam_width is not None or beam_length is not None:
         options["beam"] = BeamShape(
@@ -299,6 +356,7 @@ def generate(
 )
 @draft_vocab_option
 @drafter_weights_option
+@base_weights_options
 @click.option(
     "--random-drafter",
     is_flag=True,
@@ -330,6 +388,9 @@ def convert(
     autoregressive: bool,
     draft_vocab: int | None,
     drafter_weights: str,
+    weights: str,
+    weight_block_size: int,
+    accuracy_level: int,
     random_drafter: bool,
     allow_pickle: bool,
     device: str | None,
@@ -357,6 +418,9 @@ def convert(
         autoregressive=autoregressive,
         draft_vocab=draft_vocab,
         drafter_weights=drafter_weights,
+        weights=weights,
+        weight_block_size=weight_block_size,
+        accuracy_level=accuracy_level,
         random_drafter=random_drafter,
         allow_pickle=allow_pickle,
         device=device,
@@ -725,6 +789,8 @@ def _int_list(_ctx: Any, param: click.Parameter, value: str | None) -> tuple[int
     "frequent tokens, for each N (model folders) [default: the whole vocabulary].",
 )
 @drafter_weights_option
+@base_weights_options
+@threads_option
 @click.option(
     "--json",
     "json_out",
@@ -755,6 +821,10 @@ def bench(
     random_drafter: bool,
     draft_vocabs: tuple[int, ...] | None,
     drafter_weights: str,
+    weights: str,
+    weight_block_size: int,
+    accuracy_level: int,
+    threads: int | None,
     json_out: str | None,
     plot_out: str | None,
     debug: bool,
@@ -791,6 +861,10 @@ def bench(
         drafter_dir=drafter_dir,
         random_drafter=random_drafter,
         drafter_weights=drafter_weights,
+        threads=threads,
+        weights=weights,
+        weight_block_size=weight_block_size,
+        accuracy_level=accuracy_level,
     )
     report.command = "redcompile bench " + " ".join(sys.argv[2:])
     click.echo(report.table())

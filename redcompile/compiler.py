@@ -31,6 +31,12 @@ from redcompile import __version__
 from redcompile.artifact import FORMAT, FORMAT_VERSION, write_artifact
 from redcompile.config import BeamShape
 from redcompile.errors import InputError, TargetUnavailableError
+from redcompile.models.weight_quant import (
+    DEFAULT_ACCURACY_LEVEL,
+    DEFAULT_BASE_BLOCK_SIZE,
+    BaseWeights,
+    parse_base_weights,
+)
 
 SUFFIX_TARGETS = {
     ".onnx": "onnxruntime",
@@ -61,6 +67,9 @@ class ConvertOptions:
     random_drafter: bool = False
     draft_vocab: int | None = None  # None: draft from the whole vocabulary
     drafter_weights: str = "float"  # or int8 / int4 (models/weight_quant.py), ONNX targets
+    weights: str = "float"  # the base model's matrices: float, int8 or int4 (onnxruntime)
+    weight_block_size: int = DEFAULT_BASE_BLOCK_SIZE
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
     allow_pickle: bool = False
     top_k: int = 50
     dump_passes: Path | None = None
@@ -230,6 +239,7 @@ def convert(
     if o.dtype and dtype is None:
         raise InputError(f"--dtype must be fp32, fp16 or bf16, got {o.dtype!r}")
     _check_drafter_weights(o, target)
+    base_weights = _check_base_weights(o, target)
     if o.max_seq_len is not None and o.max_seq_len < 2:
         raise InputError(f"--max-seq-len must be at least 2, got {o.max_seq_len}")
     if not out.parent.is_dir():
@@ -254,6 +264,8 @@ def convert(
                 "--drafter-weights quantizes fp32 and fp16 weights, and this model loads as "
                 "bf16; add --dtype fp16 or --dtype fp32"
             )
+        _check_weight_blocks(base_weights, step.base.config, manifest["dtype"])
+        manifest["base_weights"] = base_weights.to_manifest()
         if target == "torch":
             return _convert_torch(
                 step, codec, manifest, device, model_dir, drafter_path, out, workdir, o, say, times
@@ -263,6 +275,7 @@ def convert(
         say("exporting the step with torch.onnx.export")
         exported = _export_to(workdir, step)
         signature = step.signature
+        rope = _chain_rope_tables(step)
         del step
         gc.collect()
         times["export"] = time.perf_counter() - start
@@ -277,13 +290,16 @@ def convert(
             manifest["drafter"]["quantized_block_size"] = weight_format(
                 o.drafter_weights
             ).block_size
-        model, records = _run_passes(exported, workdir, signature, manifest, target, o, say)
+        model, records = _run_passes(
+            exported, workdir, signature, manifest, target, o, say, rope, base_weights
+        )
         times["passes"] = time.perf_counter() - start
 
         start = time.perf_counter()
         say(f"writing {out}")
         _record_sources(manifest, model_dir, drafter_path, o, target)
         manifest["passes"] = [{"name": r.name, "matches": r.matches} for r in records]
+        manifest["min_onnxruntime"] = _min_onnxruntime(model)
         weights = sum(_weight_bytes(t, workdir) for t in model.graph.initializer)
         files = write_artifact(model, manifest, codec.to_json(), out, weights_dir=workdir)
         times["write"] = time.perf_counter() - start
@@ -291,6 +307,47 @@ def convert(
     return ConvertReport(
         out, files, target, manifest, times, peak, weights, [r.to_dict() for r in records]
     )
+
+
+def _min_onnxruntime(model: onnx.ModelProto) -> str:
+    """The oldest ONNX Runtime that runs `model` (docs/artifact.md, "Runtimes")."""
+    from redcompile.passes.contrib import min_onnxruntime
+
+    return min_onnxruntime({n.domain for n in model.graph.node})
+
+
+def _check_base_weights(o: ConvertOptions, target: str) -> BaseWeights:
+    """--weights / --weight-block-size / --accuracy-level: valid values, and quantized weights
+    only where MatMulNBits runs (ONNX Runtime)."""
+    base = parse_base_weights(o.weights, o.weight_block_size, o.accuracy_level)
+    if base.fmt is not None and target != "onnxruntime":
+        raise InputError(
+            f"--weights {o.weights} writes ONNX Runtime's MatMulNBits and applies to .onnx "
+            f"artifacts for onnxruntime, not to the {target} target"
+        )
+    return base
+
+
+def _check_weight_blocks(base: BaseWeights, cfg, dtype: str) -> None:  # noqa: ANN001
+    """Every quantized matrix's input size must be whole blocks, and the dtype fp32/fp16."""
+    if base.fmt is None:
+        return
+    if dtype == "bfloat16":
+        raise InputError(
+            f"--weights {base.name} quantizes fp32 and fp16 weights, and this model loads as "
+            f"bf16; add --dtype fp16 or --dtype fp32"
+        )
+    bs = base.fmt.block_size
+    for what, size in (
+        ("hidden_size", cfg.hidden_size),
+        ("num_attention_heads x head_dim", cfg.num_heads * cfg.head_dim),
+        ("intermediate_size", cfg.intermediate_size),
+    ):
+        if size % bs:
+            raise InputError(
+                f"--weight-block-size {bs} does not divide the model's {what} ({size}); "
+                f"choose a block size that divides it"
+            )
 
 
 def _check_drafter_weights(o: ConvertOptions, target: str) -> None:
@@ -473,13 +530,32 @@ def _inline_index_tables(model: onnx.ModelProto, weights_dir: Path) -> None:
             tensor.raw_data = raw
 
 
-def _run_passes(path: Path, workdir: Path, signature, manifest, target, o, say):  # noqa: ANN001
+def _chain_rope_tables(step):  # noqa: ANN001, ANN202
+    """The model's RoPE tables (numpy cos, sin [positions, head_dim / 2]) when every packed
+    row of the step is a chain (autoregressive or one beam), else None: what
+    fuse-chain-attention needs. Positions cover the longest sequence plus one step's padding."""
+    import torch
+
+    from redcompile.models.rope import rope_tables
+
+    if step.beam_width != 1 and step.beam_length != 1:
+        return None
+    base = step.base
+    positions = step.max_seq_len + step.beam_width * (step.beam_length - 1) + 1
+    dtype = base.model.embed_tokens.weight.dtype
+    cos, sin = rope_tables(base.inv_freq, base.rope_scale, positions, dtype)
+    if cos.dtype not in (torch.float32, torch.float16):
+        return None  # GroupQueryAttention has no bf16 CPU kernel
+    return cos.numpy(), sin.numpy()
+
+
+def _run_passes(path, workdir, signature, manifest, target, o, say, rope, base_weights):  # noqa: ANN001
     from redcompile.passes.base import PassContext
     from redcompile.passes.manager import PassManager
     from redcompile.passes.pipelines import pipeline
 
     model = onnx.load(str(path), load_external_data=False)
     _inline_index_tables(model, workdir)
-    passes = pipeline(target, signature, manifest["dtype"], o.drafter_weights)
+    passes = pipeline(target, signature, manifest["dtype"], o.drafter_weights, rope, base_weights)
     manager = PassManager(passes, dump_dir=o.dump_passes, on_pass=lambda n: say(f"pass {n}"))
     return manager.run(model, PassContext(target=target, weights_dir=workdir))

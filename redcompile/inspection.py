@@ -49,6 +49,11 @@ def _manifest_fields(manifest: dict[str, Any]) -> dict[str, Any]:
     return {key: manifest[key] for key in MANIFEST_FIELDS}
 
 
+def _base_weights(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `base_weights` (older artifacts: float)."""
+    return manifest.get("base_weights") or {"format": "float"}
+
+
 def describe_artifact(path: Path | str) -> dict[str, Any]:
     """A JSON-ready description of an artifact (see docs/cli.md, `inspect --json`)."""
     from redcompile.pt2_artifact import is_pt2_file
@@ -84,6 +89,7 @@ def describe_artifact(path: Path | str) -> dict[str, Any]:
         "passes": manifest["passes"],
         "sources": manifest["sources"],
         "command": manifest["command"],
+        "base_weights": _base_weights(manifest),
     }
 
 
@@ -141,6 +147,7 @@ def describe_pt2_artifact(path: Path | str) -> dict[str, Any]:
         "passes": manifest["passes"],
         "sources": manifest["sources"],
         "command": manifest["command"],
+        "base_weights": _base_weights(manifest),
         "aoti": {
             "device": artifact.aoti.get("AOTI_DEVICE_KEY", manifest.get("device")),
             "platform": artifact.aoti.get("AOTI_PLATFORM"),
@@ -169,6 +176,12 @@ def format_description(info: dict[str, Any]) -> str:
             f"rnn {d['rnn']}{' (random)' if d.get('random') else ''}"
             + (f", drafts from {d['draft_vocab']} tokens" if d.get("draft_vocab") else "")
             + (f", {_quantized(d)} (beam search inlined)" if d.get("quantized") else "")
+        )
+    base = info.get("base_weights") or {"format": "float"}
+    if base["format"] != "float":
+        lines.append(
+            f"  base weights: {base['format']} (MatMulNBits), symmetric, blocks of "
+            f"{base['block_size']} inputs, accuracy level {base['accuracy_level']}; embedding float"
         )
     w = info["weights"]
     where = f" in {w['external_data_file']}" if w["external_data_file"] else ""

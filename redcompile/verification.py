@@ -24,7 +24,7 @@ import numpy as np
 from redcompile.compiler import source_hashes
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig, first_step_outputs
-from redcompile.models.weight_quant import recorded_format
+from redcompile.models.weight_quant import base_weights_of, recorded_format
 
 DEFAULT_PROMPTS = (
     "def main():\n",
@@ -41,6 +41,11 @@ DRAFT_OUTPUTS = (
     "next_draft_logprobs",
 )
 TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (2e-2, 2e-2), "bfloat16": (6e-2, 6e-2)}
+# `--weights` at accuracy level 4: the reference rounds each block of activations to int8 as
+# ONNX Runtime does, but an input within float rounding of a rounding boundary can round the
+# other way in one of them, moving that block's products by one int8 step. Up to this share of
+# a float output's elements may then lie outside the tolerance; the tokens must still match.
+ROUNDING_FLIP_SHARE = 0.01
 
 
 @dataclass
@@ -77,9 +82,15 @@ class OutputCheck:
 
 
 def compare_output(
-    name: str, got: np.ndarray, want: np.ndarray, atol: float, rtol: float
+    name: str,
+    got: np.ndarray,
+    want: np.ndarray,
+    atol: float,
+    rtol: float,
+    allowed_share: float = 0.0,
 ) -> OutputCheck:
-    """Elementwise comparison with error statistics."""
+    """Elementwise comparison with error statistics; a float output passes when at most
+    `allowed_share` of its elements lie outside the tolerance (0: none)."""
     if got.shape != want.shape:
         return OutputCheck(name, False, True, int(want.size), int(want.size))
     if np.issubdtype(want.dtype, np.integer) or want.dtype == np.bool_:
@@ -94,7 +105,7 @@ def compare_output(
     worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
     return OutputCheck(
         name,
-        not outside.any(),
+        bool(finite.all()) and int(outside.sum()) <= allowed_share * diff.size,
         False,
         int(diff.size),
         int(outside.sum()),
@@ -230,7 +241,10 @@ def verify(
     quantized = (manifest["drafter"] or {}).get("quantized")
     if quantized:
         recorded_format(quantized, manifest["drafter"].get("quantized_block_size"))
-    common = dict(dtype=manifest["dtype"], max_seq_len=manifest["max_seq_len"])
+    base_weights = base_weights_of(manifest)
+    common = dict(
+        dtype=manifest["dtype"], max_seq_len=manifest["max_seq_len"], base_weights=base_weights
+    )
     reference = open_model_folder(
         model_dir,
         drafter_dir=drafter_path,
@@ -247,7 +261,14 @@ def verify(
     ids = [artifact.codec.encode(p) for p in (prompts or list(DEFAULT_PROMPTS))]
     got = first_step_outputs(artifact.backend, ids, max_new_tokens)
     want = first_step_outputs(reference.backend, ids, max_new_tokens)
-    first = [compare_output(name, got[name], want[name], atol, rtol) for name in want]
+    from redcompile.models.weight_quant import INT8_ACTIVATIONS
+
+    flips = (
+        ROUNDING_FLIP_SHARE
+        if base_weights.fmt and base_weights.accuracy_level == INT8_ACTIVATIONS
+        else 0.0
+    )
+    first = [compare_output(name, got[name], want[name], atol, rtol, flips) for name in want]
     if quantized:
         for check in first:
             check.informational = check.name in DRAFT_OUTPUTS

@@ -23,6 +23,7 @@ MODEL_FOLDER_ONLY = (
     "dtype",
     "draft_vocab",
     "drafter_weights",
+    "base_weights",
 )
 
 
@@ -34,6 +35,15 @@ def signature_of(manifest: dict[str, Any]) -> StepSignature:
         return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in items)
 
     return StepSignature(specs(io["inputs"]), specs(io["outputs"]), dict(io["feedback"]))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """(major, minor) of a version string like 1.32.0 or 1.32.0.dev1."""
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def _check_options(path: Path, manifest: dict[str, Any], options: dict[str, Any]) -> None:
@@ -71,6 +81,7 @@ def open_artifact(
     path: Path | str,
     provider: str | None = None,
     session_options: Any = None,
+    threads: int | None = None,
     **options: Any,
 ) -> Generator:
     """A Generator for an artifact file: ONNX Runtime for .onnx, AOTInductor for .pt2.
@@ -78,7 +89,8 @@ def open_artifact(
     `provider` is the device ("cpu" or "cuda"): ONNX Runtime's execution provider (default
     "cpu"); a .pt2 runs on the device it was compiled for, and naming another is an error.
     `session_options` (an onnxruntime.SessionOptions: threads, profiling, ...) applies to ONNX
-    artifacts only.
+    artifacts only; without it the session decodes with redcompile's settings
+    (runtime/session.py) and `threads` intra-op threads.
     """
     from redcompile.pt2_artifact import is_pt2_file
 
@@ -86,6 +98,10 @@ def open_artifact(
     if path.is_file() and is_pt2_file(path):
         if session_options is not None:
             raise InputError(f"{path} is a PT2 package; session options apply to ONNX artifacts")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         return open_pt2_artifact(path, provider, **options)
     provider = provider or "cpu"
     artifact = read_artifact(path)
@@ -102,7 +118,18 @@ def open_artifact(
         ) from None
     from redcompile.runtime.ort_backend import OrtBackend
 
+    needed = manifest.get("min_onnxruntime")
+    if needed and _version(ort.__version__) < _version(needed):
+        raise TargetUnavailableError(
+            f"{path} needs ONNX Runtime >= {needed} (it uses ONNX Runtime's contrib ops), and "
+            f"this is {ort.__version__}; pip install -U onnxruntime"
+        )
+
     providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    if session_options is None:
+        from redcompile.runtime.session import session_options as decoding_options
+
+        session_options = decoding_options(threads)
     try:
         session = ort.InferenceSession(str(path), session_options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types

@@ -44,23 +44,50 @@ class OrtBackend(StepBackend):
             o: i for o, i in signature.feedback.items() if o.startswith("present.")
         }
         self.output_names = signature.output_names()
+        self.fed_back = [
+            (o, i) for o, i in signature.feedback.items() if o not in self.cache_outputs
+        ]
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
     def reset(self, batch_size: int, capacity: int) -> None:
-        """Zeroed inputs: one idle packed token per row and an empty cache of `capacity`."""
+        """Zeroed inputs: one idle packed token per row and an empty cache of `capacity`.
+
+        Steps alternate between two IO bindings. Each binds the cache buffers once, as inputs
+        and as the outputs that alias them, and every other output to a preallocated buffer of
+        its own (the shapes are fixed by the batch size): a step never writes the buffers it
+        reads, never waits for an allocation, and rebinds only the inputs that changed."""
         self.state = {}
-        for name, shape, dtype in self.signature.initial_inputs(
-            self.manifest["model"], batch_size, capacity
-        ):
+        self.bindings = [self.session.io_binding(), self.session.io_binding()]
+        model = self.manifest["model"]
+        for name, shape, dtype in self.signature.initial_inputs(model, batch_size, capacity):
             numpy_dtype = self.model_dtype if dtype == "model" else NUMPY_TYPES[dtype]
-            self.state[name] = self._to_device(np.zeros(shape, dtype=numpy_dtype))
+            self._set(name, self._to_device(np.zeros(shape, dtype=numpy_dtype)))
+        sizes = {"batch": batch_size, "vocab": model["vocab_size"]}
+        self._outputs: list[dict[str, ort.OrtValue]] = [{}, {}]
+        for spec in self.signature.outputs:
+            for binding, buffers in zip(self.bindings, self._outputs):
+                if spec.name in self.cache_outputs:
+                    cache = self.state[self.cache_outputs[spec.name]]
+                    binding.bind_ortvalue_output(spec.name, cache)
+                    continue
+                shape = [sizes.get(d, d) for d in spec.dims]
+                dtype = self.model_dtype if spec.dtype == "model" else NUMPY_TYPES[spec.dtype]
+                buffers[spec.name] = self._to_device(np.zeros(shape, dtype=dtype))
+                binding.bind_ortvalue_output(spec.name, buffers[spec.name])
+        self._turn = 0  # the binding (and output buffers) of the next step
+        self._last: dict[str, ort.OrtValue] = {}
+
+    def _set(self, name: str, value: ort.OrtValue) -> None:
+        self.state[name] = value
+        for binding in self.bindings:
+            binding.bind_ortvalue_input(name, value)
 
     def write(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the named inputs with host arrays (copied to the device)."""
         for name, array in arrays.items():
-            self.state[name] = self._to_device(array)
+            self._set(name, self._to_device(array))
 
     def read(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Host copies of the named inputs."""
@@ -68,22 +95,16 @@ class OrtBackend(StepBackend):
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One step; outputs become the next inputs, the cache is updated in place."""
-        binding = self.session.io_binding()
-        for name, value in self.state.items():
-            binding.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            if name in self.cache_outputs:
-                binding.bind_ortvalue_output(name, self.state[self.cache_outputs[name]])
-            else:
-                binding.bind_output(name, self.device)
-        self.session.run_with_iobinding(binding)
-        outputs = dict(zip(self.output_names, binding.get_outputs()))
+        outputs = self._outputs[self._turn]
+        self.session.run_with_iobinding(self.bindings[self._turn])
+        self._turn = 1 - self._turn
         self._last = outputs
-        for out_name, in_name in self.signature.feedback.items():
-            if out_name not in self.cache_outputs:
-                self.state[in_name] = outputs[out_name]
-        return outputs["new_tokens"].numpy(), outputs["num_new_tokens"].numpy()
+        for out_name, in_name in self.fed_back:
+            self._set(in_name, outputs[out_name])
+        return outputs["new_tokens"].numpy().copy(), outputs["num_new_tokens"].numpy().copy()
 
     def last_outputs(self) -> dict[str, np.ndarray]:
         """Host copies of every output of the last step (the cache as it is after the step)."""
-        return {name: value.numpy().copy() for name, value in self._last.items()}
+        caches = {o: self.state[i] for o, i in self.cache_outputs.items()}
+        last = {**self._last, **caches}
+        return {name: last[name].numpy().copy() for name in self.output_names}

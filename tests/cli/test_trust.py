@@ -40,6 +40,7 @@ INSPECT_KEYS = [
     "passes",
     "sources",
     "command",
+    "base_weights",
 ]
 
 

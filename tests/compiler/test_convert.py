@@ -42,7 +42,10 @@ def test_artifact_is_one_file_of_standard_ops_and_redcompile_ops_with_bodies(art
     assert report.files == [report.out]
     model = onnx.load(str(report.out))
     domains = Counter(n.domain or "ai.onnx" for n in model.graph.node)
-    assert set(domains) == {"ai.onnx", "redcompile"}
+    assert set(domains) == {"ai.onnx", "redcompile", "com.microsoft"}  # fused residual norms
+    assert {n.op_type for n in model.graph.node if n.domain == "com.microsoft"} == {
+        "SkipSimplifiedLayerNormalization"
+    }
     bodies = {f.name for f in model.functions}
     assert {n.op_type for n in model.graph.node if n.domain == "redcompile"} == bodies
     assert bodies == {
@@ -56,6 +59,7 @@ def test_artifact_is_one_file_of_standard_ops_and_redcompile_ops_with_bodies(art
     assert model.ir_version == 10 and {(o.domain, o.version) for o in model.opset_import} == {
         ("", 23),
         ("redcompile", 1),
+        ("com.microsoft", 1),
     }
     manifest = read_artifact(report.out).manifest
     assert manifest["beam"] == {"width": 3, "length": 4} and manifest["mode"] == "redrafter"
@@ -178,6 +182,7 @@ def test_cli_convert_json_and_dump_passes(tiny_llama, tmp_path):
     assert [p["name"] for p in report["passes"]] == [
         "fuse-tree-attention",
         "share-weights",
+        "fuse-skip-rms-norm",
         "fold-constants",
         "attach-function-bodies",
         "check-graph",

@@ -1,0 +1,356 @@
+"""Peer benchmark: redcompile artifacts against onnxruntime-genai (and transformers) in one run.
+
+Every "faster than" claim of the project cites a record of this script. For one model folder it
+builds onnxruntime-genai's models with genai's own model builder (`-p fp32|int4 -e cpu`), opens
+them and the given redcompile artifacts in one process, and decodes the same prompts (the same
+token ids, greedy, `--max-new-tokens`) with each: one warm-up pass, then `--rounds` rounds, the
+order reversed every round, per batch size and thread setting. It reports per system the median
+tokens per second, the ratio to every other system (median of the per-round ratios), kernels
+per decoding step (ONNX Runtime's profiler, one step at batch 1), and whether each system's
+tokens equal the reference system's (the first one named).
+
+    python bench/peers.py ../shared/fixtures/pycode-lm --prompts-file P.jsonl \
+        --ours ar=ar.onnx --ours ar-int4=ar_int4.onnx --genai fp32,int4 \
+        --batch-size 1,8 --threads 1,0 --work-dir /tmp/peers --out bench/results/peers_x.json
+
+`--threads 0` is each runtime's default (ONNX Runtime: one thread per core, spinning);
+batch B decodes the prompts B at a time (genai: left-padded static batches, its way of
+batching; redcompile: its in-flight batching over the same prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from redcompile.generation import GenerationConfig
+from redcompile.prompts import read_prompts_file
+from redcompile.runtime.loading import open_artifact
+from redcompile.runtime.session import session_options as redcompile_session_options
+
+Batches = list[list[int]]  # token ids per prompt
+
+
+@dataclass
+class System:
+    """One decoder under test: `run(prompt_ids, batch)` -> generated ids per prompt."""
+
+    name: str
+    kind: str  # "redcompile", "genai" or "transformers"
+    run: Callable[[Batches, int], Batches]
+    kernels_per_step: float | None = None
+
+
+def redcompile_system(name: str, path: Path, threads: int, max_new: int) -> System:
+    """An artifact in ONNX Runtime with redcompile's host loop and session settings."""
+    engine = open_artifact(path, session_options=redcompile_session_options(threads))
+
+    def run(prompts: Batches, batch: int) -> Batches:
+        cfg = GenerationConfig(max_new_tokens=max_new, batch_size=batch)
+        return [c.token_ids for c in engine.generate_ids(prompts, cfg).completions]
+
+    return System(name, "redcompile", run, redcompile_kernels_per_step(path, threads, max_new))
+
+
+def redcompile_kernels_per_step(path: Path, threads: int, max_new: int) -> float:
+    """Kernels ONNX Runtime runs per decoding step of the artifact (batch 1, profiled)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = redcompile_session_options(threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ours")
+        engine = open_artifact(path, session_options=options)
+        cfg = GenerationConfig(max_new_tokens=min(max_new, 16), batch_size=1)
+        result = engine.generate_ids([[1, 2, 3, 4, 5, 6, 7, 8]], cfg)
+        profile = engine.backend.session.end_profiling()
+        return _kernels_per_run(Path(profile), skip_first=1, runs=result.steps)
+
+
+def _kernels_per_run(profile: Path, skip_first: int, runs: int) -> float:
+    """Kernel events per session run in an ORT profile, leaving out the first runs (prefill)."""
+    events = json.loads(profile.read_text())
+    run_starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    kernels = [
+        e["ts"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+    ]
+    if len(run_starts) <= skip_first:
+        return float("nan")
+    later = [t for t in kernels if t >= run_starts[skip_first]]
+    return len(later) / (len(run_starts) - skip_first)
+
+
+def build_genai(model_dir: Path, precision: str, work_dir: Path) -> Path:
+    """onnxruntime-genai's model for `model_dir`, made by genai's own builder (cached)."""
+    out = work_dir / f"genai_{precision}"
+    if not (out / "genai_config.json").is_file():
+        command = [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(model_dir),
+            "-o",
+            str(out),
+            "-p",
+            precision,
+            "-e",
+            "cpu",
+            "-c",
+            str(work_dir / "genai_cache"),
+        ]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def genai_system(name: str, folder: Path, threads: int, max_new: int, pad_id: int) -> System:
+    """onnxruntime-genai's own generation loop over its model folder."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    if threads:
+        overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
+        config.overlay(json.dumps(overlay))
+    model = og.Model(config)
+
+    def run(prompts: Batches, batch: int) -> Batches:
+        outputs: Batches = []
+        for start in range(0, len(prompts), batch):
+            group = prompts[start : start + batch]
+            width = max(len(p) for p in group)
+            padded = np.full((len(group), width), pad_id, dtype=np.int32)
+            for row, ids in enumerate(group):  # left padding, genai's convention
+                padded[row, width - len(ids) :] = ids
+            params = og.GeneratorParams(model)
+            params.set_search_options(
+                max_length=width + max_new, do_sample=False, batch_size=len(group)
+            )
+            generator = og.Generator(model, params)
+            generator.append_tokens(padded)
+            while not generator.is_done():
+                generator.generate_next_token()
+            for row in range(len(group)):
+                sequence = list(generator.get_sequence(row))[width:]
+                outputs.append(_until_stop(sequence, pad_id, max_new))
+        return outputs
+
+    return System(name, "genai", run, genai_kernels_per_step(folder, threads))
+
+
+def genai_kernels_per_step(folder: Path, threads: int) -> float:
+    """Kernels ONNX Runtime runs per decoding step of genai's model (batch 1, profiled)."""
+    model_path = folder / "model.onnx"
+    config = json.loads((folder / "genai_config.json").read_text())["model"]
+    decoder = config["decoder"]
+    with tempfile.TemporaryDirectory() as tmp:
+        options = redcompile_session_options(threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "genai")
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        kv = (1, decoder["num_key_value_heads"], 64, decoder["head_size"])
+        feeds_dtype = np.float16 if "float16" in session.get_inputs()[2].type else np.float32
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in session.get_inputs():
+            if tensor.name.startswith("past_key_values"):
+                feeds[tensor.name] = np.zeros(kv, dtype=feeds_dtype)
+        steps = 8
+        for past in range(steps):
+            feeds["input_ids"] = np.array([[5]], dtype=np.int64)
+            feeds["attention_mask"] = np.ones((1, past + 1), dtype=np.int64)
+            session.run(None, feeds)
+        profile = session.end_profiling()
+        return _kernels_per_run(Path(profile), skip_first=1, runs=steps)
+
+
+def transformers_system(name: str, model_dir: Path, threads: int, max_new: int) -> System:
+    """Hugging Face transformers' `generate` (PyTorch, greedy, with its KV cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+
+    def run(prompts: Batches, batch: int) -> Batches:
+        outputs: Batches = []
+        with torch.inference_mode():
+            for ids in prompts:  # one at a time: padding would change transformers' numerics
+                out = model.generate(
+                    torch.tensor([ids]),
+                    max_new_tokens=max_new,
+                    do_sample=False,
+                    pad_token_id=eos,
+                    eos_token_id=eos,
+                )
+                outputs.append(_until_stop(out[0, len(ids) :].tolist(), eos, max_new))
+        return outputs
+
+    return System(name, "transformers", run)
+
+
+def _until_stop(tokens: Sequence[int], stop: int | Sequence[int] | None, limit: int) -> list[int]:
+    """The tokens before the first stop token, at most `limit` (redcompile's output rule)."""
+    stops = {stop} if isinstance(stop, int) else set(stop or ())
+    out = []
+    for token in tokens[:limit]:
+        if token in stops:
+            break
+        out.append(int(token))
+    return out
+
+
+def measure(
+    systems: list[System], prompts: Batches, batch: int, rounds: int, progress: Callable
+) -> dict:
+    """Warm-up, then `rounds` alternating rounds; medians, pairwise ratios, token identity."""
+    outputs = {s.name: s.run(prompts, batch) for s in systems}  # warm-up and tokens
+    seconds: dict[str, list[float]] = {s.name: [] for s in systems}
+    for index in range(rounds):
+        order = systems if index % 2 == 0 else systems[::-1]
+        for system in order:
+            start = time.perf_counter()
+            system.run(prompts, batch)
+            seconds[system.name].append(time.perf_counter() - start)
+        progress(
+            f"batch {batch} round {index + 1}/{rounds}: "
+            + ", ".join(f"{s.name} {seconds[s.name][-1]:.2f}s" for s in systems)
+        )
+    reference = outputs[systems[0].name]
+    rows = {}
+    for system in systems:
+        tokens = sum(len(t) for t in outputs[system.name])
+        same = sum(a == b for a, b in zip(outputs[system.name], reference))
+        rows[system.name] = {
+            "kind": system.kind,
+            "tokens": tokens,
+            "median_s": round(statistics.median(seconds[system.name]), 4),
+            "rounds_s": [round(s, 4) for s in seconds[system.name]],
+            "tokens_per_second": round(tokens / statistics.median(seconds[system.name]), 1),
+            "kernels_per_step": None
+            if system.kernels_per_step is None
+            else round(system.kernels_per_step, 1),
+            "prompts_identical_to_reference": f"{same}/{len(prompts)}",
+        }
+    ratios = {}
+    for a in systems:
+        for b in systems:
+            if a is b:
+                continue
+            per_round = [
+                (len_a / sa) / (len_b / sb)
+                for sa, sb, len_a, len_b in zip(
+                    seconds[a.name],
+                    seconds[b.name],
+                    [rows[a.name]["tokens"]] * rounds,
+                    [rows[b.name]["tokens"]] * rounds,
+                )
+            ]
+            ratios[f"{a.name}/{b.name}"] = round(statistics.median(per_round), 3)
+    identical_pairs = {
+        f"{a.name}={b.name}": f"{sum(x == y for x, y in zip(outputs[a.name], outputs[b.name]))}"
+        f"/{len(prompts)}"
+        for i, a in enumerate(systems)
+        for b in systems[i + 1 :]
+    }
+    return {
+        "batch_size": batch,
+        "systems": rows,
+        "tokens_per_second_ratio": ratios,
+        "identical_prompts": identical_pairs,
+    }
+
+
+def main() -> None:
+    """Parse options, build and open every system, measure, print and write the record."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--prompts-file", type=Path, required=True)
+    parser.add_argument("--prompts", type=int, default=None, help="Use the first N prompts")
+    parser.add_argument(
+        "--ours",
+        action="append",
+        default=[],
+        metavar="NAME=ARTIFACT",
+        help="A redcompile artifact; the first system named is the reference",
+    )
+    parser.add_argument("--genai", default="fp32,int4", help="genai precisions ('' for none)")
+    parser.add_argument("--transformers", action="store_true", help="Also time HF generate")
+    parser.add_argument("--batch-size", default="1")
+    parser.add_argument("--threads", default="1", help="intra-op threads; 0: runtime default")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    genai_folders = {
+        p: build_genai(args.model_dir, p, args.work_dir)
+        for p in filter(None, args.genai.split(","))
+    }
+    texts = read_prompts_file(args.prompts_file, limit=args.prompts)
+    ours = [item.split("=", 1) for item in args.ours]
+    codec = open_artifact(Path(ours[0][1])).codec if ours else None
+    if codec is None:
+        raise SystemExit("name at least one --ours artifact (its tokenizer encodes the prompts)")
+    prompts = [codec.encode(t) for t in texts]
+    pad_id = json.loads((args.model_dir / "config.json").read_text()).get("eos_token_id", 0)
+    pad_id = pad_id[0] if isinstance(pad_id, list) else pad_id
+
+    configs = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        systems = [redcompile_system(n, Path(p), threads, args.max_new_tokens) for n, p in ours]
+        systems += [
+            genai_system(f"genai-{p}", f, threads, args.max_new_tokens, pad_id)
+            for p, f in genai_folders.items()
+        ]
+        if args.transformers:
+            systems.append(
+                transformers_system("transformers", args.model_dir, threads, args.max_new_tokens)
+            )
+        for batch in [int(b) for b in args.batch_size.split(",")]:
+            progress(f"threads {threads}, batch {batch}: {len(systems)} systems")
+            result = measure(systems, prompts, batch, args.rounds, progress)
+            configs.append({"threads": threads, **result})
+            print(json.dumps(configs[-1], indent=1))
+
+    import onnxruntime_genai as og
+
+    record = {
+        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "onnxruntime": ort.__version__,
+            "onnxruntime_genai": og.__version__,
+            "python": platform.python_version(),
+        },
+        "model": str(args.model_dir),
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "rounds": args.rounds,
+        "artifacts": {n: {"path": p, "bytes": Path(p).stat().st_size} for n, p in ours},
+        "configs": configs,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

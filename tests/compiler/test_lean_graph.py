@@ -1,0 +1,175 @@
+"""The lean ONNX Runtime step: chain artifacts attend with GroupQueryAttention, residual norms
+are fused, `--weights int8|int4` writes MatMulNBits, and every one of them still decodes
+token for token as its reference (and ReDrafter as the autoregressive artifact of the same
+weights), at batch 1 and with in-flight batching."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from redcompile.api import open_generator, open_model_folder
+from redcompile.artifact import read_artifact
+from redcompile.cli import main
+from redcompile.compiler import ConvertOptions, convert
+from redcompile.config import BeamShape
+from redcompile.generation import GenerationConfig
+from redcompile.models.weight_quant import parse_base_weights
+from redcompile.verification import verify
+from support import PROMPTS, save_tiny_model
+
+CHAIN_OPS = {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"}
+TREE_OPS = {"TreeAttention", "KVCompaction", "AncestorMask"}
+
+
+def op_types(path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def tokens(source, batch: int, new_tokens: int = 12) -> list[list[int]]:
+    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=batch)
+    return [c.token_ids for c in open_generator(source).generate_ids(PROMPTS, cfg).completions]
+
+
+@pytest.fixture(scope="module")
+def lean(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lean")
+    made = {}
+    for arch in ("llama", "qwen3", "llama_tied"):
+        made[f"{arch}-ar"] = convert(
+            tiny_models[arch], out / f"{arch}-ar.onnx", options=ConvertOptions(autoregressive=True)
+        ).out
+    made["llama-w1"] = convert(
+        tiny_models["llama"],
+        out / "llama-w1.onnx",
+        options=ConvertOptions(beam=BeamShape(1, 4), random_drafter=True),
+    ).out
+    made["llama-w2"] = convert(
+        tiny_models["llama"],
+        out / "llama-w2.onnx",
+        options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True),
+    ).out
+    for name, block, level in (("int4", 32, 4), ("int8", 16, 1)):
+        for kind, options in (
+            ("ar", ConvertOptions(autoregressive=True)),
+            ("w1", ConvertOptions(beam=BeamShape(1, 4), random_drafter=True)),
+        ):
+            made[f"llama-{kind}-{name}"] = convert(
+                tiny_models["llama"],
+                out / f"llama-{kind}-{name}.onnx",
+                options=replace(
+                    options, weights=name, weight_block_size=block, accuracy_level=level
+                ),
+            ).out
+    return made
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "llama_tied"])
+def test_autoregressive_artifact_is_lean_and_exact(lean, tiny_models, arch):
+    path = lean[f"{arch}-ar"]
+    types = op_types(path)
+    assert CHAIN_OPS <= set(types) and not TREE_OPS & set(types)
+    assert types["GroupQueryAttention"] == 2  # one per layer
+    reference = open_model_folder(tiny_models[arch], autoregressive=True)
+    cfg = GenerationConfig(max_new_tokens=12, batch_size=3)
+    want = [c.token_ids for c in reference.generate_ids(PROMPTS, cfg).completions]
+    assert tokens(path, batch=3) == want
+    assert tokens(path, batch=1) == want
+
+
+def test_single_beam_redrafter_is_lean_and_decodes_as_autoregressive(lean):
+    assert CHAIN_OPS <= set(op_types(lean["llama-w1"]))
+    assert not TREE_OPS & set(op_types(lean["llama-w1"]))
+    want = tokens(lean["llama-ar"], batch=1)
+    assert tokens(lean["llama-w1"], batch=1) == want
+    assert tokens(lean["llama-w1"], batch=4) == want
+
+
+def test_trees_keep_tree_attention(lean):
+    types = set(op_types(lean["llama-w2"]))
+    assert "TreeAttention" in types and "GroupQueryAttention" not in types
+    assert tokens(lean["llama-w2"], batch=4) == tokens(lean["llama-ar"], batch=1)
+
+
+def test_head_sizes_the_cpu_kernel_refuses_keep_tree_attention(tmp_path):
+    folder = save_tiny_model(tmp_path / "d8", "llama", head_dim=8, num_attention_heads=8)
+    report = convert(folder, tmp_path / "ar.onnx", options=ConvertOptions(autoregressive=True))
+    types = set(op_types(report.out))
+    assert "TreeAttention" in types and "GroupQueryAttention" not in types
+    reference = open_model_folder(folder, autoregressive=True)
+    cfg = GenerationConfig(max_new_tokens=8, batch_size=2)
+    assert tokens(report.out, batch=2, new_tokens=8) == [
+        c.token_ids for c in reference.generate_ids(PROMPTS, cfg).completions
+    ]
+
+
+@pytest.mark.parametrize("name", ["int4", "int8"])
+def test_quantized_weights_are_matmulnbits_and_speculation_stays_exact(lean, name):
+    ar, w1 = lean[f"llama-ar-{name}"], lean[f"llama-w1-{name}"]
+    types = op_types(ar)
+    assert types["MatMulNBits"] == 2 * 5 + 1  # qkv, o, gate, up, down per layer; lm_head
+    assert "MatMul" not in types
+    manifest = read_artifact(ar).manifest
+    assert manifest["base_weights"]["format"] == name
+    want = tokens(ar, batch=1)
+    assert want != tokens(lean["llama-ar"], batch=1)  # the weights did change
+    assert tokens(w1, batch=1) == want
+    assert tokens(w1, batch=4) == want
+
+
+def test_verify_holds_int8_weights_to_the_dequantized_reference(lean, tiny_models):
+    report = verify(lean["llama-ar-int8"], tiny_models["llama"])  # accuracy level 1: float
+    assert report.passed, "\n".join(report.lines())
+    assert all(c.mismatches == 0 for c in report.first_step)
+
+
+def test_verify_holds_int4_weights_with_int8_activations_to_their_reference(lean, tiny_models):
+    """Accuracy level 4: the reference rounds activations to int8 per block as MatMulNBits."""
+    report = verify(lean["llama-ar-int4"], tiny_models["llama"])
+    assert report.passed, "\n".join(report.lines())
+    caches = [c for c in report.first_step if c.name.startswith("present.")]
+    assert all(c.mismatches <= 0.01 * c.elements for c in caches)
+
+
+def test_reference_without_int8_activations_would_not_match(lean, tiny_models):
+    """The activation rounding is what makes the reference match (a test that can fail)."""
+    from redcompile.generation import first_step_outputs
+    from redcompile.runtime.loading import open_artifact
+
+    ids = [p for p in PROMPTS[:2]]
+    got = first_step_outputs(open_artifact(lean["llama-ar-int4"]).backend, ids, 8)
+    for level, close in ((4, True), (1, False)):
+        reference = open_model_folder(
+            tiny_models["llama"],
+            autoregressive=True,
+            base_weights=parse_base_weights("int4", 32, level),
+        )
+        want = first_step_outputs(reference.backend, ids, 8)
+        diff = abs(got["present.0.key"] - want["present.0.key"]).max()
+        assert (diff < 1e-4) == close, (level, diff)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--weights", "int3"], "--weights"),
+        (["--weights", "int4", "--weight-block-size", "24"], "power of two"),
+        (["--weights", "int4", "--weight-block-size", "64"], "does not divide"),
+        (["--weights", "int4", "--accuracy-level", "9"], "--accuracy-level"),
+        (["--weights", "int4", "--dtype", "bf16"], "bf16"),
+        (["--weights", "int8", "--target", "torch"], "MatMulNBits"),
+    ],
+)
+def test_bad_weight_options_exit_2_with_one_line_and_no_file(tiny_models, tmp_path, args, message):
+    out = tmp_path / ("m.pt2" if "torch" in args else "m.onnx")
+    result = CliRunner().invoke(
+        main, ["convert", str(tiny_models["llama"]), str(out), "--autoregressive", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.iterdir())
