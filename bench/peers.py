@@ -54,9 +54,16 @@ class System:
     kernels_per_step: float | None = None
 
 
-def redcompile_system(name: str, path: Path, threads: int, max_new: int) -> System:
+def parse_threads(setting: str) -> tuple[int, bool | None]:
+    """'2' -> (2, None); '2-nospin' -> (2, False)."""
+    count, _, spin = setting.partition("-")
+    return int(count), (False if spin == "nospin" else None)
+
+
+def redcompile_system(name: str, path: Path, setting: str, max_new: int) -> System:
     """An artifact in ONNX Runtime with redcompile's host loop and session settings."""
-    engine = open_artifact(path, session_options=redcompile_session_options(threads))
+    threads, spinning = parse_threads(setting)
+    engine = open_artifact(path, session_options=redcompile_session_options(threads, spinning))
 
     def run(prompts: Batches, batch: int) -> Batches:
         cfg = GenerationConfig(max_new_tokens=max_new, batch_size=batch)
@@ -288,7 +295,12 @@ def main() -> None:
     parser.add_argument("--genai", default="fp32,int4", help="genai precisions ('' for none)")
     parser.add_argument("--transformers", action="store_true", help="Also time HF generate")
     parser.add_argument("--batch-size", default="1")
-    parser.add_argument("--threads", default="1", help="intra-op threads; 0: runtime default")
+    parser.add_argument(
+        "--threads",
+        default="1",
+        help="Comma-separated intra-op thread settings: N, 0 (the runtime's default) or N-nospin "
+        "(N threads that do not spin between kernels; redcompile only, genai spins)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, required=True)
@@ -313,8 +325,9 @@ def main() -> None:
     pad_id = pad_id[0] if isinstance(pad_id, list) else pad_id
 
     configs = []
-    for threads in [int(t) for t in args.threads.split(",")]:
-        systems = [redcompile_system(n, Path(p), threads, args.max_new_tokens) for n, p in ours]
+    for setting in args.threads.split(","):
+        threads = parse_threads(setting)[0]
+        systems = [redcompile_system(n, Path(p), setting, args.max_new_tokens) for n, p in ours]
         systems += [
             genai_system(f"genai-{p}", f, threads, args.max_new_tokens, pad_id)
             for p, f in genai_folders.items()
@@ -326,7 +339,7 @@ def main() -> None:
         for batch in [int(b) for b in args.batch_size.split(",")]:
             progress(f"threads {threads}, batch {batch}: {len(systems)} systems")
             result = measure(systems, prompts, batch, args.rounds, progress)
-            configs.append({"threads": threads, **result})
+            configs.append({"threads": setting, **result})
             print(json.dumps(configs[-1], indent=1))
 
     import onnxruntime_genai as og

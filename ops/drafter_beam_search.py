@@ -257,6 +257,14 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
         logprobs = b.Reshape(
             b.LogSoftmax(logits, axis=-1), b.Concat(batch, b.const([width]), vocab, axis=0)
         )  # [B, W, V]
+        if width == 1:  # one beam: the best token extends it, no beam is reordered
+            token = b.ArgMax(logprobs, axis=-1, keepdims=1)  # [B, 1, 1], first of ties
+            if spec.has("draft_vocab"):
+                token = b.Gather(b.input("draft_vocab"), token, axis=0)
+            beams = b.Concat(beams, token, axis=-1)
+            chosen = b.Unsqueeze(logprobs, b.const([2]))  # [B, 1, 1, V]
+            history = chosen if history is None else b.Concat(history, chosen, axis=2)
+            continue
         joint = b.Reshape(
             b.Add(logprobs, b.Unsqueeze(scores, b.const([-1]))),
             b.Concat(batch, b.const([-1]), axis=0),

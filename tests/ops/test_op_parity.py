@@ -55,6 +55,7 @@ def beam_search_samples():
         (False, 16, 1, (3, 3, 5), None),
         (True, 20, 0, (1, 5, 50), None),
         (True, 24, 1, (3, 4, 5), [39, 3, 17, 0, 8, 21, 30, 11, 5, 2]),  # a draft vocabulary
+        (False, 24, 2, (1, 4, 5), [39, 3, 17, 0, 8, 21, 30, 11, 5, 2]),  # one beam, draft vocab
     ]:
         torch.manual_seed(layers)
         drafter = Drafter(DrafterConfig(12, 40, exit_dim, layers, rnn))
