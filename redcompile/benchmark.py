@@ -252,7 +252,11 @@ def _split_base_weights(source: Path | str, cfg: BenchConfig, options: dict) -> 
         return options
     if not Path(source).is_dir():
         raise InputError("--weights applies to model folders; an artifact has its own weights")
-    parsed = parse_base_weights(**convert_options)
+    parsed = parse_base_weights(
+        convert_options["weights"],
+        convert_options["weight_block_size"],
+        convert_options["accuracy_level"],
+    )
     if cfg.runtime == "torch":
         options["base_weights"] = parsed
     else:

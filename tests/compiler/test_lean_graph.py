@@ -173,3 +173,28 @@ def test_bad_weight_options_exit_2_with_one_line_and_no_file(tiny_models, tmp_pa
     assert message in result.output
     assert "Traceback" not in result.output
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_bench_converts_both_engines_with_the_same_base_weights(tiny_models, tmp_path, lean):
+    from redcompile.benchmark import BenchConfig, bench
+    from redcompile.errors import InputError
+
+    cfg = BenchConfig(beams=(BeamShape(1, 3),), repeats=1, max_new_tokens=6)
+    options = dict(random_drafter=True, weights="int4", weight_block_size=32, accuracy_level=4)
+    report = bench(tiny_models["llama"], ["ab", "cde"], cfg, work_dir=tmp_path, **options)
+    made = sorted(p.name for p in tmp_path.glob("*.onnx"))
+    assert made == ["W1-L3-baseint4.onnx", "autoregressive-baseint4.onnx"]
+    assert all(
+        read_artifact(tmp_path / m).manifest["base_weights"]["format"] == "int4" for m in made
+    )
+    assert {m.engine for m in report.measurements} == {"autoregressive", "W1-L3"}
+    with pytest.raises(InputError, match="model folders"):
+        bench(
+            lean["llama-ar"],
+            ["ab"],
+            cfg,
+            baseline=lean["llama-ar"],
+            weights="int4",
+            weight_block_size=32,
+            accuracy_level=4,
+        )
