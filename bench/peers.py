@@ -279,6 +279,39 @@ def measure(
     }
 
 
+def markdown_table(configs: list[dict]) -> str:
+    """One row per (threads, batch, system): tokens/s, ratio to each genai model, kernels per
+    step, prompts identical to the reference system."""
+    genai = sorted({n for c in configs for n, v in c["systems"].items() if v["kind"] == "genai"})
+    head = [
+        "threads",
+        "batch",
+        "system",
+        "tokens/s",
+        *[f"/ {g}" for g in genai],
+        "kernels/step",
+        "= reference",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in configs:
+        for name, row in c["systems"].items():
+            ratios = [
+                "" if name == g else f"{c['tokens_per_second_ratio'][f'{name}/{g}']:.2f}x"
+                for g in genai
+            ]
+            cells = [
+                str(c["threads"]),
+                str(c["batch_size"]),
+                name,
+                f"{row['tokens_per_second']:.0f}",
+                *ratios,
+                str(row["kernels_per_step"]),
+                row["prompts_identical_to_reference"],
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Parse options, build and open every system, measure, print and write the record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -340,7 +373,7 @@ def main() -> None:
             progress(f"threads {threads}, batch {batch}: {len(systems)} systems")
             result = measure(systems, prompts, batch, args.rounds, progress)
             configs.append({"threads": setting, **result})
-            print(json.dumps(configs[-1], indent=1))
+            progress(json.dumps(configs[-1]["tokens_per_second_ratio"]))
 
     import onnxruntime_genai as og
 
@@ -363,6 +396,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(markdown_table(configs))
 
 
 if __name__ == "__main__":

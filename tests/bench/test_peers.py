@@ -1,0 +1,53 @@
+"""bench/peers.py without the peer installed: redcompile systems measured side by side, the
+record's ratios and token identity, kernels per step from ONNX Runtime's profile, the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from redcompile.compiler import ConvertOptions, convert
+from support import PROMPTS
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def peers(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import peers
+
+    return peers
+
+
+def test_two_artifacts_side_by_side(peers, tiny_llama, tmp_path):
+    ar = convert(tiny_llama, tmp_path / "ar.onnx", options=ConvertOptions(autoregressive=True))
+    int8 = convert(
+        tiny_llama,
+        tmp_path / "ar8.onnx",
+        options=ConvertOptions(autoregressive=True, weights="int8", weight_block_size=16),
+    )
+    systems = [
+        peers.redcompile_system("ar", ar.out, "1", 8),
+        peers.redcompile_system("ar-int8", int8.out, "1-nospin", 8),
+    ]
+    assert systems[0].kernels_per_step < 120  # the lean step, not the tree step's hundreds
+    result = peers.measure(systems, PROMPTS[:4], batch=2, rounds=2, progress=lambda _: None)
+    assert set(result["systems"]) == {"ar", "ar-int8"}
+    assert result["systems"]["ar"]["prompts_identical_to_reference"] == "4/4"
+    assert set(result["tokens_per_second_ratio"]) == {"ar/ar-int8", "ar-int8/ar"}
+    assert all(len(r["rounds_s"]) == 2 for r in result["systems"].values())
+    table = peers.markdown_table([{"threads": "1", **result}])
+    assert table.count("\n") == 3 and "| 1 | 2 | ar |" in table
+
+
+def test_threads_settings_parse(peers):
+    assert peers.parse_threads("2") == (2, None)
+    assert peers.parse_threads("2-nospin") == (2, False)
+    assert peers.parse_threads("0") == (0, None)
+
+
+def test_tokens_after_a_stop_are_cut_as_redcompile_cuts_them(peers):
+    assert peers._until_stop([4, 5, 0, 7], 0, 10) == [4, 5]
+    assert peers._until_stop([4, 5, 6], [9], 2) == [4, 5]
