@@ -120,8 +120,9 @@ def base_weights_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=int,
             default=DEFAULT_ACCURACY_LEVEL,
             show_default=True,
-            help="ONNX Runtime's MatMulNBits compute: 4 int8 activations (fastest on CPU), "
-            "1 float32.",
+            help="ONNX Runtime's MatMulNBits compute: 1 float32 (exact: ReDrafter decodes as "
+            "autoregressive decoding); 4 int8 activations, faster on CPU, autoregressive "
+            "artifacts only.",
         ),
     ]
     for option in reversed(options):

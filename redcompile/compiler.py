@@ -319,7 +319,15 @@ def _min_onnxruntime(model: onnx.ModelProto) -> str:
 def _check_base_weights(o: ConvertOptions, target: str) -> BaseWeights:
     """--weights / --weight-block-size / --accuracy-level: valid values, and quantized weights
     only where MatMulNBits runs (ONNX Runtime)."""
+    from redcompile.models.weight_quant import INT8_ACTIVATIONS
+
     base = parse_base_weights(o.weights, o.weight_block_size, o.accuracy_level)
+    if base.fmt is not None and base.accuracy_level == INT8_ACTIVATIONS and not o.autoregressive:
+        raise InputError(
+            "--accuracy-level 4 rounds activations to int8, and ONNX Runtime's rounding then "
+            "depends on how many tokens a step verifies, so ReDrafter would not decode exactly "
+            "as autoregressive decoding; use --accuracy-level 1 (the default) or --autoregressive"
+        )
     if base.fmt is not None and target != "onnxruntime":
         raise InputError(
             f"--weights {o.weights} writes ONNX Runtime's MatMulNBits and applies to .onnx "

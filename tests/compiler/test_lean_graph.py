@@ -53,7 +53,12 @@ def lean(tiny_models, tmp_path_factory):
         out / "llama-w2.onnx",
         options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True),
     ).out
-    for name, block, level in (("int4", 32, 4), ("int8", 16, 1)):
+    made["llama-ar-int4-l4"] = convert(
+        tiny_models["llama"],
+        out / "llama-ar-int4-l4.onnx",
+        options=ConvertOptions(autoregressive=True, weights="int4", accuracy_level=4),
+    ).out
+    for name, block, level in (("int4", 32, 1), ("int8", 16, 1)):
         for kind, options in (
             ("ar", ConvertOptions(autoregressive=True)),
             ("w1", ConvertOptions(beam=BeamShape(1, 4), random_drafter=True)),
@@ -129,7 +134,7 @@ def test_verify_holds_int8_weights_to_the_dequantized_reference(lean, tiny_model
 
 def test_verify_holds_int4_weights_with_int8_activations_to_their_reference(lean, tiny_models):
     """Accuracy level 4: the reference rounds activations to int8 per block as MatMulNBits."""
-    report = verify(lean["llama-ar-int4"], tiny_models["llama"])
+    report = verify(lean["llama-ar-int4-l4"], tiny_models["llama"])
     assert report.passed, "\n".join(report.lines())
     caches = [c for c in report.first_step if c.name.startswith("present.")]
     assert all(c.mismatches <= 0.01 * c.elements for c in caches)
@@ -141,7 +146,7 @@ def test_reference_without_int8_activations_would_not_match(lean, tiny_models):
     from redcompile.runtime.loading import open_artifact
 
     ids = [p for p in PROMPTS[:2]]
-    got = first_step_outputs(open_artifact(lean["llama-ar-int4"]).backend, ids, 8)
+    got = first_step_outputs(open_artifact(lean["llama-ar-int4-l4"]).backend, ids, 8)
     for level, close in ((4, True), (1, False)):
         reference = open_model_folder(
             tiny_models["llama"],
@@ -151,6 +156,14 @@ def test_reference_without_int8_activations_would_not_match(lean, tiny_models):
         want = first_step_outputs(reference.backend, ids, 8)
         diff = abs(got["present.0.key"] - want["present.0.key"]).max()
         assert (diff < 1e-4) == close, (level, diff)
+
+
+def test_int8_activations_are_refused_for_redrafter(tiny_models, tmp_path):
+    out = tmp_path / "m.onnx"
+    args = ["convert", str(tiny_models["llama"]), str(out), "--random-drafter"]
+    result = CliRunner().invoke(main, [*args, "--weights", "int4", "--accuracy-level", "4"])
+    assert result.exit_code == 2 and "--accuracy-level 1" in result.output
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -180,7 +193,7 @@ def test_bench_converts_both_engines_with_the_same_base_weights(tiny_models, tmp
     from redcompile.errors import InputError
 
     cfg = BenchConfig(beams=(BeamShape(1, 3),), repeats=1, max_new_tokens=6)
-    options = dict(random_drafter=True, weights="int4", weight_block_size=32, accuracy_level=4)
+    options = dict(random_drafter=True, weights="int4", weight_block_size=32, accuracy_level=1)
     report = bench(tiny_models["llama"], ["ab", "cde"], cfg, work_dir=tmp_path, **options)
     made = sorted(p.name for p in tmp_path.glob("*.onnx"))
     assert made == ["W1-L3-baseint4.onnx", "autoregressive-baseint4.onnx"]
