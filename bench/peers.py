@@ -312,6 +312,15 @@ def markdown_table(configs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _portable(arg: str) -> str:
+    """A command-line argument as the record keeps it: absolute paths (this machine's) by their
+    file name, NAME=PATH as NAME=file name."""
+    name, sep, value = arg.rpartition("=")
+    if value.startswith("/"):
+        return f"{name}{sep}{Path(value).name}"
+    return arg
+
+
 def main() -> None:
     """Parse options, build and open every system, measure, print and write the record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -378,7 +387,7 @@ def main() -> None:
     import onnxruntime_genai as og
 
     record = {
-        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        "command": " ".join([os.path.basename(sys.argv[0]), *map(_portable, sys.argv[1:])]),
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
@@ -390,7 +399,7 @@ def main() -> None:
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
-        "artifacts": {n: {"path": p, "bytes": Path(p).stat().st_size} for n, p in ours},
+        "artifacts": {n: {"file": Path(p).name, "bytes": Path(p).stat().st_size} for n, p in ours},
         "configs": configs,
     }
     if args.out:

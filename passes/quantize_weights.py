@@ -57,10 +57,11 @@ class QuantizeWeights(GraphPass):
         self.accuracy_level = accuracy_level
 
     def match(self, graph: gs.Graph, ctx: PassContext) -> Iterator[Match]:
-        """MatMul(x, W) with W a 2-D float initializer whose input dimension splits into
-        whole blocks."""
+        """MatMul(x, W [K, N]) or Gemm(x, W [N, K], transB=1) (a tied lm_head reading the
+        embedding table, share-weights' form) with W a 2-D float initializer whose input
+        dimension splits into whole blocks."""
         for node in graph.nodes:
-            if node.op != "MatMul" or node.domain not in ("", "ai.onnx", None):
+            if node.domain not in ("", "ai.onnx", None) or not _is_product(node):
                 continue
             weight = node.inputs[1]
             if not isinstance(weight, gs.Constant):
@@ -68,7 +69,7 @@ class QuantizeWeights(GraphPass):
             if len(weight.shape) != 2 or np.dtype(weight.dtype) not in FLOAT_TYPES:
                 ctx.reject(node, f"{weight.name} is {np.dtype(weight.dtype)} {weight.shape}")
                 continue
-            k = weight.shape[0]
+            k = weight.shape[1] if node.op == "Gemm" else weight.shape[0]
             if k % self.fmt.block_size:
                 ctx.reject(
                     node, f"{weight.name}: {k} inputs are not whole blocks of {self.fmt.block_size}"
@@ -79,12 +80,14 @@ class QuantizeWeights(GraphPass):
     def rewrite(self, graph: gs.Graph, match: Match, ctx: PassContext) -> None:
         """Replace the MatMul by MatMulNBits over the packed weight and its scales."""
         node, weight = match.root, match.bindings["weight"]
-        w_kn = constant_array(weight, ctx)
-        k, n = w_kn.shape
-        q_kn, scale = quantize_blockwise(torch.from_numpy(np.ascontiguousarray(w_kn.T)), self.fmt)
+        w = constant_array(weight, ctx)
+        w_nk = w if node.op == "Gemm" else w.T
+        n, k = w_nk.shape
+        q_kn, scale = quantize_blockwise(torch.from_numpy(np.ascontiguousarray(w_nk)), self.fmt)
         scale_nb = np.ascontiguousarray(scale.numpy().T)  # [N, K / bs]
-        base = f"{weight.name}.{self.fmt.name}"
+        base = f"{weight.name}.{self.fmt.name}" + ("T" if node.op == "Gemm" else "")
         x, y = node.inputs[0], node.outputs[0]
+        bias = list(node.inputs[2:3])
         node.inputs.clear()
         node.outputs.clear()
         graph.layer(
@@ -94,7 +97,8 @@ class QuantizeWeights(GraphPass):
             inputs=[
                 x,
                 gs.Constant(f"{base}/B", pack_columns(q_kn.numpy(), self.fmt)),
-                gs.Constant(f"{base}/scales", scale_nb.astype(w_kn.dtype)),
+                gs.Constant(f"{base}/scales", scale_nb.astype(w.dtype)),
+                *([gs.Variable.empty(), gs.Variable.empty(), bias[0]] if bias else []),
             ],
             outputs=[y],
             attrs={
@@ -107,11 +111,26 @@ class QuantizeWeights(GraphPass):
         )
 
     def verify(self, graph: gs.Graph, ctx: PassContext) -> None:
-        """No MatMul multiplies by a float initializer any more."""
+        """No MatMul or Gemm multiplies by a float initializer any more."""
         left = list(self.match(graph, PassContext()))
         if left:
             raise self.fail(f"{left[0].root.name} still multiplies by a float weight")
         for node in graph.nodes:
-            if node.op == "MatMul" and isinstance(node.inputs[1], gs.Constant):
+            if _is_product(node) and isinstance(node.inputs[1], gs.Constant):
                 if np.dtype(node.inputs[1].dtype) in FLOAT_TYPES:
                     raise self.fail(f"{node.name}: {node.inputs[1].name} was not quantized")
+
+
+def _is_product(node: gs.Node) -> bool:
+    """MatMul(x, W), or Gemm(x, W, [bias], transB=1) with unit alpha and beta (a Linear)."""
+    if node.op == "MatMul":
+        return len(node.inputs) == 2
+    attrs = node.attrs
+    return (
+        node.op == "Gemm"
+        and len(node.inputs) >= 2
+        and attrs.get("transB", 0) == 1
+        and attrs.get("transA", 0) == 0
+        and attrs.get("alpha", 1.0) == 1.0
+        and attrs.get("beta", 1.0) == 1.0
+    )

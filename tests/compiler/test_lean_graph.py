@@ -126,6 +126,13 @@ def test_quantized_weights_are_matmulnbits_and_speculation_stays_exact(lean, nam
     assert tokens(w1, batch=4) == want
 
 
+def test_a_tied_head_is_quantized_with_the_rest(tiny_models, tmp_path):
+    options = ConvertOptions(autoregressive=True, weights="int8", weight_block_size=16)
+    report = convert(tiny_models["llama_tied"], tmp_path / "tied.onnx", options=options)
+    assert op_types(report.out)["MatMulNBits"] == 2 * 5 + 1
+    assert verify(report.out, tiny_models["llama_tied"]).passed
+
+
 def test_verify_holds_int8_weights_to_the_dequantized_reference(lean, tiny_models):
     report = verify(lean["llama-ar-int8"], tiny_models["llama"])  # accuracy level 1: float
     assert report.passed, "\n".join(report.lines())

@@ -78,3 +78,23 @@ def test_blocks_that_do_not_divide_the_inputs_are_rejected():
 def test_bad_options_are_refused_in_one_line(args, message):
     with pytest.raises(InputError, match=message):
         parse_base_weights(*args)
+
+
+def test_a_tied_head_read_through_gemm_is_quantized_too():
+    """share-weights' form of a tied lm_head: Gemm(x, E [N, K], transB=1) reading the table."""
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((48, 64)).astype(np.float32)  # [V, H]
+    nodes = [h.make_node("Gemm", ["x", "E"], ["y"], transB=1)]
+    m = model(
+        nodes,
+        [vi("x", TP.FLOAT, ["R", 64])],
+        [vi("y", TP.FLOAT, ["R", 48])],
+        [numpy_helper.from_array(table, "E")],
+    )
+    base = parse_base_weights("int8", 16, accuracy_level=1)
+    quantized, matches = apply(QuantizeWeights(base.fmt, base.accuracy_level), m)
+    assert len(matches) == 1 and ops(quantized) == ["com.microsoft::MatMulNBits"]
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    (got,) = run(quantized, {"x": x})
+    want = x @ fake_quantize(torch.from_numpy(table), base.fmt).numpy().T
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
