@@ -83,7 +83,7 @@ class QuantizeWeights(GraphPass):
         w = constant_array(weight, ctx)
         w_nk = w if node.op == "Gemm" else w.T
         n, k = w_nk.shape
-        q_kn, scale = quantize_blockwise(torch.from_numpy(np.ascontiguousarray(w_nk)), self.fmt)
+        q_kn, scale = quantize_blockwise(torch.from_numpy(np.array(w_nk, copy=True)), self.fmt)
         scale_nb = np.ascontiguousarray(scale.numpy().T)  # [N, K / bs]
         base = f"{weight.name}.{self.fmt.name}" + ("T" if node.op == "Gemm" else "")
         x, y = node.inputs[0], node.outputs[0]
