@@ -241,26 +241,18 @@ class SpeculativeStep(nn.Module):
         b = input_ids.shape[0]
         next_token = torch.gather(new_tokens, 1, (num_new - 1).clamp(min=0).unsqueeze(1))
         active = num_new > 0
-        if self.speculative:
-            h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
-            with section("drafting"):
-                beams, draft_logprobs = self.drafter.beam_search(
-                    h.squeeze(1),
-                    next_token.squeeze(1),
-                    self.base.embedding,
-                    self.beam_width,
-                    self.beam_length,
-                    self.top_k,
-                )
-            with section("tree"):
-                tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
-            tree_outputs = (paths, draft_logprobs)
-        else:
-            tokens = next_token
-            parents = torch.full_like(next_token, -1)
-            depths = torch.zeros_like(next_token)
-            tree_size = torch.ones_like(num_new)
-            tree_outputs = ()
+        h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
+        with section("drafting"):
+            beams, draft_logprobs = self.drafter.beam_search(
+                h.squeeze(1),
+                next_token.squeeze(1),
+                self.base.embedding,
+                self.beam_width,
+                self.beam_length,
+                self.top_k,
+            )
+        with section("tree"):
+            tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
         zero = torch.zeros_like(num_new)
         return (
             new_tokens,
@@ -271,6 +263,7 @@ class SpeculativeStep(nn.Module):
             torch.where(active, tree_size, zero),
             torch.where(active, torch.ones_like(num_new), zero),
             cache_lengths + keep_len,
-            *tree_outputs,
+            paths,
+            draft_logprobs,
             *present,
         )

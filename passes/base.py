@@ -97,6 +97,19 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
 
 
+def is_linear_gemm(node: gs.Node) -> bool:
+    """Gemm(x, W, [b], transB=1) with unit alpha and beta: a Linear layer in ONNX."""
+    attrs = node.attrs
+    return (
+        node.op == "Gemm"
+        and len(node.inputs) >= 2
+        and attrs.get("transB", 0) == 1
+        and attrs.get("transA", 0) == 0
+        and attrs.get("alpha", 1.0) == 1.0
+        and attrs.get("beta", 1.0) == 1.0
+    )
+
+
 def attr(node: gs.Node, key: str, default: Any = None) -> Any:
     """A node attribute with a default (graphsurgeon keeps attributes in a dict)."""
     return node.attrs.get(key, default)

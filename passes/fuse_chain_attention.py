@@ -117,6 +117,7 @@ class FuseChainAttention(GraphPass):
         """`cos_pd`/`sin_pd` [positions, head_dim / 2]: the model's RoPE at every position."""
         self.cos_pd, self.sin_pd = cos_pd, sin_pd
         self._shared: dict[str, gs.Tensor] = {}
+        self._shared_graph: int | None = None  # id() of the graph `_shared` was made in
 
     def match(self, graph: gs.Graph, ctx: PassContext) -> Iterator[Match]:
         """Each TreeAttention whose q/k are rotated projections and whose k/v cache writes are
@@ -245,8 +246,7 @@ class FuseChainAttention(GraphPass):
         """The inputs every layer's GroupQueryAttention shares, made once per graph:
         seqlens_k = max(cache_lengths + num_tokens - 1, 0), query_seqlens = num_tokens and
         total_sequence_length = max(max(cache_lengths + num_tokens), T) as int32, the tables."""
-        key = str(id(graph))
-        if self._shared.get("graph") == key:
+        if self._shared_graph == id(graph):
             return self._shared
         prefix = f"{GQA}.shared"
 
@@ -267,8 +267,8 @@ class FuseChainAttention(GraphPass):
         widest = node("ReduceMax", "widest", total_b, keepdims=0)
         tokens = node("Squeeze", "tokens", node("Shape", "tokens_1", input_ids, start=1, end=2))
         total = node("Max", "total64", widest, tokens)
+        self._shared_graph = id(graph)
         self._shared = {
-            "graph": key,
             "seqlens_k": int32(seqlens, "seqlens_k"),
             "query_seqlens": int32(num_tokens, "query_seqlens"),
             "total": int32(total, "total_sequence_length"),

@@ -39,7 +39,13 @@ from redcompile.models.drafter import QUANTIZED_MATRICES, QUANTIZED_STACKS
 from redcompile.models.weight_quant import WeightFormat, quantize_blockwise
 from redcompile.ops import DOMAIN
 from redcompile.ops.drafter_beam_search import DRAFTER_BEAM_SEARCH
-from redcompile.passes.base import GraphPass, Match, PassContext, constant_array
+from redcompile.passes.base import (
+    GraphPass,
+    Match,
+    PassContext,
+    constant_array,
+    is_linear_gemm,
+)
 
 OP = DRAFTER_BEAM_SEARCH.onnx_name
 FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -239,14 +245,5 @@ def _refusal(tensor: gs.Tensor, rank: int, node: gs.Node) -> str | None:
 
 
 def _is_linear(node: gs.Node, matrix: gs.Tensor) -> bool:
-    """Gemm(x, matrix, [b], transB=1) with unit alpha and beta: a Linear layer."""
-    attrs = node.attrs
-    return (
-        node.op == "Gemm"
-        and len(node.inputs) >= 2
-        and node.inputs[1] is matrix
-        and attrs.get("transB", 0) == 1
-        and attrs.get("transA", 0) == 0
-        and attrs.get("alpha", 1.0) == 1.0
-        and attrs.get("beta", 1.0) == 1.0
-    )
+    """A Linear layer (Gemm, transB=1) multiplying by `matrix`."""
+    return is_linear_gemm(node) and node.inputs[1] is matrix

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 import torch
 
 from redcompile.models.weight_quant import WeightFormat, quantize_blockwise
-from redcompile.passes.base import GraphPass, Match, PassContext, constant_array
+from redcompile.passes.base import GraphPass, Match, PassContext, constant_array, is_linear_gemm
 from redcompile.passes.contrib import MATMUL_NBITS, MS_DOMAIN
 
 FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -122,15 +122,5 @@ class QuantizeWeights(GraphPass):
 
 
 def _is_product(node: gs.Node) -> bool:
-    """MatMul(x, W), or Gemm(x, W, [bias], transB=1) with unit alpha and beta (a Linear)."""
-    if node.op == "MatMul":
-        return len(node.inputs) == 2
-    attrs = node.attrs
-    return (
-        node.op == "Gemm"
-        and len(node.inputs) >= 2
-        and attrs.get("transB", 0) == 1
-        and attrs.get("transA", 0) == 0
-        and attrs.get("alpha", 1.0) == 1.0
-        and attrs.get("beta", 1.0) == 1.0
-    )
+    """MatMul(x, W), or a Linear layer's Gemm(x, W, [bias], transB=1)."""
+    return (node.op == "MatMul" and len(node.inputs) == 2) or is_linear_gemm(node)
