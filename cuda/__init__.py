@@ -25,6 +25,7 @@ KERNEL_SOURCES = (
     "tree_building.cu",
     "acceptance.cu",
     "kv_compaction.cu",
+    "prompt_lookup.cu",
 )
 BINDING_SOURCES = ("torch_registration.cpp", "torch_bindings.cpp")
 LIBRARY_NAME = "redcompile_cuda_ops"

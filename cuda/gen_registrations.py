@@ -40,8 +40,11 @@ _ARG_TYPES = {
     "bool": "bool",
     "bool?": "std::optional<bool>",
     "str": "c10::string_view",
+    "int[]": "at::IntArrayRef",
 }
-_ARG = re.compile(r"^(?P<type>\w+)(?:\([^)]*\))?(?P<optional>\?)?\s+(?P<name>\w+)(?:\s*=.*)?$")
+_ARG = re.compile(
+    r"^(?P<type>\w+(?:\[\])?)(?:\([^)]*\))?(?P<optional>\?)?\s+(?P<name>\w+)(?:\s*=.*)?$"
+)
 
 
 def cpp_signature(schema: str) -> str:

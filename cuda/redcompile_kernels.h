@@ -144,6 +144,29 @@ int redcompile_build_tree(const redcompile_build_tree_params_t* p, void* workspa
                           size_t workspace_bytes, cudaStream_t stream);
 
 /* ---------------------------------------------------------------------------------------------
+ * Prompt lookup (op prompt_lookup): history [B, S] int64 (row stride history_stride, element
+ * stride 1), lengths [B] int64 (clamped to [0, S]) -> beams [B, K, L] int64, contiguous:
+ * each of the K beams copies the continuation of one of the latest earlier occurrences of the
+ * row's last k tokens, for the longest k of `ngrams` that occurs (any order, each >= 1).
+ * K <= 64, at most REDCOMPILE_MAX_LOOKUP_NGRAMS sizes. No workspace.
+ */
+#define REDCOMPILE_MAX_LOOKUP_NGRAMS 8
+
+typedef struct redcompile_prompt_lookup_params {
+  int64_t batch, capacity, num_beams, length;
+  int64_t num_ngrams;
+  int64_t ngrams[REDCOMPILE_MAX_LOOKUP_NGRAMS];
+  const int64_t* history;
+  int64_t history_stride;
+  const int64_t* lengths;
+  int64_t* beams;
+} redcompile_prompt_lookup_params_t;
+
+size_t redcompile_prompt_lookup_workspace_size(const redcompile_prompt_lookup_params_t* p);
+int redcompile_prompt_lookup(const redcompile_prompt_lookup_params_t* p, void* workspace,
+                             size_t workspace_bytes, cudaStream_t stream);
+
+/* ---------------------------------------------------------------------------------------------
  * Ancestor mask (op ancestor_mask): parents/depths [B, T] int64 -> mask [B, T, T] bool,
  * mask[b, i, j] = j is i or an ancestor of i, by the reference's `steps` rounds of binary
  * lifting (so results equal the reference's even when 2**steps does not cover the depths).

@@ -529,6 +529,48 @@ Tensor kv_compaction_cuda(const Tensor& past, const Tensor& new_in, const Tensor
   return present;
 }
 
+// ---------------------------------------------------------------------------------------------
+// prompt_lookup
+// ---------------------------------------------------------------------------------------------
+
+Tensor prompt_lookup_cuda(const Tensor& history_in, const Tensor& lengths_in,
+                          at::IntArrayRef ngrams, int64_t num_beams, int64_t beam_length) {
+  constexpr const char* op = "prompt_lookup";
+  check_dim(history_in, 2, op, "history");
+  check_dim(lengths_in, 1, op, "lengths");
+  TORCH_CHECK(history_in.scalar_type() == at::kLong && lengths_in.scalar_type() == at::kLong,
+              "redcompile::prompt_lookup: history and lengths must be int64");
+  check_cuda(lengths_in, history_in, op, "lengths");
+  const int64_t B = history_in.size(0), S = history_in.size(1);
+  check_shape(lengths_in, {B}, op, "lengths");
+  TORCH_CHECK(S >= 1, "redcompile::prompt_lookup: history needs at least one slot");
+  TORCH_CHECK(num_beams >= 1 && beam_length >= 1,
+              "redcompile::prompt_lookup: num_beams and beam_length must be at least 1");
+  TORCH_CHECK(!ngrams.empty() &&
+                  static_cast<int64_t>(ngrams.size()) <= REDCOMPILE_MAX_LOOKUP_NGRAMS,
+              "redcompile::prompt_lookup: between 1 and ", REDCOMPILE_MAX_LOOKUP_NGRAMS,
+              " n-gram sizes, got ", ngrams.size());
+  const c10::cuda::CUDAGuard guard(history_in.device());
+  const Tensor history = history_in.stride(1) == 1 ? history_in : history_in.contiguous();
+  const Tensor lengths = lengths_in.contiguous();
+  Tensor beams = at::empty({B, num_beams, beam_length}, history.options());
+  if (B == 0) return beams;
+
+  redcompile_prompt_lookup_params_t p{};
+  p.batch = B;
+  p.capacity = S;
+  p.num_beams = num_beams;
+  p.length = beam_length;
+  p.num_ngrams = static_cast<int64_t>(ngrams.size());
+  for (size_t i = 0; i < ngrams.size(); ++i) p.ngrams[i] = ngrams[i];
+  p.history = history.data_ptr<int64_t>();
+  p.history_stride = history.stride(0);
+  p.lengths = lengths.data_ptr<int64_t>();
+  p.beams = beams.data_ptr<int64_t>();
+  check_status(REDCOMPILE_CUDA_ENTRY_prompt_lookup(&p, nullptr, 0, current_stream(history)), op);
+  return beams;
+}
+
 // Each implementation has exactly the C++ type its generated schema calls for.
 static_assert(std::is_same_v<decltype(tree_attention_cuda), redcompile_generated::tree_attention_fn>);
 static_assert(
@@ -537,6 +579,7 @@ static_assert(std::is_same_v<decltype(build_tree_cuda), redcompile_generated::bu
 static_assert(std::is_same_v<decltype(ancestor_mask_cuda), redcompile_generated::ancestor_mask_fn>);
 static_assert(std::is_same_v<decltype(accept_cuda), redcompile_generated::accept_fn>);
 static_assert(std::is_same_v<decltype(kv_compaction_cuda), redcompile_generated::kv_compaction_fn>);
+static_assert(std::is_same_v<decltype(prompt_lookup_cuda), redcompile_generated::prompt_lookup_fn>);
 
 }  // namespace
 }  // namespace redcompile_torch
@@ -549,6 +592,7 @@ TORCH_LIBRARY_IMPL(redcompile, CUDA, m) {
   m.impl("ancestor_mask", &ancestor_mask_cuda);
   m.impl("accept", &accept_cuda);
   m.impl("kv_compaction", &kv_compaction_cuda);
+  m.impl("prompt_lookup", &prompt_lookup_cuda);
 }
 
 // Helpers outside the model's ops: the selection kernel alone, and a test knob.

@@ -19,7 +19,7 @@ struct OpSchema {
   const char* schema;  // torch schema without the namespace
 };
 
-inline constexpr std::array<OpSchema, 6> kOpSchemas = {{
+inline constexpr std::array<OpSchema, 7> kOpSchemas = {{
     {"tree_attention",
      "tree_attention(Tensor q, Tensor k, Tensor v, Tensor past_k, Tensor past_v, "
      "Tensor past_mask, Tensor tree_mask, float scale) -> Tensor"},
@@ -41,6 +41,9 @@ inline constexpr std::array<OpSchema, 6> kOpSchemas = {{
     {"kv_compaction",
      "kv_compaction(Tensor past, Tensor new, Tensor cache_lengths, Tensor keep_idx, "
      "Tensor keep_len) -> Tensor"},
+    {"prompt_lookup",
+     "prompt_lookup(Tensor history, Tensor lengths, int[] ngrams, int num_beams, "
+     "int beam_length) -> Tensor"},
 }};
 
 // C++ types of the CUDA implementations the schemas call for.
@@ -89,6 +92,12 @@ using kv_compaction_fn = at::Tensor(
     const at::Tensor&,
     const at::Tensor&,
     const at::Tensor&);
+using prompt_lookup_fn = at::Tensor(
+    const at::Tensor&,
+    const at::Tensor&,
+    at::IntArrayRef,
+    int64_t,
+    int64_t);
 
 }  // namespace redcompile_generated
 
@@ -99,3 +108,4 @@ using kv_compaction_fn = at::Tensor(
 #define REDCOMPILE_CUDA_ENTRY_ancestor_mask redcompile_ancestor_mask
 #define REDCOMPILE_CUDA_ENTRY_accept redcompile_accept
 #define REDCOMPILE_CUDA_ENTRY_kv_compaction redcompile_kv_compaction
+#define REDCOMPILE_CUDA_ENTRY_prompt_lookup redcompile_prompt_lookup

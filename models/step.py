@@ -22,7 +22,8 @@ from torch import nn
 
 from redcompile.models.drafter import Drafter
 from redcompile.models.llama import Decoder
-from redcompile.ops import ACCEPT, ANCESTOR_MASK, BUILD_TREE, KV_COMPACTION, call
+from redcompile.ops import ACCEPT, ANCESTOR_MASK, BUILD_TREE, KV_COMPACTION, PROMPT_LOOKUP, call
+from redcompile.ops.drafter_beam_search import LOG_0
 from redcompile.ops.tree_building import lifting_steps
 
 INT64, FLOAT32 = "int64", "float32"
@@ -86,10 +87,16 @@ class StepSignature:
 ROW_STATE = ("input_ids", "parent_ids", "depths", "num_tokens", "forced", "cache_lengths")
 TREE_STATE = ("beam_paths", "draft_logprobs")
 HOST_INPUTS = ("temperature", "sample_uniforms", "accept_uniforms")
+# Each row's tokens (prompt, accepted tokens, then the next root), written by the step itself;
+# present when the tree has lookup beams (ops/prompt_lookup.py).
+HISTORY = "token_history"
 
 
-def step_signature(num_layers: int, beam_width: int, beam_length: int) -> StepSignature:
-    """The contract of a step graph (speculative when beam_length > 1)."""
+def step_signature(
+    num_layers: int, beam_width: int, beam_length: int, history: bool = False
+) -> StepSignature:
+    """The contract of a step graph (speculative when beam_length > 1); `beam_width` counts
+    every beam of the tree, `history` adds the token history lookup beams read."""
     w, length = beam_width, beam_length
     c, n = length - 1, beam_width * (beam_length - 1) + 1
     speculative = length > 1
@@ -112,6 +119,8 @@ def step_signature(num_layers: int, beam_width: int, beam_length: int) -> StepSi
             TensorSpec("draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
             TensorSpec("accept_uniforms", FLOAT32, ("batch", w, c)),
         ]
+    if history:
+        inputs.append(TensorSpec(HISTORY, INT64, ("batch", "cache")))
     outputs = [
         TensorSpec("new_tokens", INT64, ("batch", length)),
         TensorSpec("num_new_tokens", INT64, ("batch",)),
@@ -130,6 +139,8 @@ def step_signature(num_layers: int, beam_width: int, beam_length: int) -> StepSi
             TensorSpec("next_beam_paths", INT64, ("batch", w, length)),
             TensorSpec("next_draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
         ]
+    if history:
+        outputs.append(TensorSpec(f"next_{HISTORY}", INT64, ("batch", "cache")))
     feedback = {t.name: t.name.removeprefix("next_") for t in outputs if t.name.startswith("next_")}
     for i in range(num_layers):
         for kind in ("key", "value"):
@@ -161,7 +172,11 @@ def section(name: str) -> contextlib.AbstractContextManager:
 
 
 class SpeculativeStep(nn.Module):
-    """One ReDrafter (or autoregressive) step over a batch of packed rows; see module doc."""
+    """One ReDrafter (or autoregressive) step over a batch of packed rows; see module doc.
+
+    The tree holds `beam_width` drafter beams (0 without a drafter) and `lookup_beams` beams
+    copied from each row's history (`lookup_ngrams`: the n-gram sizes matched, longest first).
+    """
 
     def __init__(
         self,
@@ -171,20 +186,35 @@ class SpeculativeStep(nn.Module):
         beam_length: int,
         max_seq_len: int,
         top_k: int = 50,
+        lookup_beams: int = 0,
+        lookup_ngrams: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
-        if (drafter is None) != (beam_length == 1):
-            raise ValueError("a drafter is needed exactly when beam_length > 1")
+        if drafter is None and beam_length > 1 and lookup_beams == 0:
+            raise ValueError("a speculative step needs a drafter or lookup beams")
+        if (drafter is not None or lookup_beams > 0) and beam_length == 1:
+            raise ValueError("drafting needs beam_length > 1")
+        if lookup_beams > 0 and not lookup_ngrams:
+            raise ValueError("lookup beams need at least one n-gram size")
         self.base, self.drafter = base, drafter
-        self.beam_width, self.beam_length = beam_width, beam_length
+        self.beam_width = 0 if drafter is None and lookup_beams else beam_width
+        self.beam_length = beam_length
+        self.lookup_beams, self.lookup_ngrams = lookup_beams, tuple(lookup_ngrams)
         self.max_seq_len, self.top_k = max_seq_len, top_k
         self.lifting_steps = lifting_steps(max_seq_len)
-        self.signature = step_signature(base.config.num_layers, beam_width, beam_length)
+        self.signature = step_signature(
+            base.config.num_layers, self.tree_beams, beam_length, history=lookup_beams > 0
+        )
+
+    @property
+    def tree_beams(self) -> int:
+        """Beams of the draft tree: drafter beams plus lookup beams (1 when autoregressive)."""
+        return max(self.beam_width + self.lookup_beams, 1)
 
     @property
     def speculative(self) -> bool:
         """Whether the step drafts (beam_length > 1)."""
-        return self.drafter is not None
+        return self.beam_length > 1
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Positional inputs and outputs in `self.signature` order."""
@@ -241,16 +271,40 @@ class SpeculativeStep(nn.Module):
         b = input_ids.shape[0]
         next_token = torch.gather(new_tokens, 1, (num_new - 1).clamp(min=0).unsqueeze(1))
         active = num_new > 0
-        h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
-        with section("drafting"):
-            beams, draft_logprobs = self.drafter.beam_search(
-                h.squeeze(1),
-                next_token.squeeze(1),
-                self.base.embedding,
-                self.beam_width,
-                self.beam_length,
-                self.top_k,
-            )
+        beams, draft_logprobs, history = [], [], ()
+        if self.drafter is not None:
+            h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
+            with section("drafting"):
+                drafted, logprobs = self.drafter.beam_search(
+                    h.squeeze(1),
+                    next_token.squeeze(1),
+                    self.base.embedding,
+                    self.beam_width,
+                    self.beam_length,
+                    self.top_k,
+                )
+            beams.append(drafted)
+            draft_logprobs.append(logprobs)
+        if self.lookup_beams:
+            with section("lookup"):
+                tokens_so_far, lengths = self._append_history(
+                    named[HISTORY], input_ids, keep_idx, keep_len, cache_lengths, next_token, active
+                )
+                looked_up = call(
+                    PROMPT_LOOKUP,
+                    tokens_so_far,
+                    lengths,
+                    list(self.lookup_ngrams),
+                    self.lookup_beams,
+                    self.beam_length,
+                )
+            beams.append(looked_up)
+            draft_logprobs.append(self._deterministic_logprobs(looked_up))
+            history = (tokens_so_far,)
+        beams = beams[0] if len(beams) == 1 else torch.cat(beams, dim=1)
+        draft_logprobs = (
+            draft_logprobs[0] if len(draft_logprobs) == 1 else torch.cat(draft_logprobs, dim=1)
+        )
         with section("tree"):
             tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
         zero = torch.zeros_like(num_new)
@@ -265,5 +319,41 @@ class SpeculativeStep(nn.Module):
             cache_lengths + keep_len,
             paths,
             draft_logprobs,
+            *history,
             *present,
         )
+
+    @staticmethod
+    def _append_history(
+        history_bs: torch.Tensor,
+        input_ids: torch.Tensor,
+        keep_idx: torch.Tensor,
+        keep_len: torch.Tensor,
+        cache_lengths: torch.Tensor,
+        next_token: torch.Tensor,
+        active: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The history after this step and its lengths: the kept tokens (prompt chunk, root,
+        accepted drafts) land where their K/V did, at cache_lengths + i, and the next root
+        after them; an idle row's length is 0."""
+        s = history_bs.shape[1]
+        kept_bt = torch.gather(input_ids, 1, keep_idx)
+        slot_bs = torch.arange(s, device=history_bs.device).unsqueeze(0) - cache_lengths.unsqueeze(
+            1
+        )
+        in_kept = (slot_bs >= 0) & (slot_bs < keep_len.unsqueeze(1))
+        from_kept = torch.gather(kept_bt, 1, slot_bs.clamp(0, kept_bt.shape[1] - 1))
+        history_bs = torch.where(in_kept, from_kept, history_bs)
+        new_len = cache_lengths + keep_len
+        is_root = (slot_bs == keep_len.unsqueeze(1)) & active.unsqueeze(1)
+        history_bs = torch.where(is_root, next_token, history_bs)
+        return history_bs, torch.where(active, new_len + 1, torch.zeros_like(new_len))
+
+    def _deterministic_logprobs(self, beams_bkl: torch.Tensor) -> torch.Tensor:
+        """log Q of a deterministic draft [B, K, C, V]: 0 at the drafted token, LOG_0 elsewhere,
+        so acceptance tests it against the base model's P alone (accept with P(x), else draw
+        from P without x)."""
+        b, k, length = beams_bkl.shape
+        vocab = self.base.config.vocab_size
+        logprobs = torch.full((b, k, length - 1, vocab), LOG_0, device=beams_bkl.device)
+        return logprobs.scatter(3, beams_bkl[:, :, 1:].unsqueeze(3), 0.0)

@@ -11,6 +11,7 @@ from redcompile.ops.acceptance import ACCEPT
 from redcompile.ops.drafter_beam_search import DRAFTER_BEAM_SEARCH
 from redcompile.ops.kv_compaction import KV_COMPACTION
 from redcompile.ops.opdef import DOMAIN, DOMAIN_VERSION, OpDef, call, register_torch_op
+from redcompile.ops.prompt_lookup import PROMPT_LOOKUP
 from redcompile.ops.tree_attention import TREE_ATTENTION
 from redcompile.ops.tree_building import ANCESTOR_MASK, BUILD_TREE
 
@@ -21,6 +22,7 @@ OPS: tuple[OpDef, ...] = (
     ANCESTOR_MASK,
     ACCEPT,
     KV_COMPACTION,
+    PROMPT_LOOKUP,
 )
 OPS_BY_ONNX_NAME: dict[str, OpDef] = {op.onnx_name: op for op in OPS}
 
@@ -39,5 +41,6 @@ __all__ = [
     "OPS_BY_ONNX_NAME",
     "TREE_ATTENTION",
     "OpDef",
+    "PROMPT_LOOKUP",
     "call",
 ]

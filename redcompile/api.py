@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,13 +139,6 @@ def open_model_folder(
     """
     import torch
 
-    from redcompile.models.draft_vocab import (
-        check_draft_vocab_size,
-        most_frequent,
-        read_token_frequencies,
-    )
-    from redcompile.models.drafter_io import load_drafter
-    from redcompile.models.drafter_io import random_drafter as make_random_drafter
     from redcompile.models.loader import check_model_dir, load_decoder
     from redcompile.models.step import SpeculativeStep
     from redcompile.models.weight_quant import parse_drafter_weights
@@ -170,41 +163,105 @@ def open_model_folder(
             "mode": "autoregressive",
             "beam_width": 1,
             "beam_length": 1,
+            "lookup_beams": 0,
             "draft_vocab": None,
             "drafter": None,
         }
     else:
-        draft_vocab = check_draft_vocab_size(draft_vocab, base.config.vocab_size)
-        if random_drafter:
-            drafter = make_random_drafter(base.config)
-            if draft_vocab is not None:
-                drafter.restrict_vocabulary(torch.arange(draft_vocab))
+        beam = resolve_lookup_only(model_dir, drafter_dir, random_drafter, beam)
+        drafter = None
+        if beam.lookup_only:
+            check_lookup_only(drafter_dir, random_drafter, draft_vocab, drafter_weights)
         else:
-            path = Path(drafter_dir) if drafter_dir else model_dir / "drafter"
-            if drafter_dir is None and not path.exists():
-                raise InputError(
-                    f"drafter: no drafter at {path}; pass --drafter DIR, --random-drafter or "
-                    f"--autoregressive (train one with `redcompile train-drafter`)"
-                )
-            drafter = load_drafter(path, base.config, allow_pickle=allow_pickle)
-            if draft_vocab is not None:
-                counts = read_token_frequencies(path, base.config.vocab_size)
-                drafter.restrict_vocabulary(most_frequent(counts, draft_vocab))
-        fmt = parse_drafter_weights(drafter_weights)
-        if fmt is not None:
-            drafter.quantize_weights(fmt)
-        step = SpeculativeStep(base, drafter, beam.width, beam.length, max_len)
+            drafter, draft_vocab = _load_drafter(
+                model_dir, drafter_dir, base, random_drafter, allow_pickle, draft_vocab
+            )
+            fmt = parse_drafter_weights(drafter_weights)
+            if fmt is not None:
+                drafter.quantize_weights(fmt)
+        step = SpeculativeStep(
+            base,
+            drafter,
+            beam.width,
+            beam.length,
+            max_len,
+            lookup_beams=beam.lookup,
+            lookup_ngrams=beam.ngrams,
+        )
         mode = {
-            "mode": "redrafter",
+            "mode": "lookup" if beam.lookup_only else "redrafter",
             "beam_width": beam.width,
             "beam_length": beam.length,
+            **beam.lookup_manifest(),
             "draft_vocab": draft_vocab,
-            "drafter": drafter.describe(random_drafter),
+            "drafter": None if drafter is None else drafter.describe(random_drafter),
         }
     info = {"source": str(model_dir), "runtime": "torch", "dtype": base.config.dtype, **mode}
     return Generator(
         TorchBackend(step), codec, stop_tokens_of(model_dir, base.config.eos_token_ids), info
     )
+
+
+def resolve_lookup_only(
+    model_dir: Path, drafter_dir: Path | str | None, random_drafter: bool, beam: BeamShape
+) -> BeamShape:
+    """The shape to build: lookup beams with no drafter given or found (no `drafter_dir`, no
+    MODEL_DIR/drafter, no random drafter) make a lookup-only tree (width 0)."""
+    if beam.lookup and drafter_dir is None and not random_drafter:
+        if not (Path(model_dir) / "drafter").exists():
+            return replace(beam, width=0).validate()
+    return beam
+
+
+def check_lookup_only(
+    drafter_dir: Path | str | None, random_drafter: bool, draft_vocab: int | None, weights: str
+) -> None:
+    """A lookup-only tree has no drafter: options that configure one are refused, one line."""
+    for given, flag in (
+        (drafter_dir is not None, "--drafter"),
+        (random_drafter, "--random-drafter"),
+        (draft_vocab is not None, "--draft-vocab"),
+        (weights not in (None, "float"), "--drafter-weights"),
+    ):
+        if given:
+            raise InputError(
+                f"{flag} configures a drafter, and this tree drafts by lookup only "
+                f"(--beam-width 0, or --lookup-beams with no drafter folder); drop {flag}, or "
+                f"give a drafter and a beam width"
+            )
+
+
+def _load_drafter(model_dir, drafter_dir, base, random_drafter, allow_pickle, draft_vocab):  # noqa: ANN001, ANN202
+    """The drafter (trained, from its folder, or random) restricted to its draft vocabulary,
+    and the draft vocabulary size actually used."""
+    import torch
+
+    from redcompile.models.draft_vocab import (
+        check_draft_vocab_size,
+        most_frequent,
+        read_token_frequencies,
+    )
+    from redcompile.models.drafter_io import load_drafter
+    from redcompile.models.drafter_io import random_drafter as make_random_drafter
+
+    draft_vocab = check_draft_vocab_size(draft_vocab, base.config.vocab_size)
+    if random_drafter:
+        drafter = make_random_drafter(base.config)
+        if draft_vocab is not None:
+            drafter.restrict_vocabulary(torch.arange(draft_vocab))
+        return drafter, draft_vocab
+    path = Path(drafter_dir) if drafter_dir else model_dir / "drafter"
+    if drafter_dir is None and not path.exists():
+        raise InputError(
+            f"drafter: no drafter at {path}; pass --drafter DIR, --random-drafter, "
+            f"--lookup-beams N (drafts copied from the context) or --autoregressive (train "
+            f"one with `redcompile train-drafter`)"
+        )
+    drafter = load_drafter(path, base.config, allow_pickle=allow_pickle)
+    if draft_vocab is not None:
+        counts = read_token_frequencies(path, base.config.vocab_size)
+        drafter.restrict_vocabulary(most_frequent(counts, draft_vocab))
+    return drafter, draft_vocab
 
 
 def open_generator(source: Path | str, **options: Any) -> Generator:

@@ -56,6 +56,13 @@ class Artifact:
     model: onnx.ModelProto  # loaded without external data
 
 
+def tree_beams(manifest: dict[str, Any]) -> int:
+    """Beams of an artifact's draft tree: drafter beams plus lookup beams (manifest `beam`;
+    artifacts from before lookup beams have none)."""
+    beam = manifest["beam"]
+    return max(int(beam["width"]) + int(beam.get("lookup_beams", 0)), 1)
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -94,6 +94,10 @@ class Measurement:
     # tokens, decoding steps] in prompt order; None in records made before them
     tokens_per_step_ci95: list[float] | None = None
     prompt_counts: list[list[int]] | None = None
+    lookup_beams: int = 0
+    # accepted drafted tokens per decoding step by the beams that proposed them: drafter
+    # beams only, lookup beams only, or both (trees with lookup beams; None otherwise)
+    draft_sources: dict[str, float] | None = None
 
 
 @dataclass
@@ -153,14 +157,25 @@ class BenchReport:
                 f"{m.tokens_per_step:>10.2f}{f'{low:.2f}-{high:.2f}':>12}"
                 f"{m.verified_tokens_per_step:>10.1f}{m.step_ms:>10.2f}{m.speedup:>8.2f}x"
             )
+        sourced = [m for m in self.measurements if m.draft_sources]
+        if sourced:
+            rows.append("accepted drafts per step by source (drafter only / lookup only / both):")
+            for m in sourced:
+                d = m.draft_sources
+                rows.append(
+                    f"  {m.engine:<16}batch {m.batch_size}: {d['drafter']:.2f} / "
+                    f"{d['lookup']:.2f} / {d['both']:.2f}"
+                )
         return "\n".join(rows)
 
 
 def engine_name(beam: BeamShape | None, draft_vocab: int | None = None) -> str:
-    """`autoregressive`, `W4-L5`, or `W4-L5-V1024` with a draft vocabulary of 1024 tokens."""
+    """`autoregressive`, `W4-L5`, `W4-L5-V1024` with a draft vocabulary of 1024 tokens, or
+    `W4-L5-K1` with one lookup beam (`W0-L5-K1`: lookup only)."""
     if beam is None:
         return BASELINE
-    return f"W{beam.width}-L{beam.length}" + (f"-V{draft_vocab}" if draft_vocab else "")
+    name = f"W{beam.width}-L{beam.length}" + (f"-V{draft_vocab}" if draft_vocab else "")
+    return name + (f"-K{beam.lookup}" if beam.lookup else "")
 
 
 def machine_info(runtime: str) -> dict[str, Any]:
@@ -200,7 +215,7 @@ def model_folder_engines(
         }
         for beam, vocab in shapes:
             engines[engine_name(beam, vocab)] = open_model_folder(
-                model_dir, beam=beam, draft_vocab=vocab, **options
+                model_dir, beam=beam, draft_vocab=vocab, **_for_shape(beam, options)
             )
         return engines
     from redcompile.compiler import ConvertOptions, convert
@@ -214,26 +229,36 @@ def model_folder_engines(
     base_tag = "" if base.get("weights", "float") == "float" else f"-base{base['weights']}"
     for beam, draft_vocab in [(None, None), *shapes]:
         name = engine_name(beam, draft_vocab)
-        quantized = beam is not None and weights != "float"
-        path = work / f"{name}{f'-{weights}' if quantized else ''}{base_tag}.onnx"
+        own = _for_shape(beam, options)
+        quantized = beam is not None and own.get("drafter_weights", "float") != "float"
+        ngrams = "-n" + "".join(map(str, beam.ngrams)) if beam is not None and beam.lookup else ""
+        path = work / f"{name}{ngrams}{f'-{weights}' if quantized else ''}{base_tag}.onnx"
         if not path.exists():
             progress(f"converting {name}")
             convert(
                 model_dir,
                 path,
-                options.get("drafter_dir"),
+                own.get("drafter_dir"),
                 ConvertOptions(
                     beam=beam or BeamShape(),
                     autoregressive=beam is None,
-                    random_drafter=options.get("random_drafter", False) and beam is not None,
+                    random_drafter=own.get("random_drafter", False) and beam is not None,
                     allow_pickle=options.get("allow_pickle", False),
                     draft_vocab=draft_vocab,
-                    drafter_weights=weights if beam is not None else "float",
+                    drafter_weights=own.get("drafter_weights", "float") if beam else "float",
                     **base,
                 ),
             )
         engines[name] = open_artifact(path, threads=options.get("threads"))
     return engines
+
+
+def _for_shape(beam: BeamShape | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The engine options for one shape: a lookup-only tree (width 0) takes no drafter."""
+    if beam is None or not beam.lookup_only:
+        return options
+    drafter_keys = ("drafter_dir", "random_drafter", "drafter_weights", "allow_pickle")
+    return {k: v for k, v in options.items() if k not in drafter_keys}
 
 
 def _split_base_weights(source: Path | str, cfg: BenchConfig, options: dict) -> dict:
@@ -355,6 +380,46 @@ def _profiled_split(
     finally:
         backend.step = original_step
     return split, (float(np.mean(tree_sizes)) if tree_sizes else 1.0)
+
+
+SOURCES = ("drafter", "lookup", "both")
+
+
+def draft_sources(
+    engine: Generator, prompts, batch: int, new_tokens: int, drafter_beams: int
+) -> dict[str, float]:
+    """Accepted drafted tokens per decoding step, by which beams proposed them: drafter beams
+    only, lookup beams only, or both (the tree shares their prefix). An untimed run that reads
+    each step's tree (inputs) and accepted tokens (outputs); beams [0, drafter_beams) are the
+    drafter's, the rest lookup beams (models/step.py concatenates them in that order)."""
+    backend = engine.backend
+    counts = dict.fromkeys(SOURCES, 0)
+    steps = 0
+    original_step = backend.step
+
+    def observed_step():  # noqa: ANN202
+        nonlocal steps
+        state = backend.read(["input_ids", "beam_paths", "num_tokens", "forced"])
+        new, num_new = original_step()
+        decoding = (state["forced"] == 1) & (state["num_tokens"] > 0)
+        for row in np.flatnonzero(decoding):
+            steps += 1
+            beams_wl = state["input_ids"][row][state["beam_paths"][row]]
+            accepted = new[row, : max(int(num_new[row]) - 1, 0)]
+            for depth in range(1, len(accepted) + 1):
+                hit = (beams_wl[:, 1 : depth + 1] == accepted[:depth]).all(axis=1)
+                by_drafter, by_lookup = hit[:drafter_beams].any(), hit[drafter_beams:].any()
+                counts[
+                    "both" if by_drafter and by_lookup else "drafter" if by_drafter else "lookup"
+                ] += 1
+        return new, num_new
+
+    backend.step = observed_step
+    try:
+        _run(engine, prompts, batch, new_tokens)
+    finally:
+        backend.step = original_step
+    return {k: round(v / max(steps, 1), 4) for k, v in counts.items()}
 
 
 def decoding_intervals(
@@ -587,7 +652,9 @@ def bench(
         base = open_artifact(baseline, threads=options.get("threads"))
         if base.info["mode"] != BASELINE:
             raise InputError(f"bench: --baseline {baseline} is not an autoregressive artifact")
-        shape = BeamShape(spec.info["beam_width"], spec.info["beam_length"])
+        shape = BeamShape(
+            spec.info["beam_width"], spec.info["beam_length"], spec.info.get("lookup_beams", 0)
+        )
         engines = {BASELINE: base, engine_name(shape, spec.info.get("draft_vocab")): spec}
         if base.info["runtime"] != spec.info["runtime"]:
             raise InputError(
@@ -616,6 +683,12 @@ def bench(
             step_ms = statistics.median(result.step_seconds) * 1e3
             median = statistics.median(seconds[name])
             counts = prompt_counts(result)
+            lookup = engine.info.get("lookup_beams", 0)
+            sources = (
+                draft_sources(engine, ids, batch, cfg.max_new_tokens, engine.info["beam_width"])
+                if lookup
+                else None
+            )
             measurements.append(
                 Measurement(
                     engine=name,
@@ -632,6 +705,8 @@ def bench(
                     draft_vocab=engine.info.get("draft_vocab"),
                     tokens_per_step_ci95=tokens_per_step_interval(counts),
                     prompt_counts=counts,
+                    lookup_beams=lookup,
+                    draft_sources=sources,
                 )
             )
         reference = next(m for m in measurements if m.engine == BASELINE and m.batch_size == batch)

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from redcompile.config import BeamShape
+from redcompile.config import BeamShape, parse_ngrams
 from redcompile.errors import EXIT_BAD_INPUT, RedcompileError
 from redcompile.generation import GenerationConfig
 
@@ -58,6 +58,50 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def debug_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """--debug: show tracebacks for user errors too."""
     return click.option("--debug", is_flag=True, help="Show tracebacks for errors.")(command)
+
+
+def lookup_options(sweep: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--lookup-beams N (bench: a comma list to compare) and --lookup-ngram SIZES: draft beams
+    copied from each row's own context (ops/prompt_lookup.py)."""
+    from redcompile.config import DEFAULT_LOOKUP_BEAMS, DEFAULT_LOOKUP_NGRAMS, MAX_LOOKUP_BEAMS
+
+    ngrams = ",".join(map(str, DEFAULT_LOOKUP_NGRAMS))
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        beams_help = (
+            f"Lookup beams: drafts copied from the continuation of the latest earlier "
+            f"occurrence of the row's last n-gram, verified in the same tree (0 to "
+            f"{MAX_LOOKUP_BEAMS}; 0 turns lookup off). With no drafter, a lookup-only tree."
+        )
+        if sweep:
+            option = click.option(
+                "--lookup-beams",
+                "lookups",
+                default=str(DEFAULT_LOOKUP_BEAMS),
+                callback=_int_list,
+                show_default=True,
+                help="Comma-separated lookup beam counts, each with every beam shape "
+                "(model folders). " + beams_help,
+            )
+        else:
+            option = click.option(
+                "--lookup-beams",
+                "lookup_beams",
+                type=int,
+                default=None,
+                help=beams_help + f" [default: {DEFAULT_LOOKUP_BEAMS}; artifacts: as compiled]",
+            )
+        command = click.option(
+            "--lookup-ngram",
+            "lookup_ngram",
+            default=ngrams,
+            show_default=True,
+            help="N-gram sizes lookup matches, one or a comma list; the longest that occurs "
+            "earlier in the row wins (backoff).",
+        )(command)
+        return option(command)
+
+    return decorate
 
 
 def draft_vocab_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -228,6 +272,7 @@ def main() -> None:
     help=f"Tokens per beam counting the root (5 drafts four) [default: {_BEAM.length}].",
 )
 @click.option("--autoregressive", is_flag=True, help="Plain decoding, one token per step.")
+@lookup_options()
 @draft_vocab_option
 @drafter_weights_option
 @click.option(
@@ -254,6 +299,8 @@ def generate(
     beam_width: int | None,
     beam_length: int | None,
     autoregressive: bool,
+    lookup_beams: int | None,
+    lookup_ngram: str,
     draft_vocab: int | None,
     drafter_weights: str,
     temperature: float,
@@ -288,11 +335,13 @@ def generate(
         drafter_weights=drafter_weights,
         threads=threads,
     )
-    if beam_width is not None or beam_length is not None:
+    if beam_width is not None or beam_length is not None or lookup_beams is not None:
         options["beam"] = BeamShape(
             _BEAM.width if beam_width is None else beam_width,
             _BEAM.length if beam_length is None else beam_length,
-        )
+            _BEAM.lookup if lookup_beams is None else lookup_beams,
+            parse_ngrams(lookup_ngram),
+        ).validate()
     generator = open_generator(source, **options)
 
     streaming = not as_json and len(prompts) == 1
@@ -355,6 +404,7 @@ def generate(
 @click.option(
     "--autoregressive", is_flag=True, help="Compile the plain decoding baseline (no drafter)."
 )
+@lookup_options()
 @draft_vocab_option
 @drafter_weights_option
 @base_weights_options
@@ -387,6 +437,8 @@ def convert(
     dtype: str | None,
     max_seq_len: int | None,
     autoregressive: bool,
+    lookup_beams: int | None,
+    lookup_ngram: str,
     draft_vocab: int | None,
     drafter_weights: str,
     weights: str,
@@ -413,7 +465,12 @@ def convert(
 
     options = ConvertOptions(
         target=target,
-        beam=BeamShape(beam_width, beam_length),
+        beam=BeamShape(
+            beam_width,
+            beam_length,
+            _BEAM.lookup if lookup_beams is None else lookup_beams,
+            parse_ngrams(lookup_ngram),
+        ),
         dtype=dtype,
         max_seq_len=max_seq_len,
         autoregressive=autoregressive,
@@ -444,8 +501,8 @@ def convert(
     seconds = sum(summary["seconds"].values())
     click.echo(
         f"wrote {sizes}: {summary['mode']} W={summary['beam_width']} "
-        f"L={summary['beam_length']} {summary['dtype']} for {summary['target']} in "
-        f"{seconds:.1f}s"
+        f"L={summary['beam_length']} lookup={summary['lookup_beams']} {summary['dtype']} "
+        f"for {summary['target']} in {seconds:.1f}s"
     )
 
 
@@ -782,6 +839,7 @@ def _int_list(_ctx: Any, param: click.Parameter, value: str | None) -> tuple[int
     help="Drafter folder (model folders; default SOURCE/drafter).",
 )
 @click.option("--random-drafter", is_flag=True, help="Use a randomly initialised drafter.")
+@lookup_options(sweep=True)
 @click.option(
     "--draft-vocab",
     "draft_vocabs",
@@ -820,6 +878,8 @@ def bench(
     work_dir: str | None,
     drafter_dir: str | None,
     random_drafter: bool,
+    lookups: tuple[int, ...],
+    lookup_ngram: str,
     draft_vocabs: tuple[int, ...] | None,
     drafter_weights: str,
     weights: str,
@@ -843,7 +903,13 @@ def bench(
     from redcompile.prompts import read_prompts_file
 
     prompts = read_prompts_file(prompts_file, limit)
-    beams = tuple(BeamShape(w, length) for w in widths for length in lengths)
+    ngrams = parse_ngrams(lookup_ngram)
+    beams = tuple(
+        BeamShape(w, length, lookup, ngrams)
+        for lookup in lookups
+        for w in widths
+        for length in lengths
+    )
     cfg = BenchConfig(
         batch_sizes=batch_sizes,
         beams=beams,

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ class ConvertReport:
             "mode": self.manifest["mode"],
             "beam_width": self.manifest["beam"]["width"],
             "beam_length": self.manifest["beam"]["length"],
+            "lookup_beams": self.manifest["beam"].get("lookup_beams", 0),
             "dtype": self.manifest["dtype"],
             "max_seq_len": self.manifest["max_seq_len"],
             "weight_bytes": self.weight_bytes,
@@ -188,15 +189,26 @@ def source_hashes(folder: Path) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in names}
 
 
-def command_line(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, target: str) -> str:
-    """The convert command that reproduces this artifact (OUT written as <out>)."""
+def command_line(
+    model_dir: Path,
+    drafter_dir: Path | None,
+    o: ConvertOptions,
+    target: str,
+    width: int | None = None,
+) -> str:
+    """The convert command that reproduces this artifact (OUT written as <out>); `width` is
+    the drafter beam width actually built (0 for a lookup-only tree)."""
     parts = ["redcompile", "convert", str(model_dir), "<out>", "--target", target]
     if drafter_dir is not None:
         parts += ["--drafter", str(drafter_dir)]
     if o.autoregressive:
         parts.append("--autoregressive")
     else:
-        parts += ["--beam-width", str(o.beam.width), "--beam-length", str(o.beam.length)]
+        beam = o.beam if width is None else replace(o.beam, width=width)
+        parts += ["--beam-width", str(beam.width), "--beam-length", str(beam.length)]
+        if beam.lookup:
+            ngrams = ",".join(map(str, sorted(set(beam.ngrams), reverse=True)))
+            parts += ["--lookup-beams", str(beam.lookup), "--lookup-ngram", ngrams]
     options = (("--dtype", o.dtype), ("--max-seq-len", o.max_seq_len))
     if not o.autoregressive:
         options += (("--draft-vocab", o.draft_vocab),)
@@ -221,6 +233,7 @@ def convert(
     progress: Progress | None = None,
 ) -> ConvertReport:
     """Compile `model_dir` (+ drafter) into the artifact `out`; see the module docstring."""
+    from redcompile.api import check_lookup_only
     from redcompile.models.loader import check_model_dir
 
     o = options or ConvertOptions()
@@ -259,6 +272,8 @@ def convert(
         step, codec, manifest = _load(model_dir, drafter_path, o, dtype)
         manifest["target"] = target
         times["load"] = time.perf_counter() - start
+        if manifest["mode"] == "lookup":
+            check_lookup_only(None, False, None, o.drafter_weights)
         if o.drafter_weights != "float" and manifest["dtype"] == "bfloat16":
             raise InputError(
                 "--drafter-weights quantizes fp32 and fp16 weights, and this model loads as "
@@ -384,7 +399,9 @@ def _record_sources(
     manifest["sources"] = {"model": source_hashes(model_dir)}
     if manifest["drafter"] is not None and not o.random_drafter:
         manifest["sources"]["drafter"] = source_hashes(drafter_path or model_dir / "drafter")
-    manifest["command"] = command_line(model_dir, drafter_path, o, target)
+    manifest["command"] = command_line(
+        model_dir, drafter_path, o, target, manifest["beam"]["width"]
+    )
 
 
 def _convert_torch(
@@ -496,11 +513,16 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "redcompile_version": __version__,
-        "mode": "autoregressive" if o.autoregressive else "redrafter",
+        "mode": generator.info["mode"],
         "target": "onnxruntime",
         "model": base_cfg.to_dict(),
         "drafter": None if step.drafter is None else step.drafter.describe(o.random_drafter),
-        "beam": {"width": step.beam_width, "length": step.beam_length},
+        "beam": {
+            "width": step.beam_width,
+            "length": step.beam_length,
+            "lookup_beams": step.lookup_beams,
+            "lookup_ngrams": list(generator.info.get("lookup_ngrams", [])),
+        },
         "top_k": step.top_k,
         "max_seq_len": step.max_seq_len,
         "dtype": base_cfg.dtype,
@@ -546,10 +568,10 @@ def _chain_rope_tables(step):  # noqa: ANN001, ANN202
 
     from redcompile.models.rope import rope_tables
 
-    if step.beam_width != 1 and step.beam_length != 1:
+    if step.tree_beams != 1 and step.beam_length != 1:
         return None
     base = step.base
-    positions = step.max_seq_len + step.beam_width * (step.beam_length - 1) + 1
+    positions = step.max_seq_len + step.tree_beams * (step.beam_length - 1) + 1
     dtype = base.model.embed_tokens.weight.dtype
     cos, sin = rope_tables(base.inv_freq, base.rope_scale, positions, dtype)
     if cos.dtype not in (torch.float32, torch.float16):

@@ -9,15 +9,24 @@ from redcompile.errors import InputError
 MAX_BEAM_WIDTH = 64
 MAX_BEAM_LENGTH = 9
 MAX_TREE_TOKENS = 512
+MAX_LOOKUP_BEAMS = 16
+MAX_LOOKUP_NGRAM = 8
+DEFAULT_LOOKUP_BEAMS = 0
+DEFAULT_LOOKUP_NGRAMS = (3, 2, 1)
 
 
 @dataclass(frozen=True)
 class BeamShape:
-    """Drafter beam search shape. `length` counts the root token, as Apple's beam_length does:
-    length 5 drafts four tokens per beam."""
+    """The draft tree's shape: `width` drafter beams plus `lookup` lookup beams copied from the
+    row's own history (ops/prompt_lookup.py, matching the n-gram sizes `ngrams`, longest
+    first), all of `length` tokens. `length` counts the root token, as Apple's beam_length
+    does: length 5 drafts four tokens per beam. width 0 with lookup > 0 is a lookup-only tree
+    (no drafter)."""
 
     width: int = 4
     length: int = 5
+    lookup: int = DEFAULT_LOOKUP_BEAMS
+    ngrams: tuple[int, ...] = DEFAULT_LOOKUP_NGRAMS
 
     @property
     def drafts(self) -> int:
@@ -25,13 +34,30 @@ class BeamShape:
         return self.length - 1
 
     @property
+    def beams(self) -> int:
+        """Beams in the tree: drafter beams and lookup beams."""
+        return self.width + self.lookup
+
+    @property
     def tree_tokens(self) -> int:
-        """Packed tokens of a decoding row before deduplication: width * drafts + 1."""
-        return self.width * self.drafts + 1
+        """Packed tokens of a decoding row before deduplication: beams * drafts + 1."""
+        return self.beams * self.drafts + 1
 
     def validate(self) -> BeamShape:
         """Refuse shapes outside the supported range, naming the option."""
-        if not 1 <= self.width <= MAX_BEAM_WIDTH:
+        if not 0 <= self.lookup <= MAX_LOOKUP_BEAMS:
+            raise InputError(
+                f"--lookup-beams must be between 0 and {MAX_LOOKUP_BEAMS}, got {self.lookup}"
+            )
+        if self.lookup and (
+            not self.ngrams or not all(1 <= k <= MAX_LOOKUP_NGRAM for k in self.ngrams)
+        ):
+            raise InputError(
+                f"--lookup-ngram sizes must be between 1 and {MAX_LOOKUP_NGRAM}, got "
+                f"{','.join(map(str, self.ngrams)) or 'none'}"
+            )
+        low = 0 if self.lookup else 1
+        if not low <= self.width <= MAX_BEAM_WIDTH:
             raise InputError(
                 f"--beam-width must be between 1 and {MAX_BEAM_WIDTH}, got {self.width}"
             )
@@ -42,10 +68,34 @@ class BeamShape:
             )
         if self.tree_tokens > MAX_TREE_TOKENS:
             raise InputError(
-                f"--beam-width {self.width} x --beam-length {self.length} gives a tree of "
+                f"{self.beams} beams x --beam-length {self.length} gives a tree of "
                 f"{self.tree_tokens} tokens, more than {MAX_TREE_TOKENS}; use a smaller shape"
             )
         return self
 
+    @property
+    def lookup_only(self) -> bool:
+        """No drafter beams: every draft comes from lookup."""
+        return self.width == 0 and self.lookup > 0
 
-AUTOREGRESSIVE = BeamShape(width=1, length=1)
+    def lookup_manifest(self) -> dict:
+        """The lookup part of a manifest's `beam` entry (no n-gram sizes without lookup)."""
+        ngrams = sorted(set(self.ngrams), reverse=True) if self.lookup else []
+        return {"lookup_beams": self.lookup, "lookup_ngrams": ngrams}
+
+
+def parse_ngrams(text: str) -> tuple[int, ...]:
+    """`--lookup-ngram 3,2,1` (or one size) -> (3, 2, 1); one clear line for anything else."""
+    try:
+        sizes = tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or not all(1 <= k <= MAX_LOOKUP_NGRAM for k in sizes):
+        raise InputError(
+            f"--lookup-ngram takes n-gram sizes between 1 and {MAX_LOOKUP_NGRAM}, one or a "
+            f"comma list such as 3,2,1; got {text!r}"
+        )
+    return tuple(sorted(set(sizes), reverse=True))
+
+
+AUTOREGRESSIVE = BeamShape(width=1, length=1, lookup=0)

@@ -17,7 +17,7 @@ import warnings
 import onnx
 import torch
 
-from redcompile.models.step import SpeculativeStep
+from redcompile.models.step import HISTORY, SpeculativeStep
 
 OPSET = 23
 IR_VERSION = 10
@@ -42,10 +42,12 @@ def example_inputs(step: SpeculativeStep) -> tuple[torch.Tensor, ...]:
         "sample_uniforms": torch.zeros(b),
     }
     if step.speculative:
-        w, length = step.beam_width, step.beam_length
+        w, length = step.tree_beams, step.beam_length
         values["beam_paths"] = torch.zeros(b, w, length, dtype=torch.int64)
         values["draft_logprobs"] = torch.zeros(b, w, length - 1, cfg.vocab_size)
         values["accept_uniforms"] = torch.zeros(b, w, length - 1)
+    if step.lookup_beams:
+        values[HISTORY] = torch.zeros(b, s, dtype=torch.int64)
     kv_shape = (b, cfg.num_kv_heads, s, cfg.head_dim)
     # One tensor per cache input: torch.export treats a tensor passed twice as one input.
     return tuple(

@@ -164,7 +164,8 @@ def format_description(info: dict[str, Any]) -> str:
     lines = [
         f"{info['path']}: redcompile artifact v{info['format_version']} "
         f"(redcompile {info['redcompile_version']}), target {info['target']}",
-        f"  mode {info['mode']}, beam W={info['beam']['width']} L={info['beam']['length']}, "
+        f"  mode {info['mode']}, beam W={info['beam']['width']} L={info['beam']['length']}"
+        f"{_lookup_text(info['beam'])}, "
         f"dtype {info['dtype']}, max_seq_len {info['max_seq_len']}, top_k {info['top_k']}",
         f"  model {info['model']['architecture']}: {info['model']['num_layers']} layers, hidden "
         f"{info['model']['hidden_size']}, vocab {info['model']['vocab_size']}",
@@ -214,3 +215,11 @@ def _quantized(drafter: dict) -> str:
     """`int4 weights in blocks of 128` (no block size where the manifest records none)."""
     block = drafter.get("quantized_block_size")
     return f"{drafter['quantized']} weights" + (f" in blocks of {block}" if block else "")
+
+
+def _lookup_text(beam: dict) -> str:
+    """' + 1 lookup (n-grams 3,2,1)' for a tree with lookup beams, else ''."""
+    if not beam.get("lookup_beams"):
+        return ""
+    ngrams = ",".join(map(str, beam.get("lookup_ngrams", [])))
+    return f" + {beam['lookup_beams']} lookup (n-grams {ngrams})"

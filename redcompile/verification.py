@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from redcompile.compiler import source_hashes
-from redcompile.config import BeamShape
+from redcompile.config import DEFAULT_LOOKUP_NGRAMS, BeamShape
 from redcompile.generation import GenerationConfig, first_step_outputs
 from redcompile.models.weight_quant import base_weights_of, recorded_format
 
@@ -249,7 +249,12 @@ def verify(
         model_dir,
         drafter_dir=drafter_path,
         allow_pickle=allow_pickle,
-        beam=BeamShape(manifest["beam"]["width"], max(manifest["beam"]["length"], 2)),
+        beam=BeamShape(
+            manifest["beam"]["width"],
+            max(manifest["beam"]["length"], 2),
+            manifest["beam"].get("lookup_beams", 0),
+            tuple(manifest["beam"].get("lookup_ngrams") or DEFAULT_LOOKUP_NGRAMS),
+        ),
         autoregressive=manifest["mode"] == "autoregressive",
         random_drafter=random_drafter,
         draft_vocab=(manifest["drafter"] or {}).get("draft_vocab"),

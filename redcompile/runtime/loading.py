@@ -53,10 +53,15 @@ def _check_options(path: Path, manifest: dict[str, Any], options: dict[str, Any]
             raise InputError(f"{flag} applies to model folders; {path} is a compiled artifact")
     beam: BeamShape | None = options.get("beam")
     compiled = manifest["beam"]
-    if beam is not None and (beam.width, beam.length) != (compiled["width"], compiled["length"]):
+    lookup = compiled.get("lookup_beams", 0)
+    if beam is not None and (beam.width, beam.length, beam.lookup) != (
+        compiled["width"],
+        compiled["length"],
+        lookup,
+    ):
         raise InputError(
             f"{path} was compiled with --beam-width {compiled['width']} --beam-length "
-            f"{compiled['length']}; re-convert to use another beam shape"
+            f"{compiled['length']} --lookup-beams {lookup}; re-convert to use another beam shape"
         )
     if options.get("autoregressive") and manifest["mode"] != "autoregressive":
         raise InputError(
@@ -72,6 +77,8 @@ def _info(path: Path, manifest: dict[str, Any], runtime: str) -> dict[str, Any]:
         "mode": manifest["mode"],
         "beam_width": manifest["beam"]["width"],
         "beam_length": manifest["beam"]["length"],
+        "lookup_beams": manifest["beam"].get("lookup_beams", 0),
+        "lookup_ngrams": manifest["beam"].get("lookup_ngrams", []),
         "draft_vocab": (manifest["drafter"] or {}).get("draft_vocab"),
         "drafter": manifest["drafter"],
     }

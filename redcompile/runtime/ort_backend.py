@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from redcompile.artifact import tree_beams
 from redcompile.generation import StepBackend
 from redcompile.models.step import StepSignature
 
@@ -34,7 +35,7 @@ class OrtBackend(StepBackend):
         self.signature = signature
         self.manifest = manifest
         self.device = device
-        self.beam_width = manifest["beam"]["width"]
+        self.beam_width = tree_beams(manifest)
         self.beam_length = manifest["beam"]["length"]
         self.vocab_size = manifest["model"]["vocab_size"]
         self.max_seq_len = manifest["max_seq_len"]
@@ -64,7 +65,7 @@ class OrtBackend(StepBackend):
         for name, shape, dtype in self.signature.initial_inputs(model, batch_size, capacity):
             numpy_dtype = self.model_dtype if dtype == "model" else NUMPY_TYPES[dtype]
             self._set(name, self._to_device(np.zeros(shape, dtype=numpy_dtype)))
-        sizes = {"batch": batch_size, "vocab": model["vocab_size"]}
+        sizes = {"batch": batch_size, "vocab": model["vocab_size"], "cache": capacity}
         self._outputs: list[dict[str, ort.OrtValue]] = [{}, {}]
         for spec in self.signature.outputs:
             for binding, buffers in zip(self.bindings, self._outputs):

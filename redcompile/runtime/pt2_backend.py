@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from redcompile.artifact import tree_beams
 from redcompile.generation import StepBackend
 from redcompile.models.step import StepSignature
 
@@ -42,7 +43,7 @@ class Pt2Backend(StepBackend):
         self.signature = signature
         self.manifest = manifest
         self.device = torch.device(device)
-        self.beam_width = manifest["beam"]["width"]
+        self.beam_width = tree_beams(manifest)
         self.beam_length = manifest["beam"]["length"]
         self.vocab_size = manifest["model"]["vocab_size"]
         self.max_seq_len = manifest["max_seq_len"]

@@ -18,7 +18,7 @@ class TorchBackend(StepBackend):
         self.module = step.to(device).eval()
         self.device = torch.device(device)
         self.signature = step.signature
-        self.beam_width, self.beam_length = step.beam_width, step.beam_length
+        self.beam_width, self.beam_length = step.tree_beams, step.beam_length
         self.vocab_size = step.base.config.vocab_size
         self.max_seq_len = step.max_seq_len
         self.state: dict[str, torch.Tensor] = {}

@@ -37,6 +37,8 @@ FIELDS = {
     "draft_vocab",
     "tokens_per_step_ci95",
     "prompt_counts",
+    "lookup_beams",
+    "draft_sources",
 }
 SPLIT = {"base", "drafting", "tree", "acceptance", "kv", "host"}
 
@@ -238,3 +240,47 @@ def test_bench_keeps_every_prompts_counts(tiny_llama, tmp_path):
     counts = prompt_counts(result)
     assert len(counts) == 2 and all(steps == tokens for tokens, steps in counts)
     assert sum(t for t, _ in counts) / sum(s for _, s in counts) == result.tokens_per_step
+
+
+def test_bench_attributes_accepted_drafts_to_drafter_and_lookup_beams(tiny_llama, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(tiny_llama),
+            "--prompts-file",
+            str(prompts(tmp_path)),
+            "--runtime",
+            "torch",
+            "--random-drafter",
+            "--drafter-weights",
+            "int8",
+            "--beam-width",
+            "0,2",
+            "--beam-length",
+            "4",
+            "--lookup-beams",
+            "1",
+            "--repeats",
+            "1",
+            "--max-new-tokens",
+            "24",
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = {r["engine"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"autoregressive", "W0-L4-K1", "W2-L4-K1"}
+    assert rows["autoregressive"]["draft_sources"] is None
+    lookup_only = rows["W0-L4-K1"]["draft_sources"]
+    assert lookup_only["drafter"] == 0 and lookup_only["both"] == 0 and lookup_only["lookup"] > 0
+    for name in ("W0-L4-K1", "W2-L4-K1"):
+        row = rows[name]
+        # every accepted draft is attributed: tokens per step = 1 + the three sources
+        # (up to the drafts cut by --max-new-tokens, which the attribution still counts)
+        accepted = sum(row["draft_sources"].values())
+        assert row["tokens_per_step"] - 1 <= accepted + 1e-6
+        assert accepted <= row["tokens_per_step"] - 1 + 0.5
+    assert "by source" in result.output

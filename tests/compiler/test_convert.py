@@ -62,7 +62,16 @@ def test_artifact_is_one_file_of_standard_ops_and_redcompile_ops_with_bodies(art
         ("com.microsoft", 1),
     }
     manifest = read_artifact(report.out).manifest
-    assert manifest["beam"] == {"width": 3, "length": 4} and manifest["mode"] == "redrafter"
+    assert (
+        manifest["beam"]
+        == {
+            "width": 3,
+            "length": 4,
+            "lookup_beams": 0,
+            "lookup_ngrams": [],
+        }
+        and manifest["mode"] == "redrafter"
+    )
     assert [p["name"] for p in manifest["passes"]][0] == "fuse-tree-attention"
 
 

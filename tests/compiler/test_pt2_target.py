@@ -24,7 +24,7 @@ from redcompile.generation import GenerationConfig
 from redcompile.pt2_artifact import EXTRA_DIR, read_pt2_artifact
 from support import PROMPTS
 
-BEAM = BeamShape(3, 4)
+BEAM = BeamShape(3, 4, lookup=1)  # drafter beams and a lookup beam: both state kinds
 OPTIONS = ConvertOptions(beam=BEAM, random_drafter=True, max_seq_len=64, target="torch")
 
 
@@ -55,7 +55,13 @@ def test_convert_writes_one_package_with_the_manifest_in_its_extra_files(pt2):
     manifest = read_pt2_artifact(pt2["out"]).manifest
     assert manifest == json.loads(json.dumps(report.manifest))
     assert manifest["target"] == "torch" and manifest["device"] == "cpu"
-    assert manifest["beam"] == {"width": 3, "length": 4} and manifest["max_seq_len"] == 64
+    assert manifest["beam"] == {
+        "width": 3,
+        "length": 4,
+        "lookup_beams": 1,
+        "lookup_ngrams": [3, 2, 1],
+    }
+    assert manifest["max_seq_len"] == 64
     assert manifest["torch_version"] == torch.__version__ and manifest["weights"]["bytes"] > 0
     assert (
         manifest["command"].startswith("redcompile convert ")
@@ -119,6 +125,7 @@ def test_cli_generate_verify_and_inspect_run_the_package(pt2):
         {"op": "redcompile::build_tree", "nodes": 1, "function_body": None},
         {"op": "redcompile::drafter_beam_search", "nodes": 1, "function_body": None},
         {"op": "redcompile::kv_compaction", "nodes": 4, "function_body": None},
+        {"op": "redcompile::prompt_lookup", "nodes": 1, "function_body": None},
         {"op": "redcompile::tree_attention", "nodes": 2, "function_body": None},
     ]
     assert {"name": "input_ids", "dtype": "int64", "shape": ["batch", "tokens"]} in info["inputs"]

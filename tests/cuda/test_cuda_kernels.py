@@ -20,6 +20,7 @@ from redcompile.ops.drafter_beam_search import (
     warp_top_k,
 )
 from redcompile.ops.kv_compaction import kv_compaction_reference
+from redcompile.ops.prompt_lookup import prompt_lookup_reference
 from redcompile.ops.tree_attention import tree_attention_reference
 from redcompile.ops.tree_building import ancestor_mask, build_tree_reference, lifting_steps
 
@@ -367,6 +368,37 @@ def test_build_tree_of_a_strided_view(cuda_ops):
     view = beams.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
     for x, y in zip(cuda_ops.build_tree(view.to(DEVICE)), build_tree_reference(beams)):
         assert torch.equal(x.cpu(), y)
+
+
+@pytest.mark.parametrize(
+    "b,s,beams,length,ngrams,alphabet",
+    [
+        (3, 12, 1, 5, [3, 2, 1], 3),
+        (4, 40, 4, 4, [2], 2),
+        (2, 700, 3, 6, [4, 1], 5),  # matches spread over several 256-position chunks
+        (5, 9, 2, 3, [8], 2),  # n-grams longer than most histories
+        (2, 3000, 64, 5, [1], 2),  # more matches than beams in one chunk, the most beams
+    ],
+)
+def test_prompt_lookup_matches_reference(cuda_ops, b, s, beams, length, ngrams, alphabet):
+    g = torch.Generator().manual_seed(b + s)
+    history = torch.randint(0, alphabet, (b, s), generator=g)
+    lengths = torch.randint(0, s + 3, (b,), generator=g)
+    lengths[0] = 0  # an idle row
+    want = prompt_lookup_reference(history, lengths, ngrams, beams, length)
+    got = cuda_ops.prompt_lookup(history.to(DEVICE), lengths.to(DEVICE), ngrams, beams, length)
+    assert torch.equal(got.cpu(), want)
+
+
+def test_prompt_lookup_of_a_strided_history(cuda_ops):
+    g = torch.Generator().manual_seed(3)
+    history = torch.randint(0, 3, (3, 50), generator=g)
+    wide = torch.zeros(3, 80, dtype=torch.int64)
+    wide[:, :50] = history
+    lengths = torch.tensor([50, 17, 2])
+    want = prompt_lookup_reference(history, lengths, [2, 1], 2, 4)
+    got = cuda_ops.prompt_lookup(wide.to(DEVICE)[:, :50], lengths.to(DEVICE), [2, 1], 2, 4)
+    assert torch.equal(got.cpu(), want)
 
 
 def ancestor_cases():

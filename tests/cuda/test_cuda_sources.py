@@ -88,6 +88,7 @@ def test_sources_ship_in_the_package():
             "std::tuple<at::Tensor, at::Tensor>(const std::optional<at::Tensor>&, int64_t, bool)",
         ),
         ("(Tensor(a!) x) -> ()", "void(const at::Tensor&)"),
+        ("(Tensor h, int[] sizes) -> Tensor", "at::Tensor(const at::Tensor&, at::IntArrayRef)"),
     ],
 )
 def test_schema_to_cpp_signature(schema, signature):

@@ -18,6 +18,7 @@ from redcompile.ops import (
     DRAFTER_BEAM_SEARCH,
     KV_COMPACTION,
     OPS,
+    PROMPT_LOOKUP,
     TREE_ATTENTION,
 )
 from redcompile.ops.tree_building import ancestor_mask, build_tree_reference
@@ -133,6 +134,15 @@ def kv_compaction_samples():
     )
 
 
+def prompt_lookup_samples():
+    g = torch.Generator().manual_seed(5)
+    history = torch.randint(0, 3, (4, 14), generator=g)
+    # an idle row, a row shorter than the n-grams, a full row, and one past the capacity
+    lengths = torch.tensor([0, 2, 14, 20])
+    yield [history, lengths], {"ngrams": [3, 1], "num_beams": 3, "beam_length": 5}
+    yield [history, torch.tensor([9, 11, 1, 13])], {"ngrams": [2], "num_beams": 1, "beam_length": 4}
+
+
 SAMPLES = {
     TREE_ATTENTION: tree_attention_samples,
     DRAFTER_BEAM_SEARCH: beam_search_samples,
@@ -140,6 +150,7 @@ SAMPLES = {
     ANCESTOR_MASK: ancestor_mask_samples,
     ACCEPT: accept_samples,
     KV_COMPACTION: kv_compaction_samples,
+    PROMPT_LOOKUP: prompt_lookup_samples,
 }
 CASES = [(op, i, case) for op in OPS for i, case in enumerate(SAMPLES.get(op, list)())]
 
