@@ -1,13 +1,14 @@
 // prompt_lookup.cu: lookup beams copied from each row's token history. Semantics:
 // ops/prompt_lookup.py (the reference this kernel is held to in tests/cuda/).
 //
-// One block per row. For each n-gram size, longest first, the block scans candidate start
-// positions p from the latest (m - 1 - k) down, blockDim at a time: every thread tests one p
-// against the row's last k tokens, a block-wide ballot scan orders the matches (latest first),
-// and the first K are kept; the scan stops once K are found. The longest size with a match
-// wins. Each beam then copies x[q + (i mod d)] with q = p + k, d = m - q (the periodic
-// extension where the continuation reaches the end); with no match every beam repeats the root.
-// History reads go straight to global memory: a row is read about once per n-gram size.
+// One block per row. A candidate is an end position q <= m - 2 whose tokens going back match
+// the row's last tokens; its level is how many of the n-gram sizes fit in that match. The
+// block ranks candidates by level, then latest: for each level, highest first, it scans q from
+// m - 2 down, blockDim at a time (each thread measures the match length at its q), ranks that
+// level's matches latest first with a block-wide ballot scan and keeps them until K are found.
+// Each beam then copies x[s + (i mod d)] with s = q + 1, d = m - s (the periodic extension
+// where the continuation reaches the end); with no candidate every beam repeats the root.
+// History reads go straight to global memory.
 #include <climits>
 
 #include "common.cuh"
@@ -21,41 +22,58 @@ constexpr int kMaxBeams = 64;
 
 using LookupParams = redcompile_prompt_lookup_params_t;
 
+// Sizes sorted ascending without repeats; returns how many.
+__device__ int sorted_sizes(const LookupParams& p, int64_t* sizes) {
+  int count = 0;
+  int64_t previous = 0;
+  for (int64_t round = 0; round < p.num_ngrams; ++round) {
+    int64_t next = INT64_MAX;
+    for (int64_t i = 0; i < p.num_ngrams; ++i) {
+      if (p.ngrams[i] > previous && p.ngrams[i] < next) next = p.ngrams[i];
+    }
+    if (next == INT64_MAX) break;
+    sizes[count++] = next;
+    previous = next;
+  }
+  return count;
+}
+
 __global__ void __launch_bounds__(kThreads) prompt_lookup_kernel(const LookupParams p) {
-  __shared__ int64_t starts[kMaxBeams];  // latest match positions of the current size
+  __shared__ int64_t starts[kMaxBeams];  // ranked candidate end positions
   __shared__ int warp_counts[kWarps];
   __shared__ int found;
-  __shared__ int64_t chosen_k;
+  __shared__ int64_t sizes[REDCOMPILE_MAX_LOOKUP_NGRAMS];
+  __shared__ int size_count;
+  if (threadIdx.x == 0) {
+    size_count = sorted_sizes(p, sizes);
+    found = 0;
+  }
+  __syncthreads();
+  const int num_sizes = size_count;
   const int64_t b = blockIdx.x;
   const int64_t S = p.capacity, K = p.num_beams, L = p.length;
   const int64_t* x = p.history + b * p.history_stride;
   const int64_t m = p.lengths[b] < 0 ? 0 : (p.lengths[b] > S ? S : p.lengths[b]);
+  const int64_t depth = num_sizes > 0 ? sizes[num_sizes - 1] : 0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (threadIdx.x == 0) chosen_k = 0;
-  __syncthreads();
 
-  // sizes longest first: pick the largest remaining each round (at most 8 sizes)
-  int64_t previous = INT64_MAX;
-  for (int64_t round = 0; round < p.num_ngrams; ++round) {
-    int64_t k = 0;
-    for (int64_t i = 0; i < p.num_ngrams; ++i) {
-      if (p.ngrams[i] < previous && p.ngrams[i] > k) k = p.ngrams[i];
-    }
-    if (k == 0) break;
-    previous = k;
-    if (threadIdx.x == 0) found = 0;
-    __syncthreads();
-    for (int64_t hi = m - 1 - k; hi >= 0; hi -= kThreads) {
-      const int64_t pos = hi - threadIdx.x;
-      bool match = pos >= 0;
-      for (int64_t j = 0; j < k && match; ++j) match = x[pos + j] == x[m - k + j];
+  for (int level = num_sizes; level >= 1 && found < K; --level) {
+    for (int64_t hi = m - 2; hi >= 0; hi -= kThreads) {
+      const int64_t q = hi - threadIdx.x;
+      int my_level = 0;
+      if (q >= 0) {
+        int64_t run = 0;  // tokens back from q that equal the row's last tokens
+        while (run < depth && run <= q && x[q - run] == x[m - 1 - run]) ++run;
+        while (my_level < num_sizes && sizes[my_level] <= run) ++my_level;
+      }
+      const bool match = my_level == level;
       const unsigned ballot = __ballot_sync(kFullMask, match);
       if (lane == 0) warp_counts[warp] = __popc(ballot);
       __syncthreads();
       int before = found;
       for (int w = 0; w < warp; ++w) before += warp_counts[w];
       const int rank = before + __popc(ballot & ((1u << lane) - 1u));
-      if (match && rank < K) starts[rank] = pos;
+      if (match && rank < K) starts[rank] = q;
       __syncthreads();
       if (threadIdx.x == 0) {
         int total = found;
@@ -64,11 +82,6 @@ __global__ void __launch_bounds__(kThreads) prompt_lookup_kernel(const LookupPar
       }
       __syncthreads();
       if (found >= K) break;
-    }
-    if (found > 0) {
-      if (threadIdx.x == 0) chosen_k = k;
-      __syncthreads();
-      break;
     }
   }
   __syncthreads();
@@ -80,12 +93,11 @@ __global__ void __launch_bounds__(kThreads) prompt_lookup_kernel(const LookupPar
     const int64_t j = e / L, i = e - j * L;
     int64_t token = 0;
     if (m > 0) {
-      if (i == 0 || chosen_k == 0) {
+      if (i == 0 || available == 0) {
         token = root;
       } else {
-        const int64_t start = starts[j < available ? j : 0] + chosen_k;
-        const int64_t period = m - start;
-        token = x[start + (i - 1) % period];
+        const int64_t start = starts[j < available ? j : 0] + 1;
+        token = x[start + (i - 1) % (m - start)];
       }
     }
     out[e] = token;

@@ -146,8 +146,9 @@ int redcompile_build_tree(const redcompile_build_tree_params_t* p, void* workspa
 /* ---------------------------------------------------------------------------------------------
  * Prompt lookup (op prompt_lookup): history [B, S] int64 (row stride history_stride, element
  * stride 1), lengths [B] int64 (clamped to [0, S]) -> beams [B, K, L] int64, contiguous:
- * each of the K beams copies the continuation of one of the latest earlier occurrences of the
- * row's last k tokens, for the longest k of `ngrams` that occurs (any order, each >= 1).
+ * each of the K beams copies the continuation of an earlier occurrence of the row's last
+ * tokens, candidates ranked by how many sizes of `ngrams` match (any order, each >= 1), then
+ * latest first.
  * K <= 64, at most REDCOMPILE_MAX_LOOKUP_NGRAMS sizes. No workspace.
  */
 #define REDCOMPILE_MAX_LOOKUP_NGRAMS 8

@@ -6,19 +6,21 @@ Shapes (B batch, S history capacity, K lookup beams, L beam length including the
                              root the next step verifies; slots at and beyond `lengths` are
                              stale and never read
     lengths   [B]    int64   tokens in each row's history (0: idle row); clamped to [0, S]
-    ngrams    attribute      n-gram sizes to match, tried longest first (backoff)
+    ngrams    attribute      the n-gram sizes that count as a match
     num_beams attribute      K
     beam_length attribute    L
     ->  beams [B, K, L] int64   beams[..., 0] == history[b, lengths[b] - 1] (the root)
 
-Rule, for one row with sequence x = history[b, :M]: for each n-gram size k (longest first) the
-occurrences are the positions p with x[p : p + k] == x[M - k : M] and p + k <= M - 1 (strictly
-earlier than the row's last k tokens). The longest k with any occurrence wins; beam j copies
-the continuation of the j-th latest occurrence p_j (the latest when there are fewer than j + 1):
-draft i is x[q + (i mod d)] with q = p_j + k and d = M - q, which is the text after the
+Rule, for one row with sequence x = history[b, :M]. A candidate is an earlier position q
+(q <= M - 2) where some size k of `ngrams` matches: x[q - k + 1 : q + 1] == x[M - k : M], the
+row's last k tokens end at q too. Its level is how many of the sizes match there (matches are
+nested, so a higher level is a longer match). Candidates rank by level, then latest first;
+beam j copies the continuation of the j-th ranked candidate (the first when there are fewer
+than j + 1): draft i is x[s + (i mod d)] with s = q + 1 and d = M - s, the text after the
 occurrence and, where that runs into the end of x, its periodic extension (a repeat of period d
-continues as the repeat). With no occurrence at all every beam repeats the root. Idle rows
-(M = 0) get zeros.
+continues as the repeat). Beam 0 is thus the latest occurrence of the longest matching n-gram,
+and further beams fall back to older and then shorter matches. With no candidate every beam
+repeats the root. Idle rows (M = 0) get zeros.
 
 A lookup beam is a deterministic draft: it carries no draft distribution (the step gives it a
 one-hot draft log-probability), so acceptance tests it against the base model alone.
@@ -35,26 +37,26 @@ from redcompile.ops.opdef import BodySpec, OpDef
 def lookup_continuation_starts(
     history: torch.Tensor, lengths: torch.Tensor, ngrams: list[int], num_beams: int
 ) -> torch.Tensor:
-    """q [B, K]: the history index of each lookup beam's first drafted token (see module doc);
-    lengths - 1 (the root) where no n-gram occurs earlier."""
+    """s [B, K]: the history index of each lookup beam's first drafted token (see the module
+    docstring); lengths - 1 (the root) for a row with no candidate."""
     b, s = history.shape
+    sizes = sorted(set(ngrams))
     m = lengths.clamp(0, s).unsqueeze(1)  # [B, 1]
     positions = torch.arange(s, device=history.device).unsqueeze(0)  # [1, S]
-    start = (m - 1).expand(b, num_beams)
-    for k in sorted(set(ngrams)):  # longer n-grams override shorter ones
-        tail_idx = (m - k + torch.arange(k, device=history.device)).clamp(0, s - 1)
-        tail = torch.gather(history, 1, tail_idx)  # [B, k] the row's last k tokens
-        match = positions <= m - 1 - k
-        for j in range(k):
-            shifted = torch.cat([history[:, j:], history.new_full((b, min(j, s)), -1)], dim=1)
-            match = match & (shifted == tail[:, j : j + 1])
-        candidates = torch.where(match, positions, torch.full_like(match, -1, dtype=torch.int64))
-        padded = torch.cat([candidates, history.new_full((b, num_beams), -1)], dim=1)
-        latest = torch.topk(padded, num_beams, dim=1).values  # [B, K], latest first
-        found = latest[:, :1] >= 0
-        latest = torch.where(latest >= 0, latest, latest[:, :1])
-        start = torch.where(found, latest + k, start)
-    return start
+    level = torch.zeros(b, s, dtype=torch.int64, device=history.device)
+    match = positions <= m - 2  # end positions whose continuation starts before the end
+    for d in range(sizes[-1]):
+        # x[q - d] == x[M - 1 - d]: the d-th token back from q equals the d-th from the end
+        back = torch.cat([history.new_full((b, min(d, s)), -1), history[:, : max(s - d, 0)]], 1)
+        last = torch.gather(history, 1, (m - 1 - d).clamp(0, s - 1))
+        match = match & (back == last) & (m - 1 - d >= 0)
+        if d + 1 in sizes:
+            level = level + match.to(torch.int64)
+    score = torch.where(level > 0, level * s + positions, torch.full_like(level, -1))
+    padded = torch.cat([score, history.new_full((b, num_beams), -1)], dim=1)
+    ranked = torch.topk(padded, num_beams, dim=1).values  # [B, K], best first
+    ranked = torch.where(ranked >= 0, ranked, ranked[:, :1])
+    return torch.where(ranked >= 0, ranked % s + 1, m - 1)
 
 
 def prompt_lookup_reference(
@@ -83,10 +85,11 @@ def prompt_lookup_fake(history, lengths, ngrams, num_beams, beam_length):  # noq
 
 
 def build_prompt_lookup_body(spec: BodySpec):  # noqa: ANN201
-    """The rule in standard ops: per n-gram size, k shifted Equal masks over the history, the
-    K latest matches by TopK, backoff by Where, the periodic copy by GatherElements."""
+    """The rule in standard ops: one shifted Equal per token of the longest n-gram, their
+    running And as the nested matches, a level * S + q score, one TopK for the ranking, the
+    periodic copy by GatherElements."""
     b = FunctionBuilder(PROMPT_LOOKUP, spec)
-    ngrams = sorted({int(k) for k in spec.attributes["ngrams"]})
+    sizes = sorted({int(k) for k in spec.attributes["ngrams"]})
     num_beams, length = int(spec.attributes["num_beams"]), int(spec.attributes["beam_length"])
     history = b.input("history")
     batch, s = b.dim(history, 0), b.dim(history, 1)
@@ -94,30 +97,42 @@ def build_prompt_lookup_body(spec: BodySpec):  # noqa: ANN201
     last_slot = b.Sub(s_scalar, b.const(1))
     m = b.Unsqueeze(b.Clip(b.input("lengths"), b.const(0), s_scalar), b.const([1]))  # [B, 1]
     positions = b.Unsqueeze(b.Range(b.const(0), s_scalar, b.const(1)), b.const([0]))  # [1, S]
-    beams_shape = b.Concat(batch, b.const([num_beams]), axis=0)
-    minus_one = b.Expand(b.const(-1), beams_shape)  # [B, K] of -1 (TopK padding)
 
-    start = b.Expand(b.Sub(m, b.const(1)), beams_shape)
-    for k in ngrams:
-        tail_idx = b.Clip(
-            b.Add(b.Sub(m, b.const(k)), b.const([list(range(k))])), b.const(0), last_slot
-        )
-        tail = b.GatherElements(history, tail_idx, axis=1)  # [B, k]
-        match = b.LessOrEqual(positions, b.Sub(m, b.const(1 + k)))
-        for j in range(k):
-            shifted = history
-            if j:
-                fill = b.Expand(b.const(-1), b.Concat(batch, b.Min(b.const([j]), s), axis=0))
-                shifted = b.Concat(b.Slice(history, b.const([j]), s, b.const([1])), fill, axis=1)
-            column = b.Slice(tail, b.const([j]), b.const([j + 1]), b.const([1]))
-            match = b.And(match, b.Equal(shifted, column))
-        candidates = b.Where(match, positions, b.const(-1))
-        padded = b.Concat(candidates, minus_one, axis=1)
-        latest, _ = b.TopK(padded, b.const([num_beams]), axis=1, outputs=2)  # [B, K] latest first
-        newest = b.Slice(latest, b.const([0]), b.const([1]), b.const([1]))
-        found = b.GreaterOrEqual(newest, b.const(0))
-        latest = b.Where(b.GreaterOrEqual(latest, b.const(0)), latest, newest)
-        start = b.Where(found, b.Add(latest, b.const(k)), start)
+    # the row's last tokens, x[M - 1 - d] for every d at once ([B, D]); rows too short for d
+    # read x[0] but can never match: position q - d would be negative, where `back` holds -1
+    depth = sizes[-1]
+    tail_idx = b.Clip(
+        b.Sub(b.Sub(m, b.const(1)), b.const([list(range(depth))])), b.const(0), last_slot
+    )
+    tail = b.GatherElements(history, tail_idx, axis=1)
+    fill = b.Expand(b.const(-1), b.Concat(batch, b.Min(b.const([depth]), s), axis=0))  # [B, D]
+    match = b.LessOrEqual(positions, b.Sub(m, b.const(2)))
+    level = None
+    for d in range(depth):
+        back = history
+        if d:
+            end = b.Max(b.Sub(s, b.const([d])), b.const([0]))
+            shifted = b.Slice(history, b.const([0]), end, b.const([1]))
+            back = b.Concat(
+                b.Slice(fill, b.const([0]), b.const([d]), b.const([1])), shifted, axis=1
+            )
+        column = b.Slice(tail, b.const([d]), b.const([d + 1]), b.const([1]))
+        match = b.And(match, b.Equal(back, column))
+        if d + 1 in sizes:
+            step = b.Cast(match, to=7)
+            level = step if level is None else b.Add(level, step)
+    score = b.Where(b.Greater(level, b.const(0)), b.Add(b.Mul(level, s), positions), b.const(-1))
+    padded = b.Concat(
+        score, b.Expand(b.const(-1), b.Concat(batch, b.const([num_beams]), axis=0)), axis=1
+    )
+    ranked, _ = b.TopK(padded, b.const([num_beams]), axis=1, outputs=2)  # [B, K], best first
+    first = b.Slice(ranked, b.const([0]), b.const([1]), b.const([1]))
+    ranked = b.Where(b.GreaterOrEqual(ranked, b.const(0)), ranked, first)
+    start = b.Where(
+        b.GreaterOrEqual(ranked, b.const(0)),
+        b.Add(b.Mod(ranked, s), b.const(1)),
+        b.Sub(m, b.const(1)),
+    )
 
     start = b.Unsqueeze(start, b.const([2]))  # [B, K, 1]
     m_3d = b.Unsqueeze(m, b.const([2]))
@@ -129,8 +144,7 @@ def build_prompt_lookup_body(spec: BodySpec):  # noqa: ANN201
         b.GatherElements(history, b.Reshape(index, flat), axis=1),
         b.Concat(batch, b.const([num_beams, length - 1]), axis=0),
     )
-    root_idx = b.Clip(b.Sub(m, b.const(1)), b.const(0), last_slot)
-    root = b.GatherElements(history, root_idx, axis=1)  # [B, 1]
+    root = b.Slice(tail, b.const([0]), b.const([1]), b.const([1]))  # x[M - 1], [B, 1]
     roots = b.Expand(
         b.Unsqueeze(root, b.const([2])), b.Concat(batch, b.const([num_beams, 1]), axis=0)
     )

@@ -35,11 +35,12 @@ from redcompile.errors import InputError
 from redcompile.generation import GenerationConfig, GenerationResult
 
 BASELINE = "autoregressive"
-SPLIT_KEYS = ("base", "drafting", "tree", "acceptance", "kv", "host")
+SPLIT_KEYS = ("base", "drafting", "lookup", "tree", "acceptance", "kv", "host")
 # Inlined ONNX function nodes are named _inlfunc_<Op>_...: the op tells the split category.
 FUNCTION_CATEGORY = {
     "TreeAttention": "base",
     "DrafterBeamSearch": "drafting",
+    "PromptLookup": "lookup",
     "BuildTree": "tree",
     "AncestorMask": "tree",
     "Accept": "acceptance",

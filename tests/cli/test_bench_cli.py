@@ -40,7 +40,7 @@ FIELDS = {
     "lookup_beams",
     "draft_sources",
 }
-SPLIT = {"base", "drafting", "tree", "acceptance", "kv", "host"}
+SPLIT = {"base", "drafting", "lookup", "tree", "acceptance", "kv", "host"}
 
 
 def prompts(tmp_path):

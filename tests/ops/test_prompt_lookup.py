@@ -24,17 +24,20 @@ def oracle(x: list[int], ngrams: list[int], num_beams: int, length: int) -> list
     if m == 0:
         return [[0] * length for _ in range(num_beams)]
     root = x[-1]
-    for k in sorted(set(ngrams), reverse=True):
-        occurrences = [p for p in range(m - k) if x[p : p + k] == x[m - k :]]
-        if occurrences:
-            latest = sorted(occurrences, reverse=True)
-            beams = []
-            for j in range(num_beams):
-                p = latest[j] if j < len(latest) else latest[0]
-                q, period = p + k, m - (p + k)
-                beams.append([root] + [x[q + i % period] for i in range(length - 1)])
-            return beams
-    return [[root] * length for _ in range(num_beams)]
+    candidates = []
+    for q in range(m - 1):  # end positions whose continuation starts before the end
+        level = sum(1 for k in set(ngrams) if q - k + 1 >= 0 and x[q - k + 1 : q + 1] == x[m - k :])
+        if level:
+            candidates.append((level, q))
+    if not candidates:
+        return [[root] * length for _ in range(num_beams)]
+    ranked = sorted(candidates, reverse=True)  # level, then latest
+    beams = []
+    for j in range(num_beams):
+        _, q = ranked[j] if j < len(ranked) else ranked[0]
+        start, period = q + 1, m - (q + 1)
+        beams.append([root] + [x[start + i % period] for i in range(length - 1)])
+    return beams
 
 
 def lookup(history, lengths, ngrams, num_beams, length):
@@ -69,6 +72,14 @@ def test_occurrence_right_before_the_end_continues_periodically():
     assert lookup([[7, 7, 7]], [3], [2], 1, 5) == [[[7, 7, 7, 7, 7]]]
     # "1 2 1 2": "1 2" at 0 continues "1 2" and then repeats with period 2
     assert lookup([[1, 2, 1, 2]], [4], [2], 1, 6) == [[[2, 1, 2, 1, 2, 1]]]
+
+
+def test_further_beams_fall_back_to_older_then_shorter_matches():
+    #          0  1  2  3  4  5  6  7
+    history = [[1, 2, 9, 5, 2, 7, 1, 2]]
+    # "1 2" ends at 1 (both sizes match: level 2), "2" alone at 4 (level 1); a third beam
+    # repeats the first
+    assert lookup(history, [8], [2, 1], 3, 2) == [[[2, 9], [2, 7], [2, 9]]]
 
 
 def test_fewer_occurrences_than_beams_repeat_the_latest():
