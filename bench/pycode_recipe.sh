@@ -99,3 +99,15 @@ python bench/acceptance_by_source.py \
     bench/results/pycode_shapes.json "$FIXTURE/dev_prompts.jsonl" \
     bench/results/pycode_shapes_held_out.json bench/held_out_prompts.jsonl \
     --json bench/results/acceptance_by_source.json
+
+# 9. Lookup beams (ops/prompt_lookup.py): tokens per step of lookup-only trees (no drafter),
+#    of every drafter shape with 0, 1 and 2 lookup beams (greedy, dev prompts, batch 8), then
+#    end to end at batch 1 against the autoregressive artifact (3 alternating rounds).
+redcompile bench "$FIXTURE" --work-dir "$WORK/artifacts" \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 0 --beam-length 3,4,5,6,7,8,9 \
+    --lookup-beams 1,2,4 --batch-size 8 --repeats 1 --max-new-tokens 128 \
+    --json bench/results/pycode_lookup_only_shapes.json
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2,4,8,16 --beam-length 3,4,5 \
+    --lookup-beams 0,1,2 --batch-size 8 --repeats 1 --max-new-tokens 128 \
+    --json bench/results/pycode_lookup_shapes.json

@@ -904,11 +904,13 @@ def bench(
 
     prompts = read_prompts_file(prompts_file, limit)
     ngrams = parse_ngrams(lookup_ngram)
+    # width 0 is a lookup-only tree: it pairs with the lookup counts above 0 only
     beams = tuple(
         BeamShape(w, length, lookup, ngrams)
         for lookup in lookups
         for w in widths
         for length in lengths
+        if w or lookup or widths == (0,)
     )
     cfg = BenchConfig(
         batch_sizes=batch_sizes,

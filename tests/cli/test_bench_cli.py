@@ -261,7 +261,7 @@ def test_bench_attributes_accepted_drafts_to_drafter_and_lookup_beams(tiny_llama
             "--beam-length",
             "4",
             "--lookup-beams",
-            "1",
+            "0,1",
             "--repeats",
             "1",
             "--max-new-tokens",
@@ -272,8 +272,11 @@ def test_bench_attributes_accepted_drafts_to_drafter_and_lookup_beams(tiny_llama
     )
     assert result.exit_code == 0, result.output
     rows = {r["engine"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(rows) == {"autoregressive", "W0-L4-K1", "W2-L4-K1"}
-    assert rows["autoregressive"]["draft_sources"] is None
+    # width 0 pairs with lookup beams only
+    assert set(rows) == {"autoregressive", "W2-L4", "W0-L4-K1", "W2-L4-K1"}
+    assert (
+        rows["autoregressive"]["draft_sources"] is None and rows["W2-L4"]["draft_sources"] is None
+    )
     lookup_only = rows["W0-L4-K1"]["draft_sources"]
     assert lookup_only["drafter"] == 0 and lookup_only["both"] == 0 and lookup_only["lookup"] > 0
     for name in ("W0-L4-K1", "W2-L4-K1"):
