@@ -108,6 +108,15 @@ redcompile bench "$FIXTURE" --work-dir "$WORK/artifacts" \
     --lookup-beams 1,2,4 --batch-size 8 --repeats 1 --max-new-tokens 128 \
     --json bench/results/pycode_lookup_only_shapes.json
 redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
-    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2,4,8,16 --beam-length 3,4,5 \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 1,2,4,8,16 --beam-length 4,5 \
     --lookup-beams 0,1,2 --batch-size 8 --repeats 1 --max-new-tokens 128 \
     --json bench/results/pycode_lookup_shapes.json
+redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
+    --drafter-weights int8 --prompts-file "$FIXTURE/dev_prompts.jsonl" \
+    --beam-width 0,1 --beam-length 4,6 --lookup-beams 0,1 --batch-size 1 --repeats 3 \
+    --max-new-tokens 128 --json bench/results/pycode_lookup_speed_b1.json
+# ... and lookup-only with 1-grams alone against the default 3,2,1 (the default's choice).
+redcompile bench "$FIXTURE" --work-dir "$WORK/artifacts" \
+    --prompts-file "$FIXTURE/dev_prompts.jsonl" --beam-width 0 --beam-length 5 \
+    --lookup-beams 1 --lookup-ngram 1 --batch-size 8 --repeats 1 --max-new-tokens 128 \
+    --json bench/results/pycode_lookup_ngram1.json

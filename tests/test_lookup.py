@@ -127,7 +127,7 @@ def invoke(*args):
             ["--beam-width", "0", "--lookup-beams", "1", "--random-drafter"],
             "--random-drafter configures a drafter",
         ),
-        (["--random-drafter", "--beam-width", "0"], "--beam-width must be between 1"),
+        (["--beam-width", "0", "--lookup-beams", "0"], "--beam-width must be between 1"),
     ],
 )
 def test_bad_lookup_options_fail_in_one_line_and_write_nothing(

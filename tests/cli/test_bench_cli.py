@@ -114,6 +114,8 @@ def test_bench_of_a_model_folder_in_torch(tiny_llama, tmp_path):
             "1,2",
             "--beam-length",
             "3",
+            "--lookup-beams",
+            "0",
             "--draft-vocab",
             "40,60",
             "--max-new-tokens",
@@ -152,6 +154,7 @@ def test_an_artifact_without_baseline_is_refused(tiny_llama, tmp_path):
 def test_bench_of_a_model_folder_with_a_quantized_drafter(tiny_llama, tmp_path):
     argv = ["bench", str(tiny_llama), "--random-drafter", "--drafter-weights", "int8"]
     argv += ["--prompts-file", str(prompts(tmp_path)), "--beam-width", "1", "--beam-length", "3"]
+    argv += ["--lookup-beams", "0"]
     argv += ["--max-new-tokens", "6", "--repeats", "1", "--work-dir", str(tmp_path / "work")]
     result = CliRunner().invoke(main, [*argv, "--json", str(tmp_path / "b.json")])
     assert result.exit_code == 0, result.output

@@ -149,7 +149,7 @@ BAD = [
         ["--prompt", "x", "--autoregressive"],
         "tokenizer.json not found",
     ),
-    ("no drafter", None, ["--prompt", "x"], "no drafter at"),
+    ("no drafter", None, ["--prompt", "x", "--lookup-beams", "0"], "no drafter at"),
     ("drafter hidden size", wrong_drafter(hidden=32), ["--prompt", "x"], "hidden size 32"),
     ("drafter vocabulary", wrong_drafter(vocab=90), ["--prompt", "x"], "vocabulary of 90"),
     ("drafter pickle", pickle_drafter, ["--prompt", "x"], "--allow-pickle"),
@@ -169,7 +169,7 @@ BAD = [
         "beam too large",
         None,
         ["--prompt", "x", "--random-drafter", "--beam-width", "64", "--beam-length", "9"],
-        "tree of 513 tokens",
+        "tree of 521 tokens",  # 64 drafter beams and the default lookup beam
     ),
     ("no new tokens", None, ["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
     ("negative temperature", None, ["--prompt", "x", "--temperature", "-1"], "--temperature"),

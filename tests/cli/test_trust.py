@@ -103,6 +103,7 @@ def test_inspect_json_is_the_documented_contract(compiled):
         {"op": "redcompile::BuildTree", "nodes": 1, "function_body": True},
         {"op": "redcompile::DrafterBeamSearch", "nodes": 1, "function_body": True},
         {"op": "redcompile::KVCompaction", "nodes": 4, "function_body": True},
+        {"op": "redcompile::PromptLookup", "nodes": 1, "function_body": True},
         {"op": "redcompile::TreeAttention", "nodes": 2, "function_body": True},
     ]
     assert info["weights"]["external_data_file"] is None and info["weights"]["bytes"] > 0
@@ -398,7 +399,11 @@ TABLE = [
         lambda g, t, m: ["convert", m, t / "out.onnx", "--random-drafter", "--device", "cpu"],
         "--device applies to the torch (.pt2) target",
     ),
-    ("convert: no drafter", lambda g, t, m: ["convert", m, t / "out.onnx"], "no drafter at"),
+    (
+        "convert: no drafter",
+        lambda g, t, m: ["convert", m, t / "out.onnx", "--lookup-beams", "0"],
+        "no drafter at",
+    ),
     (
         "convert: draft vocabulary larger than the vocabulary",
         lambda g, t, m: [

@@ -55,6 +55,7 @@ def test_artifact_is_one_file_of_standard_ops_and_redcompile_ops_with_bodies(art
         "AncestorMask",
         "Accept",
         "KVCompaction",
+        "PromptLookup",  # the default lookup beam
     }
     assert model.ir_version == 10 and {(o.domain, o.version) for o in model.opset_import} == {
         ("", 23),
@@ -67,8 +68,8 @@ def test_artifact_is_one_file_of_standard_ops_and_redcompile_ops_with_bodies(art
         == {
             "width": 3,
             "length": 4,
-            "lookup_beams": 0,
-            "lookup_ngrams": [],
+            "lookup_beams": 1,
+            "lookup_ngrams": [3, 2, 1],
         }
         and manifest["mode"] == "redrafter"
     )

@@ -46,12 +46,12 @@ def lean(tiny_models, tmp_path_factory):
     made["llama-w1"] = convert(
         tiny_models["llama"],
         out / "llama-w1.onnx",
-        options=ConvertOptions(beam=BeamShape(1, 4), random_drafter=True),
+        options=ConvertOptions(beam=BeamShape(1, 4, lookup=0), random_drafter=True),
     ).out
     made["llama-w2"] = convert(
         tiny_models["llama"],
         out / "llama-w2.onnx",
-        options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True),
+        options=ConvertOptions(beam=BeamShape(2, 3, lookup=0), random_drafter=True),
     ).out
     made["llama-ar-int4-l4"] = convert(
         tiny_models["llama"],
@@ -61,7 +61,7 @@ def lean(tiny_models, tmp_path_factory):
     for name, block, level in (("int4", 32, 1), ("int8", 16, 1)):
         for kind, options in (
             ("ar", ConvertOptions(autoregressive=True)),
-            ("w1", ConvertOptions(beam=BeamShape(1, 4), random_drafter=True)),
+            ("w1", ConvertOptions(beam=BeamShape(1, 4, lookup=0), random_drafter=True)),
         ):
             made[f"llama-{kind}-{name}"] = convert(
                 tiny_models["llama"],
@@ -199,7 +199,7 @@ def test_bench_converts_both_engines_with_the_same_base_weights(tiny_models, tmp
     from redcompile.benchmark import BenchConfig, bench
     from redcompile.errors import InputError
 
-    cfg = BenchConfig(beams=(BeamShape(1, 3),), repeats=1, max_new_tokens=6)
+    cfg = BenchConfig(beams=(BeamShape(1, 3, lookup=0),), repeats=1, max_new_tokens=6)
     options = dict(random_drafter=True, weights="int4", weight_block_size=32, accuracy_level=1)
     report = bench(tiny_models["llama"], ["ab", "cde"], cfg, work_dir=tmp_path, **options)
     made = sorted(p.name for p in tmp_path.glob("*.onnx"))
