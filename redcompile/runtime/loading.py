@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from redcompile.api import Generator
 from redcompile.artifact import read_artifact
 from redcompile.config import BeamShape
 from redcompile.errors import ArtifactError, InputError, TargetUnavailableError
 from redcompile.models.step import StepSignature, TensorSpec
+from redcompile.runtime.generator import Generator
 from redcompile.tokenizer import TextCodec
 
 MODEL_FOLDER_ONLY = (
