@@ -314,3 +314,17 @@ def test_check_run_catches_a_package_that_differs_from_eager(pt2, tiny_models):
     step.drafter = random_drafter(step.base.config, seed=1)
     with pytest.raises(PassError, match="differs"):
         check_package(pt2["out"], step, "cpu", "float32")
+
+
+def test_lookup_only_pt2_equals_autoregressive_alone_and_in_flight(tiny_models, tmp_path):
+    """A second package, lookup only (no drafter): the token history is the only tree state."""
+    options = ConvertOptions(beam=BeamShape(0, 5, lookup=1), max_seq_len=64, target="torch")
+    report = convert(tiny_models["llama"], tmp_path / "lookup.pt2", options=options)
+    assert report.manifest["mode"] == "lookup"
+    generator = open_generator(report.out)
+    prompts = PROMPTS + [[5, 17, 33, 5, 17, 33, 5]]
+    for batch_size in (1, 3):  # 3 rows for 9 prompts: rows take new prompts mid-run
+        cfg = GenerationConfig(max_new_tokens=20, batch_size=batch_size, stop_token_ids=())
+        model = tiny_models["llama"]
+        expected = ids(open_model_folder(model, autoregressive=True).generate_ids(prompts, cfg))
+        assert ids(generator.generate_ids(prompts, cfg)) == expected
