@@ -169,157 +169,286 @@ def _warp(b: FunctionBuilder, logits: str, top_k: int, vocab: str) -> str:
     return b.Where(b.Less(logits, kth), b.const(-50000.0, "float32"), logits)
 
 
-def build_accept_body(spec: BodySpec):  # noqa: ANN201
-    """The acceptance rule in standard ops, specialised to whether the step carries a tree."""
-    b = FunctionBuilder(ACCEPT, spec)
-    top_k = int(spec.attributes["top_k"])
-    tokens, num_tokens, forced = b.input("tokens"), b.input("num_tokens"), b.input("forced")
-    logits = b.Cast(b.input("logits"), to=FLOAT)
-    vocab, t = b.dim(logits, 2), b.dim(logits, 1)
-    zero = b.Mul(num_tokens, b.const(0))  # [B] zeros
-    temperature = b.Cast(b.input("temperature"), to=FLOAT)
-    greedy = b.LessOrEqual(temperature, b.const(0.0, "float32"))
-    active = b.Greater(num_tokens, b.const(0))
-    last_forced = b.Max(b.Sub(forced, b.const(1)), b.const(0))
+class _Rows:
+    """What every acceptance body reads per row, and the pieces the bodies share: the
+    sampling distribution P, the draw from weights, the leading-passes count."""
 
-    def per_row(x: str, rank: int) -> str:  # [B] -> [B, 1, ..., 1]
-        return b.Unsqueeze(x, b.const(list(range(1, rank))))
+    def __init__(self, b: FunctionBuilder, spec: BodySpec) -> None:
+        self.b, self.spec = b, spec
+        self.top_k = int(spec.attributes["top_k"])
+        self.tokens, self.num_tokens = b.input("tokens"), b.input("num_tokens")
+        self.forced = b.input("forced")
+        self.logits = self.as_float("logits")
+        self.temperature = self.as_float("temperature")
+        self.vocab = b.dim(self.logits, 2)
+        self.greedy = b.LessOrEqual(self.temperature, b.const(0.0, "float32"))  # [B]
+        self.active = b.Greater(self.num_tokens, b.const(0))  # [B]
+        self.last_forced = b.Max(b.Sub(self.forced, b.const(1)), b.const(0))  # [B]
+        # The sampling test and the draw over the vocabulary run only when a row samples
+        # (an If): some temperature is above 0 (the host refuses NaN temperatures).
+        self.any_sampling = b.Greater(
+            b.ReduceMax(self.temperature, keepdims=0), b.const(0.0, "float32")
+        )  # 0-d
 
-    def probs(x: str, rank: int) -> str:  # only inside the sampling branches
-        inv_t = b.Reciprocal(b.Where(greedy, b.const(1.0, "float32"), temperature))
-        return b.Softmax(b.Mul(_warp(b, x, top_k, vocab), per_row(inv_t, rank)), axis=-1)
+    def as_float(self, name: str) -> str:
+        """Input `name` as float32 (no Cast when it already is)."""
+        if self.spec.input_types.get(name) == FLOAT:
+            return self.b.input(name)
+        return self.b.Cast(self.b.input(name), to=FLOAT)
 
-    def draft_logprobs() -> str:
-        return b.Cast(b.input("draft_logprobs"), to=FLOAT)
+    def per_row(self, x: str, rank: int) -> str:
+        """[B] -> [B, 1, ..., 1] of `rank` dims."""
+        return self.b.Unsqueeze(x, self.b.const(list(range(1, rank))))
 
-    # The sampling test and the draw over the vocabulary run only when a row samples (If):
-    # some temperature is above 0 (the host refuses NaN temperatures).
-    any_sampling = b.Greater(b.ReduceMax(temperature, keepdims=0), b.const(0.0, "float32"))  # 0-d
+    def probs(self, x: str, rank: int) -> str:
+        """P = softmax(warp(x) / T) over the last axis of `x` (rank `rank`, rows first)."""
+        b = self.b
+        inv_t = b.Reciprocal(b.Where(self.greedy, b.const(1.0, "float32"), self.temperature))
+        warped = _warp(b, x, self.top_k, self.vocab)
+        return b.Softmax(b.Mul(warped, self.per_row(inv_t, rank)), axis=-1)
 
-    with_tree = spec.has("paths")
-    if with_tree:
-        paths = b.Clip(
-            b.input("paths"), b.const(0), b.Squeeze(b.Sub(t, b.const([1])), b.const([0]))
+    def draw(self, weights: str) -> str:
+        """One index per row of unnormalised `weights` [B, V], by the row's sample uniform."""
+        b = self.b
+        cdf = b.CumSum(weights, b.const(-1))
+        total = b.Slice(cdf, b.const([-1]), b.const([2**62]), b.const([-1]))
+        threshold = b.Mul(b.Unsqueeze(self.as_float("sample_uniforms"), b.const([1])), total)
+        drawn = b.ReduceSum(
+            b.Cast(b.LessOrEqual(cdf, threshold), to=INT64), b.const([-1]), keepdims=0
         )
-        length = b.dim(paths, 2)
-        c = b.Sub(length, b.const([1]))
-        has_tree = b.Greater(num_tokens, forced)
-        draft_idx = b.Slice(paths, b.const([1]), length, b.const([2]))  # [B, W, C]
-        source_idx = b.Slice(paths, b.const([0]), c, b.const([2]))
-        flat = b.Concat(b.dim(paths, 0), b.const([-1]), axis=0)
-        drafts = b.Reshape(
-            b.GatherElements(tokens, b.Reshape(draft_idx, flat), axis=1), b.Shape(draft_idx)
-        )
-        logits_at = b.GatherND(logits, b.Unsqueeze(source_idx, b.const([-1])), batch_dims=1)
-        greedy_pass = b.Equal(b.ArgMax(logits_at, axis=-1, keepdims=0), drafts)
+        return b.Min(drawn, b.Squeeze(b.Sub(self.vocab, b.const([1])), b.const([0])))
 
-        def sample_test() -> list[str]:
-            drafts_4d = b.Unsqueeze(drafts, b.const([-1]))
-            log_p = b.Log(probs(logits_at, 4))
-            p_draft = b.Squeeze(b.GatherElements(log_p, drafts_4d, axis=3), b.const([3]))
-            q_draft = b.Squeeze(b.GatherElements(draft_logprobs(), drafts_4d, axis=3), b.const([3]))
-            uniforms = b.Cast(b.input("accept_uniforms"), to=FLOAT)
-            return [b.Less(uniforms, b.Exp(b.Sub(p_draft, q_draft)))]
+    def residual(self, p_last: str, q_at: str, rejected: str) -> str:
+        """Where a draft was rejected, normalize(max(P - Q, 0)) unless that is all zero; P else."""
+        b = self.b
+        residual = b.Relu(b.Sub(p_last, q_at))
+        usable = b.Greater(
+            b.ReduceSum(residual, b.const([-1]), keepdims=0), b.const(0.0, "float32")
+        )
+        return b.Where(b.Unsqueeze(b.And(rejected, usable), b.const([1])), residual, p_last)
 
-        sample_pass = b.If(
-            any_sampling, sample_test, lambda: [b.Equal(drafts, b.const(-1))], [BOOL]
-        )
-        greedy_3d = per_row(greedy, 3)
-        chosen = b.Or(b.And(greedy_3d, greedy_pass), b.And(b.Not(greedy_3d), sample_pass))
-        passed = b.And(chosen, per_row(has_tree, 3))
-        failures = b.CumSum(b.Cast(b.Not(passed), to=INT64), b.const(-1))
-        per_beam = b.ReduceSum(
-            b.Cast(b.Equal(failures, b.const(0)), to=INT64), b.const([-1]), keepdims=0
-        )  # [B, W]
-        best = b.ArgMax(b.Cast(per_beam, to=FLOAT), axis=1, keepdims=1)  # [B, 1], first max
-        n = b.Squeeze(b.GatherElements(per_beam, best, axis=1), b.const([1]))
-        beam_path = b.GatherND(paths, best, batch_dims=1)  # [B, L]
-        last_tree = b.Squeeze(
-            b.GatherElements(beam_path, b.Unsqueeze(n, b.const([1])), axis=1), b.const([1])
-        )
-        last_idx = b.Where(has_tree, last_tree, last_forced)
+
+def _leading(b: FunctionBuilder, passed: str, rank: int) -> str:
+    """Count of leading true values along the last axis of bool `passed` (rank `rank`): the
+    position of the first false once a false is appended (ArgMin finds the first minimum)."""
+    pads = [0] * (2 * rank)
+    pads[2 * rank - 1] = 1
+    padded = b.Pad(b.Cast(passed, to=INT64), b.const(pads))
+    return b.ArgMin(padded, axis=-1, keepdims=0)
+
+
+def _kept_indices(b: FunctionBuilder, rows: _Rows, keep_len: str, path: str | None) -> str:
+    """keep_idx [B, T]: positions before `forced` as they are, then `path` [B, L] from its
+    slot 1 on (the kept drafts), 0 from `keep_len` on."""
+    t = b.Squeeze(b.dim(rows.tokens, 1), b.const([0]))
+    positions = b.Unsqueeze(b.Range(b.const(0), t, b.const(1)), b.const([0]))  # [1, T]
+    keep_idx = positions
+    if path is not None:
+        forced_col = b.Unsqueeze(rows.forced, b.const([1]))
+        last_slot = b.Squeeze(b.Sub(b.dim(path, 1), b.const([1])), b.const([0]))
+        slot = b.Clip(b.Add(b.Sub(positions, forced_col), b.const(1)), b.const(0), last_slot)
+        from_path = b.GatherElements(path, slot, axis=1)
+        keep_idx = b.Where(b.GreaterOrEqual(positions, forced_col), from_path, positions)
+    in_kept = b.Less(positions, b.Unsqueeze(keep_len, b.const([1])))
+    return b.Where(in_kept, keep_idx, b.const(0))
+
+
+def _autoregressive_body(b: FunctionBuilder, rows: _Rows) -> dict[str, str]:
+    """No tree: the next token at the last forced position, greedy or drawn from P."""
+    last_col = b.Unsqueeze(rows.last_forced, b.const([1]))  # [B, 1]
+    argmax_bt = b.ArgMax(rows.logits, axis=-1, keepdims=0)  # [B, T]
+    greedy_col = b.GatherElements(argmax_bt, last_col, axis=1)  # [B, 1]
+
+    def sampled() -> list[str]:
+        last_logits = b.GatherND(rows.logits, last_col, batch_dims=1)  # [B, V]
+        drawn = rows.draw(rows.probs(last_logits, 2))
+        return [
+            b.Where(
+                b.Unsqueeze(rows.greedy, b.const([1])), greedy_col, b.Unsqueeze(drawn, b.const([1]))
+            )
+        ]
+
+    next_col = b.If(rows.any_sampling, sampled, lambda: [greedy_col], [INT64])
+    num_new = b.Cast(rows.active, to=INT64)  # 1 per active row
+    keep_len = b.Mul(rows.forced, num_new)
+    outputs = {
+        "keep_len": keep_len,
+        "new_tokens": b.Mul(next_col, b.Unsqueeze(num_new, b.const([1]))),
+        "num_new": num_new,
+    }
+    if rows.spec.used("last_idx"):
+        outputs["last_idx"] = b.Mul(rows.last_forced, num_new)
+    if rows.spec.used("keep_idx"):
+        outputs["keep_idx"] = _kept_indices(b, rows, keep_len, None)
+    return outputs
+
+
+def _chain_body(b: FunctionBuilder, rows: _Rows) -> dict[str, str]:
+    """One beam (a chain): the tree's path is the beam itself, so a greedy step needs one
+    ArgMax over the packed tokens; the sampling rule runs in an If only when a row samples."""
+    spec = rows.spec
+    length = spec.static_dims[("paths", 2)] if ("paths", 2) in spec.static_dims else None
+    t_last = b.Squeeze(b.Sub(b.dim(rows.tokens, 1), b.const([1])), b.const([0]))
+    beam = b.Clip(b.Squeeze(b.input("paths"), b.const([1])), b.const(0), t_last)  # [B, L]
+    has_tree = b.Greater(rows.num_tokens, rows.forced)  # [B]
+    has_tree_col = b.Unsqueeze(has_tree, b.const([1]))
+    # Rows without a tree read their last forced token at every slot (only slot 0 counts).
+    path = b.Where(has_tree_col, beam, b.Unsqueeze(rows.last_forced, b.const([1])))  # [B, L]
+    argmax_bl = b.GatherElements(b.ArgMax(rows.logits, axis=-1, keepdims=0), path, axis=1)
+    tokens_bl = b.GatherElements(rows.tokens, path, axis=1)
+    end = b.const([length if length is not None else 2**62])
+    drafts = b.Slice(tokens_bl, b.const([1]), end, b.const([1]))  # [B, C]
+    predicted = b.Slice(argmax_bl, b.const([0]), b.const([-1]), b.const([1]))  # [B, C]
+    greedy_pass = b.And(b.Equal(predicted, drafts), has_tree_col)
+    n_greedy = _leading(b, greedy_pass, 2)
+    if length is not None:
+        slots = b.const([list(range(length))])  # [1, L]
     else:
-        n, last_idx = zero, last_forced
+        slots = b.Unsqueeze(
+            b.Range(b.const(0), b.Squeeze(b.dim(path, 1), b.const([0])), b.const(1)), b.const([0])
+        )
+    # Greedy: an accepted draft equals the argmax before it, the next token is the argmax at
+    # the last accepted one, so the new tokens are the path's argmaxes up to slot n.
+    new_greedy = b.Where(
+        b.LessOrEqual(slots, b.Unsqueeze(n_greedy, b.const([1]))), argmax_bl, b.const(0)
+    )
+
+    def sampled() -> list[str]:
+        c = b.Sub(b.dim(path, 1), b.const([1]))  # [1]
+        sources = b.Slice(path, b.const([0]), b.const([-1]), b.const([1]))  # [B, C]
+        logits_at = b.GatherND(rows.logits, b.Unsqueeze(sources, b.const([-1])), batch_dims=1)
+        drafts_3d = b.Unsqueeze(drafts, b.const([-1]))
+        log_p = b.Log(rows.probs(logits_at, 3))  # [B, C, V]
+        p_draft = b.Squeeze(b.GatherElements(log_p, drafts_3d, axis=2), b.const([2]))
+        log_q = b.Squeeze(rows.as_float("draft_logprobs"), b.const([1]))  # [B, C, V]
+        q_draft = b.Squeeze(b.GatherElements(log_q, drafts_3d, axis=2), b.const([2]))
+        uniforms = b.Squeeze(rows.as_float("accept_uniforms"), b.const([1]))  # [B, C]
+        sample_pass = b.Less(uniforms, b.Exp(b.Sub(p_draft, q_draft)))
+        greedy_col = b.Unsqueeze(rows.greedy, b.const([1]))  # (no bool Where in ORT)
+        chosen = b.Or(b.And(greedy_col, greedy_pass), b.And(b.Not(greedy_col), sample_pass))
+        passed = b.And(chosen, has_tree_col)
+        n = _leading(b, passed, 2)
+        n_col = b.Unsqueeze(n, b.const([1]))
+        last_logits = b.GatherND(rows.logits, b.GatherElements(path, n_col, axis=1), batch_dims=1)
+        greedy_next = b.GatherElements(argmax_bl, n_col, axis=1)  # [B, 1]
+        rejected = b.And(has_tree, b.Less(n, b.Squeeze(c, b.const([0]))))
+        at = b.Min(n_col, b.Sub(c, b.const([1])))  # [B, 1]
+        q_at = b.Exp(b.GatherND(log_q, at, batch_dims=1))  # [B, V]
+        drawn = rows.draw(rows.residual(rows.probs(last_logits, 2), q_at, rejected))
+        next_col = b.Where(
+            b.Unsqueeze(rows.greedy, b.const([1])), greedy_next, b.Unsqueeze(drawn, b.const([1]))
+        )
+        padded = b.Pad(drafts, b.const([0, 0, 0, 1]))  # [B, L]: the drafts, then 0
+        new = b.Where(b.Less(slots, n_col), padded, b.const(0))
+        return [n, b.Where(b.Equal(slots, n_col), next_col, new)]
+
+    n, new_tokens = b.If(rows.any_sampling, sampled, lambda: [n_greedy, new_greedy], [INT64, INT64])
+    active = b.Cast(rows.active, to=INT64)
+    keep_len = b.Mul(b.Add(rows.forced, n), active)
+    outputs = {
+        "keep_len": keep_len,
+        "new_tokens": b.Mul(new_tokens, b.Unsqueeze(active, b.const([1]))),
+        "num_new": b.Mul(b.Add(n, b.const(1)), active),
+    }
+    if spec.used("last_idx"):
+        last = b.GatherElements(path, b.Unsqueeze(n, b.const([1])), axis=1)
+        outputs["last_idx"] = b.Mul(b.Squeeze(last, b.const([1])), active)
+    if spec.used("keep_idx"):
+        outputs["keep_idx"] = _kept_indices(b, rows, keep_len, path)
+    return outputs
+
+
+def _tree_body(b: FunctionBuilder, rows: _Rows) -> dict[str, str]:
+    """Several beams: test every beam's drafts, keep the beam with the most leading passes."""
+    spec = rows.spec
+    tokens, num_tokens, forced = rows.tokens, rows.num_tokens, rows.forced
+    logits, greedy = rows.logits, rows.greedy
+    t = b.dim(logits, 1)
+    zero = b.Mul(num_tokens, b.const(0))  # [B] zeros
+    paths = b.Clip(b.input("paths"), b.const(0), b.Squeeze(b.Sub(t, b.const([1])), b.const([0])))
+    length = b.dim(paths, 2)
+    c = b.Sub(length, b.const([1]))
+    has_tree = b.Greater(num_tokens, forced)
+    draft_idx = b.Slice(paths, b.const([1]), length, b.const([2]))  # [B, W, C]
+    source_idx = b.Slice(paths, b.const([0]), c, b.const([2]))
+    flat = b.Concat(b.dim(paths, 0), b.const([-1]), axis=0)
+    drafts = b.Reshape(
+        b.GatherElements(tokens, b.Reshape(draft_idx, flat), axis=1), b.Shape(draft_idx)
+    )
+    logits_at = b.GatherND(logits, b.Unsqueeze(source_idx, b.const([-1])), batch_dims=1)
+    greedy_pass = b.Equal(b.ArgMax(logits_at, axis=-1, keepdims=0), drafts)
+
+    def sample_test() -> list[str]:
+        drafts_4d = b.Unsqueeze(drafts, b.const([-1]))
+        log_p = b.Log(rows.probs(logits_at, 4))
+        p_draft = b.Squeeze(b.GatherElements(log_p, drafts_4d, axis=3), b.const([3]))
+        q_draft = b.Squeeze(
+            b.GatherElements(rows.as_float("draft_logprobs"), drafts_4d, axis=3), b.const([3])
+        )
+        uniforms = rows.as_float("accept_uniforms")
+        return [b.Less(uniforms, b.Exp(b.Sub(p_draft, q_draft)))]
+
+    sample_pass = b.If(
+        rows.any_sampling, sample_test, lambda: [b.Equal(drafts, b.const(-1))], [BOOL]
+    )
+    greedy_3d = rows.per_row(greedy, 3)
+    chosen = b.Or(b.And(greedy_3d, greedy_pass), b.And(b.Not(greedy_3d), sample_pass))
+    per_beam = _leading(b, b.And(chosen, rows.per_row(has_tree, 3)), 3)  # [B, W]
+    best = b.ArgMax(b.Cast(per_beam, to=FLOAT), axis=1, keepdims=1)  # [B, 1], first max
+    n = b.Squeeze(b.GatherElements(per_beam, best, axis=1), b.const([1]))
+    beam_path = b.GatherND(paths, best, batch_dims=1)  # [B, L]
+    last_tree = b.Squeeze(
+        b.GatherElements(beam_path, b.Unsqueeze(n, b.const([1])), axis=1), b.const([1])
+    )
+    last_idx = b.Where(has_tree, last_tree, rows.last_forced)
 
     last_logits = b.GatherND(logits, b.Unsqueeze(last_idx, b.const([1])), batch_dims=1)  # [B, V]
     greedy_next = b.ArgMax(last_logits, axis=-1, keepdims=0)
 
     def draw() -> list[str]:
-        weights = probs(last_logits, 2)
-        if with_tree:
-            rejected = b.And(has_tree, b.Less(n, b.Squeeze(c, b.const([0]))))
-            q_rows = b.GatherND(draft_logprobs(), best, batch_dims=1)  # [B, C, V]
-            at = b.Min(n, b.Squeeze(b.Sub(c, b.const([1])), b.const([0])))
-            q_at = b.Exp(b.GatherND(q_rows, b.Unsqueeze(at, b.const([1])), batch_dims=1))
-            residual = b.Relu(b.Sub(weights, q_at))
-            usable = b.Greater(
-                b.ReduceSum(residual, b.const([-1]), keepdims=0), b.const(0.0, "float32")
-            )
-            weights = b.Where(b.Unsqueeze(b.And(rejected, usable), b.const([1])), residual, weights)
-        cdf = b.CumSum(weights, b.const(-1))
-        total = b.Slice(cdf, b.const([-1]), b.const([2**62]), b.const([-1]))
-        threshold = b.Mul(
-            b.Unsqueeze(b.Cast(b.input("sample_uniforms"), to=FLOAT), b.const([1])), total
-        )
-        drawn = b.ReduceSum(
-            b.Cast(b.LessOrEqual(cdf, threshold), to=INT64), b.const([-1]), keepdims=0
-        )
-        return [b.Min(drawn, b.Squeeze(b.Sub(vocab, b.const([1])), b.const([0])))]
+        rejected = b.And(has_tree, b.Less(n, b.Squeeze(c, b.const([0]))))
+        q_rows = b.GatherND(rows.as_float("draft_logprobs"), best, batch_dims=1)  # [B, C, V]
+        at = b.Min(n, b.Squeeze(b.Sub(c, b.const([1])), b.const([0])))
+        q_at = b.Exp(b.GatherND(q_rows, b.Unsqueeze(at, b.const([1])), batch_dims=1))
+        return [rows.draw(rows.residual(rows.probs(last_logits, 2), q_at, rejected))]
 
-    drawn = b.If(any_sampling, draw, lambda: [zero], [INT64])
+    drawn = b.If(rows.any_sampling, draw, lambda: [zero], [INT64])
     next_token = b.Where(greedy, greedy_next, drawn)
 
-    keep_len = b.Where(active, b.Add(forced, n) if with_tree else forced, zero)
+    keep_len = b.Where(rows.active, b.Add(forced, n), zero)
     outputs = {"keep_len": keep_len}
-    # Outputs nothing reads (the cache write and drafting of chain artifacts fused into
-    # GroupQueryAttention, an autoregressive step's last_idx) are not computed.
-    if not spec.used("keep_idx"):
-        outputs["keep_idx"] = b.Identity(tokens)
-    if not spec.used("last_idx"):
-        outputs["last_idx"] = b.Identity(num_tokens)
-
-    def kept_indices() -> str:
-        positions = b.Unsqueeze(
-            b.Range(b.const(0), b.Squeeze(t, b.const([0])), b.const(1)), b.const([0])
-        )  # [1, T]
-        forced_col = b.Unsqueeze(forced, b.const([1]))
-        keep_idx = b.Add(positions, b.Unsqueeze(zero, b.const([1])))  # [B, T]
-        if with_tree:
-            slot = b.Clip(
-                b.Add(b.Sub(positions, forced_col), b.const(1)),
-                b.const(0),
-                b.Squeeze(c, b.const([0])),
-            )
-            from_path = b.GatherElements(beam_path, slot, axis=1)
-            keep_idx = b.Where(b.GreaterOrEqual(positions, forced_col), from_path, keep_idx)
-        keep_idx = b.Where(
-            b.Less(positions, b.Unsqueeze(keep_len, b.const([1]))), keep_idx, b.const(0)
-        )
-        return keep_idx
-
-    if "keep_idx" not in outputs:
-        outputs["keep_idx"] = kept_indices()
-
+    if spec.used("keep_idx"):
+        outputs["keep_idx"] = _kept_indices(b, rows, keep_len, beam_path)
     n_col = b.Unsqueeze(n, b.const([1]))
-    if with_tree:
-        best_drafts = b.GatherND(drafts, best, batch_dims=1)  # [B, C]
-        padded = b.Concat(best_drafts, b.Unsqueeze(zero, b.const([1])), axis=1)  # [B, L]
-        slots = b.Unsqueeze(
-            b.Range(b.const(0), b.Squeeze(length, b.const([0])), b.const(1)), b.const([0])
-        )
-        new_tokens = b.Where(b.Less(slots, n_col), padded, b.const(0))
-        new_tokens = b.Where(
-            b.Equal(slots, n_col), b.Unsqueeze(next_token, b.const([1])), new_tokens
-        )
+    best_drafts = b.GatherND(drafts, best, batch_dims=1)  # [B, C]
+    padded = b.Concat(best_drafts, b.Unsqueeze(zero, b.const([1])), axis=1)  # [B, L]
+    slots = b.Unsqueeze(
+        b.Range(b.const(0), b.Squeeze(length, b.const([0])), b.const(1)), b.const([0])
+    )
+    new_tokens = b.Where(b.Less(slots, n_col), padded, b.const(0))
+    new_tokens = b.Where(b.Equal(slots, n_col), b.Unsqueeze(next_token, b.const([1])), new_tokens)
+    if spec.used("last_idx"):
+        outputs["last_idx"] = b.Where(rows.active, last_idx, zero)
+    outputs["new_tokens"] = b.Where(b.Unsqueeze(rows.active, b.const([1])), new_tokens, b.const(0))
+    outputs["num_new"] = b.Where(rows.active, b.Add(n, b.const(1)), zero)
+    return outputs
+
+
+def build_accept_body(spec: BodySpec):  # noqa: ANN201
+    """The acceptance rule in standard ops, specialised to the step's tree: none (an
+    autoregressive step), one beam (a chain), or several beams. Outputs nothing reads (the
+    cache write and drafting that chain artifacts fuse into GroupQueryAttention, an
+    autoregressive step's last_idx) are left out or given a placeholder."""
+    b = FunctionBuilder(ACCEPT, spec)
+    rows = _Rows(b, spec)
+    if not spec.has("paths"):
+        outputs = _autoregressive_body(b, rows)
+    elif spec.static_dims.get(("paths", 1)) == 1:
+        outputs = _chain_body(b, rows)
     else:
-        new_tokens = b.Unsqueeze(next_token, b.const([1]))
-    active_col = b.Unsqueeze(active, b.const([1]))
-    if "last_idx" not in outputs:
-        outputs["last_idx"] = b.Where(active, last_idx, zero)
-    outputs["new_tokens"] = b.Where(active_col, new_tokens, b.const(0))
-    # n + 1 for active rows; without a tree n is 0
-    num_new = b.Where(active, b.Add(n, b.const(1)), zero) if with_tree else b.Cast(active, to=INT64)
-    outputs["num_new"] = num_new
+        outputs = _tree_body(b, rows)
+    for name, placeholder in (("keep_idx", rows.tokens), ("last_idx", rows.num_tokens)):
+        outputs.setdefault(name, b.Identity(placeholder))
     return b.build(outputs)
 
 
@@ -347,6 +476,7 @@ ACCEPT = OpDef(
     ),
     output_names=("keep_idx", "keep_len", "last_idx", "new_tokens", "num_new"),
     attribute_names=("top_k",),
+    static_dims=(("paths", 1), ("paths", 2)),
     cuda_kernel="redcompile_accept",
     doc=__doc__ or "",
 )

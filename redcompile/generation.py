@@ -221,6 +221,7 @@ def generate_ids(
     rows.store()
     backend.write({"temperature": temperature, **_uniforms(backend, slot_of, rngs, temps)})
     prefilled = [False] * len(prompts)
+    sampling = any(t > 0 for t in temps)
 
     start = time.perf_counter()
     step_seconds: list[float] = []
@@ -257,7 +258,7 @@ def generate_ids(
                     temperature[row] = temps[slot_of[row]]
             rows.store()
             backend.write({"temperature": temperature})
-        if any(t > 0 for t in temps):
+        if sampling:
             backend.write(_uniforms(backend, slot_of, rngs, temps))
     return GenerationResult(completions, steps, time.perf_counter() - start, step_seconds)
 

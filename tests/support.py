@@ -44,7 +44,11 @@ def single_op_model(
     }
     shapes = {name: tuple(t.shape) for name, t in zip(op.input_names, inputs) if t is not None}
     by_name = dict(zip(op.input_names, inputs))
-    static = {(n, a): int(by_name[n].shape[a]) for n, a in op.static_dims} if static_dims else {}
+    static = (
+        {(n, a): int(by_name[n].shape[a]) for n, a in op.static_dims if by_name[n] is not None}
+        if static_dims
+        else {}
+    )
     body = op.build_body(spec_from_node(op, attrs, types, shapes, static))
     graph = helper.make_graph([node], op.onnx_name, graph_inputs, outputs)
     model = helper.make_model(

@@ -61,6 +61,7 @@ class OrtBackend(StepBackend):
         reads, never waits for an allocation, and rebinds only the inputs that changed."""
         self.state = {}
         self.bindings = [self.session.io_binding(), self.session.io_binding()]
+        self._bound: list[dict[str, ort.OrtValue]] = [{}, {}]
         model = self.manifest["model"]
         for name, shape, dtype in self.signature.initial_inputs(model, batch_size, capacity):
             numpy_dtype = self.model_dtype if dtype == "model" else NUMPY_TYPES[dtype]
@@ -82,8 +83,15 @@ class OrtBackend(StepBackend):
 
     def _set(self, name: str, value: ort.OrtValue) -> None:
         self.state[name] = value
-        for binding in self.bindings:
-            binding.bind_ortvalue_input(name, value)
+        for turn in (0, 1):
+            self._bind_input(turn, name, value)
+
+    def _bind_input(self, turn: int, name: str, value: ort.OrtValue) -> None:
+        """Bind `value` as input `name` of binding `turn`, unless it is bound there already: in
+        steady decoding each binding reads the other's fixed output buffers, bound once."""
+        if self._bound[turn].get(name) is not value:
+            self.bindings[turn].bind_ortvalue_input(name, value)
+            self._bound[turn][name] = value
 
     def write(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the named inputs with host arrays (copied to the device)."""
@@ -100,8 +108,9 @@ class OrtBackend(StepBackend):
         self.session.run_with_iobinding(self.bindings[self._turn])
         self._turn = 1 - self._turn
         self._last = outputs
-        for out_name, in_name in self.fed_back:
-            self._set(in_name, outputs[out_name])
+        for out_name, in_name in self.fed_back:  # only the next step's binding reads them now
+            self.state[in_name] = outputs[out_name]
+            self._bind_input(self._turn, in_name, outputs[out_name])
         return outputs["new_tokens"].numpy().copy(), outputs["num_new_tokens"].numpy().copy()
 
     def last_outputs(self) -> dict[str, np.ndarray]:

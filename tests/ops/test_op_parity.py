@@ -117,6 +117,30 @@ def accept_samples():
         common[4] = temperature
         yield common + tree, {"top_k": 5}
         yield common + [None, None, None], {"top_k": 0}
+    yield from accept_chain_samples()
+
+
+def accept_chain_samples():
+    """One beam (the chain body): rows accepting 0, 2 and all 4 drafts greedily, a prefill
+    row, an idle row; greedy, sampling and mixed batches."""
+    g = torch.Generator().manual_seed(6)
+    beams = torch.randint(0, 12, (5, 1, 5), generator=g)
+    tokens, _, _, num_tokens, paths = build_tree_reference(beams)
+    num_tokens, tokens = num_tokens.clone(), tokens.clone()
+    logits = torch.randn(5, tokens.shape[1], 12, generator=g) * 2
+    for row, accepted in ((1, 2), (2, 4)):
+        for i in range(accepted):  # the argmax at slot i is the draft at slot i + 1
+            logits[row, i, beams[row, 0, i + 1]] += 30
+    tokens[3, :5] = torch.tensor([4, 9, 1, 7, 3])  # a prompt chunk of 5 tokens
+    forced = torch.tensor([1, 1, 1, 5, 0])
+    num_tokens[4] = 0  # idle
+    q = torch.log_softmax(torch.randn(5, 1, 4, 12, generator=g), -1)
+    for temperature in ([0.0, 0.0, 0.0, 0.0, 0.0], [0.7, 0.0, 1.3, 0.9, 0.0], [1.0] * 5):
+        common = [logits, tokens, num_tokens, forced, torch.tensor(temperature)]
+        uniforms = [torch.rand(5, generator=g)]
+        tree = [paths, q, torch.rand(5, 1, 4, generator=g)]
+        for top_k in (0, 5):
+            yield common + uniforms + tree, {"top_k": top_k}
 
 
 def kv_compaction_samples():
