@@ -335,18 +335,21 @@ class SpeculativeStep(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The history after this step and its lengths: the kept tokens (prompt chunk, root,
         accepted drafts) land where their K/V did, at cache_lengths + i, and the next root
-        after them; an idle row's length is 0."""
-        s = history_bs.shape[1]
-        kept_bt = torch.gather(input_ids, 1, keep_idx)
-        slot_bs = torch.arange(s, device=history_bs.device).unsqueeze(0) - cache_lengths.unsqueeze(
-            1
-        )
-        in_kept = (slot_bs >= 0) & (slot_bs < keep_len.unsqueeze(1))
-        from_kept = torch.gather(kept_bt, 1, slot_bs.clamp(0, kept_bt.shape[1] - 1))
-        history_bs = torch.where(in_kept, from_kept, history_bs)
+        after them; an idle row's length is 0.
+
+        One scatter of T + 1 values per row, so the work is the step's tokens, not the
+        history's length: slots past the root write the root again, an idle row writes back
+        what it holds (equal values, so repeated indices are harmless)."""
+        s, t = history_bs.shape[1], keep_idx.shape[1]
+        kept_bt = torch.nn.functional.pad(torch.gather(input_ids, 1, keep_idx), (0, 1))
+        slot_1t = torch.arange(t + 1, device=history_bs.device).unsqueeze(0)
+        keep_b1 = keep_len.unsqueeze(1)
+        target_bt = (cache_lengths.unsqueeze(1) + torch.minimum(slot_1t, keep_b1)).clamp(max=s - 1)
+        value_bt = torch.where(slot_1t < keep_b1, kept_bt, next_token)
+        held_bt = torch.gather(history_bs, 1, target_bt)
+        value_bt = torch.where(active.unsqueeze(1), value_bt, held_bt)
+        history_bs = history_bs.scatter(1, target_bt, value_bt)
         new_len = cache_lengths + keep_len
-        is_root = (slot_bs == keep_len.unsqueeze(1)) & active.unsqueeze(1)
-        history_bs = torch.where(is_root, next_token, history_bs)
         return history_bs, torch.where(active, new_len + 1, torch.zeros_like(new_len))
 
     def _deterministic_logprobs(self, beams_bkl: torch.Tensor) -> torch.Tensor:

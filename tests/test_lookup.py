@@ -203,3 +203,28 @@ def test_lookup_only_sampling_draws_exactly_the_models_distribution(tiny_llama):
     assert chi_square_p_value(counts, p2) > 1e-3
     # power: the first token's distribution, a plausible wrong answer, is rejected
     assert chi_square_p_value(counts, p1.tolist()) < 1e-6
+
+
+def test_history_append_writes_kept_tokens_then_the_root_and_nothing_else():
+    """Row 0 keeps a whole prompt chunk (keep_len = T), row 1 a root and one draft of a wider
+    packed row, row 2 is idle: kept tokens land at cache_lengths + i, the root after them."""
+    import torch
+
+    from redcompile.models.step import SpeculativeStep
+
+    history = torch.arange(100, 112).view(2, 6).repeat(2, 1)[:3]  # [3, 6], recognisable values
+    input_ids = torch.tensor([[7, 8, 9], [4, 5, 6], [1, 2, 3]])
+    keep_idx = torch.tensor([[0, 1, 2], [0, 2, 0], [0, 0, 0]])
+    keep_len = torch.tensor([3, 2, 0])
+    cache_lengths = torch.tensor([0, 3, 1])
+    next_token = torch.tensor([[42], [43], [0]])
+    active = torch.tensor([True, True, False])
+    out, lengths = SpeculativeStep._append_history(
+        history, input_ids, keep_idx, keep_len, cache_lengths, next_token, active
+    )
+    assert out.tolist() == [
+        [7, 8, 9, 42, 104, 105],
+        [106, 107, 108, 4, 6, 43],
+        history[2].tolist(),
+    ]
+    assert lengths.tolist() == [4, 6, 0]
