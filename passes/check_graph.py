@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from redcompile.models.step import StepSignature
+from redcompile.io_contract import StepSignature
 from redcompile.ops import DOMAIN, OPS_BY_ONNX_NAME
 from redcompile.passes.base import GraphPass, Match, PassContext
 from redcompile.passes.contrib import CONTRIB_OPS, MS_DOMAIN

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from redcompile.models.step import StepSignature
+from redcompile.io_contract import StepSignature
 from redcompile.models.weight_quant import BaseWeights, weight_format
 from redcompile.passes.attach_function_bodies import AttachFunctionBodies
 from redcompile.passes.base import GraphPass

@@ -585,7 +585,7 @@ def inspect(artifact: str, as_json: bool, debug: bool) -> None:
 
 
 def _train_defaults():  # noqa: ANN202
-    from redcompile.training.trainer import TrainConfig
+    from redcompile.training.config import TrainConfig
 
     return TrainConfig()
 
@@ -706,7 +706,7 @@ def train_drafter(
 
     from tqdm import tqdm
 
-    from redcompile.training.trainer import TrainConfig
+    from redcompile.training.config import TrainConfig
     from redcompile.training.trainer import train_drafter as run_training
 
     cfg = TrainConfig(

@@ -17,7 +17,8 @@ import warnings
 import onnx
 import torch
 
-from redcompile.models.step import HISTORY, SpeculativeStep
+from redcompile.io_contract import HISTORY
+from redcompile.models.step import SpeculativeStep
 
 OPSET = 23
 IR_VERSION = 10

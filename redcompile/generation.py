@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from redcompile.errors import InputError
-from redcompile.models.step import ROW_STATE, TREE_STATE, StepSignature
+from redcompile.io_contract import ROW_STATE, TREE_STATE, StepSignature
 
 StreamCallback = Callable[[int, list[int]], None]  # (prompt index, new token ids)
 

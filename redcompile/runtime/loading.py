@@ -12,7 +12,7 @@ from typing import Any
 from redcompile.artifact import read_artifact
 from redcompile.config import BeamShape
 from redcompile.errors import ArtifactError, InputError, TargetUnavailableError
-from redcompile.models.step import StepSignature, TensorSpec
+from redcompile.io_contract import StepSignature, TensorSpec
 from redcompile.runtime.generator import Generator
 from redcompile.tokenizer import TextCodec
 

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from redcompile.artifact import tree_beams
 from redcompile.generation import StepBackend
-from redcompile.models.step import StepSignature
+from redcompile.io_contract import StepSignature
 
 NUMPY_TYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
 

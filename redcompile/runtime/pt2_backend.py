@@ -22,7 +22,7 @@ import torch
 
 from redcompile.artifact import tree_beams
 from redcompile.generation import StepBackend
-from redcompile.models.step import StepSignature
+from redcompile.io_contract import StepSignature
 
 TORCH_DTYPES = {
     "int64": torch.int64,

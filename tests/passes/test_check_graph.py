@@ -8,7 +8,7 @@ from onnx import helper as h
 
 from graphs import apply, model, vi
 from redcompile.errors import PassError
-from redcompile.models.step import StepSignature, TensorSpec
+from redcompile.io_contract import StepSignature, TensorSpec
 from redcompile.passes.attach_function_bodies import AttachFunctionBodies
 from redcompile.passes.check_graph import CheckGraph
 from test_attach_function_bodies import tree_model

@@ -1,0 +1,144 @@
+"""The step's I/O contract: tensor names, element types, symbolic dims, what feeds back.
+
+The one torch-free place that says what a step graph reads and writes, so the host loop, the
+runtimes, the graph checks and the CLI know the contract without importing PyTorch; the step
+module (models/step.py) and the manifest (`io`) are built from it, and docs/artifact.md
+documents it for runtimes that load an artifact without redcompile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INT64, FLOAT32 = "int64", "float32"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and symbolic shape of one step input or output."""
+
+    name: str
+    dtype: str  # "int64", "float32", or "model" for the model's dtype
+    dims: tuple[str | int, ...]
+
+    def to_dict(self) -> dict:
+        """JSON form for the manifest."""
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+
+
+@dataclass(frozen=True)
+class StepSignature:
+    """The step's I/O contract: inputs, outputs, and which output feeds which input next step."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    feedback: dict[str, str]  # output name -> input name
+
+    def input_names(self) -> list[str]:
+        """Input names in positional order."""
+        return [t.name for t in self.inputs]
+
+    def output_names(self) -> list[str]:
+        """Output names in positional order."""
+        return [t.name for t in self.outputs]
+
+    def initial_inputs(
+        self, model: dict, batch_size: int, capacity: int
+    ) -> list[tuple[str, list[int], str]]:
+        """(name, shape, dtype name) of every input before the first step: one idle packed
+        token per row and a cache of `capacity` slots; dtype "model" is the artifact's dtype.
+        `model` is the manifest's model config."""
+        sizes = {
+            "batch": batch_size,
+            "tokens": 1,
+            "cache": capacity,
+            "vocab": model["vocab_size"],
+            "kv_heads": model["num_kv_heads"],
+            "head_dim": model["head_dim"],
+        }
+        return [(t.name, [sizes.get(d, d) for d in t.dims], t.dtype) for t in self.inputs]
+
+    def to_dict(self) -> dict:
+        """JSON form for the manifest."""
+        return {
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "feedback": dict(self.feedback),
+        }
+
+
+# Row state fed back every step, in input order (before the cache tensors).
+ROW_STATE = ("input_ids", "parent_ids", "depths", "num_tokens", "forced", "cache_lengths")
+TREE_STATE = ("beam_paths", "draft_logprobs")
+HOST_INPUTS = ("temperature", "sample_uniforms", "accept_uniforms")
+# Each row's tokens (prompt, accepted tokens, then the next root), written by the step itself;
+# present when the tree has lookup beams (ops/prompt_lookup.py).
+HISTORY = "token_history"
+
+
+def step_signature(
+    num_layers: int, beam_width: int, beam_length: int, history: bool = False
+) -> StepSignature:
+    """The contract of a step graph (speculative when beam_length > 1); `beam_width` counts
+    every beam of the tree, `history` adds the token history lookup beams read."""
+    w, length = beam_width, beam_length
+    c, n = length - 1, beam_width * (beam_length - 1) + 1
+    speculative = length > 1
+    row_dims = {
+        "input_ids": ("batch", "tokens"),
+        "parent_ids": ("batch", "tokens"),
+        "depths": ("batch", "tokens"),
+        "num_tokens": ("batch",),
+        "forced": ("batch",),
+        "cache_lengths": ("batch",),
+    }
+    inputs = [TensorSpec(name, INT64, dims) for name, dims in row_dims.items()]
+    inputs += [
+        TensorSpec("temperature", FLOAT32, ("batch",)),
+        TensorSpec("sample_uniforms", FLOAT32, ("batch",)),
+    ]
+    if speculative:
+        inputs += [
+            TensorSpec("beam_paths", INT64, ("batch", w, length)),
+            TensorSpec("draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
+            TensorSpec("accept_uniforms", FLOAT32, ("batch", w, c)),
+        ]
+    if history:
+        inputs.append(TensorSpec(HISTORY, INT64, ("batch", "cache")))
+    outputs = [
+        TensorSpec("new_tokens", INT64, ("batch", length)),
+        TensorSpec("num_new_tokens", INT64, ("batch",)),
+    ]
+    next_dims = {
+        "input_ids": ("batch", n),
+        "parent_ids": ("batch", n),
+        "depths": ("batch", n),
+        "num_tokens": ("batch",),
+        "forced": ("batch",),
+        "cache_lengths": ("batch",),
+    }
+    outputs += [TensorSpec(f"next_{name}", INT64, dims) for name, dims in next_dims.items()]
+    if speculative:
+        outputs += [
+            TensorSpec("next_beam_paths", INT64, ("batch", w, length)),
+            TensorSpec("next_draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
+        ]
+    if history:
+        outputs.append(TensorSpec(f"next_{HISTORY}", INT64, ("batch", "cache")))
+    feedback = {t.name: t.name.removeprefix("next_") for t in outputs if t.name.startswith("next_")}
+    for i in range(num_layers):
+        for kind in ("key", "value"):
+            inputs.append(
+                TensorSpec(
+                    f"past_key_values.{i}.{kind}",
+                    "model",
+                    ("batch", "kv_heads", "cache", "head_dim"),
+                )
+            )
+            outputs.append(
+                TensorSpec(
+                    f"present.{i}.{kind}", "model", ("batch", "kv_heads", "cache", "head_dim")
+                )
+            )
+            feedback[f"present.{i}.{kind}"] = f"past_key_values.{i}.{kind}"
+    return StepSignature(tuple(inputs), tuple(outputs), feedback)
