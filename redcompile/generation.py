@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from redcompile.errors import InputError
-from redcompile.io_contract import ROW_STATE, TREE_STATE, StepSignature
+from redcompile.io_contract import HISTORY, ROW_STATE, TREE_STATE, StepSignature
 
 StreamCallback = Callable[[int, list[int]], None]  # (prompt index, new token ids)
 
@@ -120,6 +120,14 @@ class StepBackend(ABC):
         """Run one step, feed outputs back; return (new_tokens [B, L], num_new_tokens [B])."""
 
     @abstractmethod
+    def step_row(self, row: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one step on batch row `row` alone, as a batch of one: `inputs` holds every
+        input but the cache ([1, ...] each), the row's slice of the cache is read and written
+        in place; returns host copies of every output but the cache. Rows are independent, so
+        this is the same computation the row would get inside the batch; the loop prefills
+        admitted prompts this way, so a batched step never widens every row to a prompt."""
+
+    @abstractmethod
     def last_outputs(self) -> dict[str, np.ndarray]:
         """Every output of the last step, on the host (for verification; copies everything)."""
 
@@ -151,7 +159,9 @@ class _Rows:
 
     def __init__(self, backend: StepBackend) -> None:
         self.backend = backend
+        inputs = set(backend.signature.input_names())
         self.names = ROW_STATE + (TREE_STATE if backend.speculative else ())
+        self.names += tuple(n for n in (HISTORY,) if n in inputs)
         self.arrays: dict[str, np.ndarray] = {}
 
     def load(self) -> None:
@@ -183,6 +193,36 @@ class _Rows:
         a["forced"][row] = p
         a["cache_lengths"][row] = 0
 
+    def prefill_inputs(self, prompt: Sequence[int]) -> dict[str, np.ndarray]:
+        """The state inputs of a batch of one that prefills `prompt` from an empty cache (tree
+        state and history zeros: a prefill row reads neither)."""
+        p = len(prompt)
+        inputs = {
+            "input_ids": np.asarray([prompt], dtype=np.int64),
+            "parent_ids": np.arange(-1, p - 1, dtype=np.int64)[None],
+            "depths": np.arange(p, dtype=np.int64)[None],
+            "num_tokens": np.array([p], dtype=np.int64),
+            "forced": np.array([p], dtype=np.int64),
+            "cache_lengths": np.zeros(1, dtype=np.int64),
+        }
+        for name in self.names:
+            if name not in inputs:
+                held = self.arrays[name]
+                inputs[name] = np.zeros((1, *held.shape[1:]), dtype=held.dtype)
+        return inputs
+
+    def take(self, row: int, outputs: dict[str, np.ndarray]) -> None:
+        """Row `row`'s state becomes the next state a batch of one produced for it."""
+        self.widen(outputs["next_input_ids"].shape[1])
+        for name in self.names:
+            value = outputs[f"next_{name}"][0]
+            if name in ("input_ids", "parent_ids", "depths"):
+                fill = -1 if name == "parent_ids" else 0
+                self.arrays[name][row] = fill
+                self.arrays[name][row, : value.shape[0]] = value
+            else:
+                self.arrays[name][row] = value
+
     def idle(self, row: int) -> None:
         """Stop computing for `row`."""
         for name in ("num_tokens", "forced", "cache_lengths"):
@@ -199,7 +239,12 @@ def generate_ids(
     on_tokens: StreamCallback | None = None,
     temperatures: Sequence[float] | None = None,
 ) -> GenerationResult:
-    """Generate for every prompt (token ids), `cfg.batch_size` rows at a time."""
+    """Generate for every prompt (token ids), `cfg.batch_size` rows at a time.
+
+    A prompt enters a row through a step of its own (`StepBackend.step_row`, a batch of one
+    over the row's cache slice), so the batched steps carry decoding rows only and their packed
+    width stays the tree's: admitting a prompt costs its own tokens, not every row padded to it.
+    """
     cfg.validate()
     check_lengths(prompts, cfg, backend.max_seq_len)
     batch = min(cfg.batch_size, len(prompts))
@@ -208,59 +253,65 @@ def generate_ids(
     rngs = [np.random.default_rng([cfg.seed, i]) for i in range(len(prompts))]
     completions = [Completion(prompt_ids=list(p)) for p in prompts]
     stops = set(cfg.stop_token_ids)
-
-    rows = _Rows(backend)
-    rows.load()
-    slot_of: list[int | None] = [None] * batch  # prompt index per row
-    queue = list(range(len(prompts)))
-    temperature = np.zeros(batch, dtype=np.float32)
-    for row in range(batch):
-        slot_of[row] = queue.pop(0)
-        rows.admit(row, prompts[slot_of[row]])
-        temperature[row] = temps[slot_of[row]]
-    rows.store()
-    backend.write({"temperature": temperature, **_uniforms(backend, slot_of, rngs, temps)})
-    prefilled = [False] * len(prompts)
     sampling = any(t > 0 for t in temps)
 
     start = time.perf_counter()
     step_seconds: list[float] = []
-    steps = 0
+    rows = _Rows(backend)
+    slot_of: list[int | None] = [None] * batch  # prompt index per row
+    queue = list(range(len(prompts)))
+    temperature = np.zeros(batch, dtype=np.float32)
+
+    def fill(row: int) -> None:
+        """Prefill queued prompts into `row` until one is still generating (or none is left)."""
+        while queue:
+            index = queue.pop(0)
+            inputs = rows.prefill_inputs(prompts[index])
+            inputs["temperature"] = np.array([temps[index]], dtype=np.float32)
+            inputs.update(_row_uniforms(backend, rngs[index], temps[index]))
+            t0 = time.perf_counter()
+            outputs = backend.step_row(row, inputs)
+            step_seconds.append(time.perf_counter() - t0)
+            rows.take(row, outputs)
+            first = outputs["new_tokens"][0, : outputs["num_new_tokens"][0]].tolist()
+            done = _append(
+                completions[index], first, False, cfg.max_new_tokens, stops, on_tokens, index
+            )
+            if not done:
+                slot_of[row], temperature[row] = index, temps[index]
+                return
+        slot_of[row] = None
+        rows.idle(row)
+
+    rows.load()
+    for row in range(batch):
+        fill(row)
+    rows.store()
+    backend.write({"temperature": temperature, **_uniforms(backend, slot_of, rngs, temps)})
+
     while any(index is not None for index in slot_of):
         t0 = time.perf_counter()
         new_tokens, num_new = backend.step()
         step_seconds.append(time.perf_counter() - t0)
-        steps += 1
         finished_rows = []
         for row, index in enumerate(slot_of):
             if index is None or num_new[row] == 0:
                 continue
-            done = _append(
-                completions[index],
-                new_tokens[row, : num_new[row]].tolist(),
-                prefilled[index],
-                cfg.max_new_tokens,
-                stops,
-                on_tokens,
-                index,
-            )
-            prefilled[index] = True
-            if done:
+            tokens = new_tokens[row, : num_new[row]].tolist()
+            if _append(
+                completions[index], tokens, True, cfg.max_new_tokens, stops, on_tokens, index
+            ):
                 finished_rows.append(row)
         if finished_rows:
             rows.load()
             for row in finished_rows:
-                slot_of[row] = queue.pop(0) if queue else None
-                if slot_of[row] is None:
-                    rows.idle(row)
-                else:
-                    rows.admit(row, prompts[slot_of[row]])
-                    temperature[row] = temps[slot_of[row]]
+                fill(row)
             rows.store()
             backend.write({"temperature": temperature})
         if sampling:
             backend.write(_uniforms(backend, slot_of, rngs, temps))
-    return GenerationResult(completions, steps, time.perf_counter() - start, step_seconds)
+    seconds = time.perf_counter() - start
+    return GenerationResult(completions, len(step_seconds), seconds, step_seconds)
 
 
 def _append(
@@ -292,6 +343,23 @@ def _append(
     return finished
 
 
+def _row_uniforms(
+    backend: StepBackend, rng: np.random.Generator | None, temperature: float
+) -> dict[str, np.ndarray]:
+    """U(0, 1) for one row ([1] and [1, W, C]) from its prompt's generator; zeros when greedy.
+    Draws in the order `_uniforms` does for a row, so a prompt's draws do not depend on how
+    its steps are batched."""
+    out = {"sample_uniforms": np.zeros(1, dtype=np.float32)}
+    if backend.speculative:
+        shape = (1, backend.beam_width, backend.beam_length - 1)
+        out["accept_uniforms"] = np.zeros(shape, dtype=np.float32)
+    if rng is not None and temperature > 0:
+        out["sample_uniforms"][0] = rng.random()
+        if "accept_uniforms" in out:
+            out["accept_uniforms"][0] = rng.random(out["accept_uniforms"].shape[1:])
+    return out
+
+
 def _uniforms(
     backend: StepBackend,
     slot_of: list[int | None],
@@ -299,21 +367,13 @@ def _uniforms(
     temps: Sequence[float],
 ) -> dict[str, np.ndarray]:
     """Fresh U(0, 1) for sampling rows (each prompt draws from its own generator), zeros else."""
-    batch = len(slot_of)
-    sample = np.zeros(batch, dtype=np.float32)
-    out = {"sample_uniforms": sample}
-    accept = None
-    if backend.speculative:
-        c = backend.beam_length - 1
-        accept = np.zeros((batch, backend.beam_width, c), dtype=np.float32)
-        out["accept_uniforms"] = accept
-    for row, index in enumerate(slot_of):
-        if index is None or temps[index] <= 0:
-            continue
-        sample[row] = rngs[index].random()
-        if accept is not None:
-            accept[row] = rngs[index].random(accept.shape[1:])
-    return out
+    per_row = [
+        _row_uniforms(backend, None, 0.0)
+        if index is None
+        else _row_uniforms(backend, rngs[index], temps[index])
+        for index in slot_of
+    ]
+    return {name: np.concatenate([r[name] for r in per_row]) for name in per_row[0]}
 
 
 def first_step_outputs(

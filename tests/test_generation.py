@@ -105,6 +105,37 @@ def test_more_prompts_than_rows_admits_prompts_into_finished_rows(tiny_llama):
     assert len({len(ids) for ids in expected}) > 1
 
 
+class WidthSpy(TorchBackend):
+    """Records the packed width of every batched step and how many prompts were prefilled."""
+
+    def __init__(self, step):
+        super().__init__(step)
+        self.widths, self.prefills = [], 0
+
+    def step(self):
+        self.widths.append(self.state["input_ids"].shape[1])
+        return super().step()
+
+    def step_row(self, row, inputs):
+        self.prefills += 1
+        return super().step_row(row, inputs)
+
+
+@pytest.mark.parametrize("width,length", [(1, 1), (3, 4)])
+def test_admissions_prefill_alone_and_batched_steps_keep_the_tree_width(tiny_llama, width, length):
+    """A prompt admitted mid-run is prefilled as a batch of one: no batched step is widened to
+    a prompt's length (the nine-token prompt here), and every prompt is prefilled once."""
+    base = load_decoder(tiny_llama)
+    prompts = PROMPTS + [[11, 12], [90, 1, 2, 3, 4, 5, 6, 7, 8]]
+    drafter = random_drafter(base.config, seed=2) if length > 1 else None
+    spy = WidthSpy(SpeculativeStep(base, drafter, width, length, max_seq_len=512))
+    result = generate_ids(spy, prompts, GenerationConfig(max_new_tokens=12, batch_size=2))
+    assert spy.prefills == len(prompts)
+    assert max(spy.widths) <= width * (length - 1) + 1
+    alone = [token_ids(run(base, None, [p], max_new_tokens=12))[0] for p in prompts]
+    assert token_ids(result) == alone
+
+
 def test_stop_tokens_end_generation_at_the_same_place(tiny_llama):
     base = load_decoder(tiny_llama)
     free = token_ids(run(base, None, PROMPTS[:1], max_new_tokens=30))[0]

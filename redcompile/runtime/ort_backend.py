@@ -113,6 +113,35 @@ class OrtBackend(StepBackend):
             self._bind_input(self._turn, in_name, outputs[out_name])
         return outputs["new_tokens"].numpy().copy(), outputs["num_new_tokens"].numpy().copy()
 
+    def step_row(self, row: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One step on batch row `row` alone: the row's slice of every cache buffer is bound,
+        by address, as the input and the aliased output of a batch of one, so the prefill
+        writes the row's cache in place; every other input comes from `inputs`."""
+        binding = self.session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_ortvalue_input(name, self._to_device(array))
+        for out_name, in_name in self.cache_outputs.items():
+            cache = self.state[in_name]
+            shape = cache.shape()
+            dtype = self.model_dtype
+            row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+            address = cache.data_ptr() + row * row_bytes
+            row_shape = [1, *shape[1:]]
+            binding.bind_input(in_name, self.device, 0, dtype, row_shape, address)
+            binding.bind_output(out_name, self.device, 0, dtype, row_shape, address)
+        capacity = self.state[next(iter(self.cache_outputs.values()))].shape()[2]
+        sizes = {"batch": 1, "vocab": self.vocab_size, "cache": capacity}
+        outputs = {}
+        for spec in self.signature.outputs:
+            if spec.name in self.cache_outputs:
+                continue
+            shape = [sizes.get(d, d) for d in spec.dims]
+            dtype = self.model_dtype if spec.dtype == "model" else NUMPY_TYPES[spec.dtype]
+            outputs[spec.name] = self._to_device(np.zeros(shape, dtype=dtype))
+            binding.bind_ortvalue_output(spec.name, outputs[spec.name])
+        self.session.run_with_iobinding(binding)
+        return {name: value.numpy().copy() for name, value in outputs.items()}
+
     def last_outputs(self) -> dict[str, np.ndarray]:
         """Host copies of every output of the last step (the cache as it is after the step)."""
         caches = {o: self.state[i] for o, i in self.cache_outputs.items()}

@@ -23,6 +23,7 @@ import torch
 from redcompile.artifact import tree_beams
 from redcompile.generation import StepBackend
 from redcompile.io_contract import StepSignature
+from redcompile.runtime.torch_rows import step_row
 
 TORCH_DTYPES = {
     "int64": torch.int64,
@@ -83,6 +84,10 @@ class Pt2Backend(StepBackend):
         for out_name, in_name in self.signature.feedback.items():
             self.state[in_name] = named[out_name]
         return named["new_tokens"].cpu().numpy(), named["num_new_tokens"].cpu().numpy()
+
+    def step_row(self, row: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One compiled step on batch row `row` alone (its cache slice updated in place)."""
+        return step_row(self._run, self.signature, self.state, row, inputs, self.device)
 
     def last_outputs(self) -> dict[str, np.ndarray]:
         """Host copies of every output of the last step."""

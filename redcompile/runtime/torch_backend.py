@@ -9,6 +9,7 @@ import torch
 
 from redcompile.generation import StepBackend
 from redcompile.models.step import SpeculativeStep
+from redcompile.runtime.torch_rows import step_row
 
 
 class TorchBackend(StepBackend):
@@ -62,6 +63,12 @@ class TorchBackend(StepBackend):
         for out_name, in_name in self.signature.feedback.items():
             self.state[in_name] = named[out_name]
         return named["new_tokens"].cpu().numpy(), named["num_new_tokens"].cpu().numpy()
+
+    def step_row(self, row: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One eager step on batch row `row` alone (its cache slice updated in place)."""
+        return step_row(
+            lambda args: self.module(*args), self.signature, self.state, row, inputs, self.device
+        )
 
     def last_outputs(self) -> dict[str, np.ndarray]:
         """Host copies of every output of the last step."""
