@@ -438,7 +438,8 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
     """The acceptance rule in standard ops, specialised to the step's tree: none (an
     autoregressive step), one beam (a chain), or several beams. Outputs nothing reads (the
     cache write and drafting that chain artifacts fuse into GroupQueryAttention, an
-    autoregressive step's last_idx) are left out or given a placeholder."""
+    autoregressive step's last_idx) are not computed: the formal output is bound to an input of
+    the same shape family, which the runtime drops with the unread value."""
     b = FunctionBuilder(ACCEPT, spec)
     rows = _Rows(b, spec)
     if not spec.has("paths"):
@@ -447,8 +448,8 @@ def build_accept_body(spec: BodySpec):  # noqa: ANN201
         outputs = _chain_body(b, rows)
     else:
         outputs = _tree_body(b, rows)
-    for name, placeholder in (("keep_idx", rows.tokens), ("last_idx", rows.num_tokens)):
-        outputs.setdefault(name, b.Identity(placeholder))
+    for name, unread in (("keep_idx", rows.tokens), ("last_idx", rows.num_tokens)):
+        outputs.setdefault(name, b.Identity(unread))
     return b.build(outputs)
 
 
