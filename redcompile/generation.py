@@ -154,57 +154,66 @@ def check_lengths(
             )
 
 
+# Packed-token state and the value that pads it past a row's tokens (token 0, the root, depth 0).
+PACKED_FILL = {"input_ids": 0, "parent_ids": -1, "depths": 0}
+
+
+def _prompt_state(prompt: Sequence[int]) -> dict[str, np.ndarray]:
+    """Row state [1, ...] of a prefill row for `prompt` with an empty cache: a chain of the
+    prompt's tokens, every one forced."""
+    p = len(prompt)
+    return {
+        "input_ids": np.asarray([prompt], dtype=np.int64),
+        "parent_ids": np.arange(-1, p - 1, dtype=np.int64)[None],
+        "depths": np.arange(p, dtype=np.int64)[None],
+        "num_tokens": np.array([p], dtype=np.int64),
+        "forced": np.array([p], dtype=np.int64),
+        "cache_lengths": np.zeros(1, dtype=np.int64),
+    }
+
+
 class _Rows:
     """Host copy of the fed-back row state, edited only when rows change."""
 
     def __init__(self, backend: StepBackend) -> None:
         self.backend = backend
-        inputs = set(backend.signature.input_names())
         self.names = ROW_STATE + (TREE_STATE if backend.speculative else ())
-        self.names += tuple(n for n in (HISTORY,) if n in inputs)
+        if HISTORY in backend.signature.input_names():
+            self.names += (HISTORY,)
         self.arrays: dict[str, np.ndarray] = {}
 
     def load(self) -> None:
         self.arrays = self.backend.read(self.names)
 
     def widen(self, width: int) -> None:
-        """Pad the packed-token arrays to `width` columns (padding: token 0, root, depth 0)."""
+        """Pad the packed-token arrays to `width` columns with `PACKED_FILL`."""
         current = self.arrays["input_ids"].shape[1]
         if width <= current:
             return
-        for name, fill in (("input_ids", 0), ("parent_ids", -1), ("depths", 0)):
+        for name, fill in PACKED_FILL.items():
             old = self.arrays[name]
             new = np.full((old.shape[0], width), fill, dtype=old.dtype)
             new[:, :current] = old
             self.arrays[name] = new
 
+    def _put(self, row: int, values: dict[str, np.ndarray]) -> None:
+        """Row `row` of each named array becomes values[name][0], packed ones padded."""
+        self.widen(max(values[name].shape[1] for name in PACKED_FILL if name in values))
+        for name, value in values.items():
+            if name in PACKED_FILL:
+                self.arrays[name][row] = PACKED_FILL[name]
+                self.arrays[name][row, : value.shape[1]] = value[0]
+            else:
+                self.arrays[name][row] = value[0]
+
     def admit(self, row: int, prompt: Sequence[int]) -> None:
-        """Make `row` a prefill row for `prompt` with an empty cache."""
-        p = len(prompt)
-        self.widen(p)
-        a = self.arrays
-        a["input_ids"][row] = 0
-        a["input_ids"][row, :p] = prompt
-        a["parent_ids"][row] = -1
-        a["parent_ids"][row, 1:p] = np.arange(p - 1)
-        a["depths"][row] = 0
-        a["depths"][row, :p] = np.arange(p)
-        a["num_tokens"][row] = p
-        a["forced"][row] = p
-        a["cache_lengths"][row] = 0
+        """Make `row` a prefill row for `prompt` with an empty cache (in the batched step)."""
+        self._put(row, _prompt_state(prompt))
 
     def prefill_inputs(self, prompt: Sequence[int]) -> dict[str, np.ndarray]:
         """The state inputs of a batch of one that prefills `prompt` from an empty cache (tree
         state and history zeros: a prefill row reads neither)."""
-        p = len(prompt)
-        inputs = {
-            "input_ids": np.asarray([prompt], dtype=np.int64),
-            "parent_ids": np.arange(-1, p - 1, dtype=np.int64)[None],
-            "depths": np.arange(p, dtype=np.int64)[None],
-            "num_tokens": np.array([p], dtype=np.int64),
-            "forced": np.array([p], dtype=np.int64),
-            "cache_lengths": np.zeros(1, dtype=np.int64),
-        }
+        inputs = _prompt_state(prompt)
         for name in self.names:
             if name not in inputs:
                 held = self.arrays[name]
@@ -213,15 +222,7 @@ class _Rows:
 
     def take(self, row: int, outputs: dict[str, np.ndarray]) -> None:
         """Row `row`'s state becomes the next state a batch of one produced for it."""
-        self.widen(outputs["next_input_ids"].shape[1])
-        for name in self.names:
-            value = outputs[f"next_{name}"][0]
-            if name in ("input_ids", "parent_ids", "depths"):
-                fill = -1 if name == "parent_ids" else 0
-                self.arrays[name][row] = fill
-                self.arrays[name][row, : value.shape[0]] = value
-            else:
-                self.arrays[name][row] = value
+        self._put(row, {name: outputs[f"next_{name}"] for name in self.names})
 
     def idle(self, row: int) -> None:
         """Stop computing for `row`."""

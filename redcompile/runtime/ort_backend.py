@@ -66,20 +66,26 @@ class OrtBackend(StepBackend):
         for name, shape, dtype in self.signature.initial_inputs(model, batch_size, capacity):
             numpy_dtype = self.model_dtype if dtype == "model" else NUMPY_TYPES[dtype]
             self._set(name, self._to_device(np.zeros(shape, dtype=numpy_dtype)))
-        sizes = {"batch": batch_size, "vocab": model["vocab_size"], "cache": capacity}
         self._outputs: list[dict[str, ort.OrtValue]] = [{}, {}]
+        for binding, buffers in zip(self.bindings, self._outputs):
+            for name, cache_input in self.cache_outputs.items():
+                binding.bind_ortvalue_output(name, self.state[cache_input])
+            buffers.update(self._output_buffers(batch_size, capacity))
+            for name, buffer in buffers.items():
+                binding.bind_ortvalue_output(name, buffer)
+        self._turn = 0  # the binding (and output buffers) of the next step
+        self._last: dict[str, ort.OrtValue] = {}
+
+    def _output_buffers(self, batch_size: int, capacity: int) -> dict[str, ort.OrtValue]:
+        """A zeroed buffer for every output but the cache, for `batch_size` rows."""
+        sizes = {"batch": batch_size, "vocab": self.vocab_size, "cache": capacity}
+        buffers = {}
         for spec in self.signature.outputs:
-            for binding, buffers in zip(self.bindings, self._outputs):
-                if spec.name in self.cache_outputs:
-                    cache = self.state[self.cache_outputs[spec.name]]
-                    binding.bind_ortvalue_output(spec.name, cache)
-                    continue
+            if spec.name not in self.cache_outputs:
                 shape = [sizes.get(d, d) for d in spec.dims]
                 dtype = self.model_dtype if spec.dtype == "model" else NUMPY_TYPES[spec.dtype]
                 buffers[spec.name] = self._to_device(np.zeros(shape, dtype=dtype))
-                binding.bind_ortvalue_output(spec.name, buffers[spec.name])
-        self._turn = 0  # the binding (and output buffers) of the next step
-        self._last: dict[str, ort.OrtValue] = {}
+        return buffers
 
     def _set(self, name: str, value: ort.OrtValue) -> None:
         self.state[name] = value
@@ -130,15 +136,9 @@ class OrtBackend(StepBackend):
             binding.bind_input(in_name, self.device, 0, dtype, row_shape, address)
             binding.bind_output(out_name, self.device, 0, dtype, row_shape, address)
         capacity = self.state[next(iter(self.cache_outputs.values()))].shape()[2]
-        sizes = {"batch": 1, "vocab": self.vocab_size, "cache": capacity}
-        outputs = {}
-        for spec in self.signature.outputs:
-            if spec.name in self.cache_outputs:
-                continue
-            shape = [sizes.get(d, d) for d in spec.dims]
-            dtype = self.model_dtype if spec.dtype == "model" else NUMPY_TYPES[spec.dtype]
-            outputs[spec.name] = self._to_device(np.zeros(shape, dtype=dtype))
-            binding.bind_ortvalue_output(spec.name, outputs[spec.name])
+        outputs = self._output_buffers(1, capacity)
+        for name, buffer in outputs.items():
+            binding.bind_ortvalue_output(name, buffer)
         self.session.run_with_iobinding(binding)
         return {name: value.numpy().copy() for name, value in outputs.items()}
 
