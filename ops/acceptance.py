@@ -171,7 +171,7 @@ def _warp(b: FunctionBuilder, logits: str, top_k: int, vocab: str) -> str:
 
 class _Rows:
     """What every acceptance body reads per row, and the pieces the bodies share: the
-    sampling distribution P, the draw from weights, the leading-passes count."""
+    sampling distribution P, the draw from weights, the residual after a rejection."""
 
     def __init__(self, b: FunctionBuilder, spec: BodySpec) -> None:
         self.b, self.spec = b, spec
