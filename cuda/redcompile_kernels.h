@@ -187,21 +187,21 @@ int redcompile_ancestor_mask(const redcompile_ancestor_mask_params_t* p, void* w
                              size_t workspace_bytes, cudaStream_t stream);
 
 /* ---------------------------------------------------------------------------------------------
- * Acceptance (op accept): greedy rows (temperature <= 0) and speculative-sampling rows.
+ * Acceptance (op accept): every tree node picks a token (the argmax for greedy rows,
+ * temperature < 1e-5; else a draw from the row's top-k/top-p distribution at the depth's
+ * uniform), a draft passes when it equals its parent's pick, the first longest beam wins.
  *   logits [B, T, V] (dtype; strides (b, t, v), v stride 1), tokens [B, T] int64,
- *   num_tokens/forced [B] int64, temperature/sample_uniforms [B] float32,
- *   paths [B, W, L] int64, draft_logprobs [B, W, C, V] (draft_dtype; strides, v stride 1),
- *   accept_uniforms [B, W, C] float32; the three tree inputs are all NULL or all given.
+ *   num_tokens/forced/top_k [B] int64, temperature/top_p [B] float32,
+ *   sample_uniforms [B, L] float32 (L = 1 without paths; strides),
+ *   paths [B, W, L] int64 (NULL: autoregressive step).
  *   Outputs (contiguous int64): keep_idx [B, T], keep_len [B], last_idx [B],
- *   new_tokens [B, L] (L = 1 without paths), num_new [B].
+ *   new_tokens [B, L], num_new [B].
  * Integer outputs equal the reference's for greedy rows; sampling rows agree unless a uniform
  * lands within float rounding of a decision boundary (docs/cuda.md).
  */
 typedef struct redcompile_accept_params {
   redcompile_dtype_t dtype;
-  redcompile_dtype_t draft_dtype;
   int64_t batch, tokens_len, vocab, beams, length;
-  int64_t top_k;
   const void* logits;
   int64_t logits_stride[3];
   const int64_t* tokens;
@@ -209,13 +209,12 @@ typedef struct redcompile_accept_params {
   const int64_t* num_tokens;
   const int64_t* forced;
   const float* temperature;
+  const int64_t* top_k;
+  const float* top_p;
   const float* sample_uniforms;
+  int64_t sample_uniforms_stride[2];
   const int64_t* paths; /* NULL: autoregressive step, no tree */
   int64_t paths_stride[3];
-  const void* draft_logprobs;
-  int64_t draft_logprobs_stride[4];
-  const float* accept_uniforms;
-  int64_t accept_uniforms_stride[3];
   int64_t* keep_idx;
   int64_t* keep_len;
   int64_t* last_idx;

@@ -391,33 +391,13 @@ Tensor ancestor_mask_cuda(const Tensor& parents_in, const Tensor& depths_in, int
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> accept_cuda(
     const Tensor& logits_in, const Tensor& tokens_in, const Tensor& num_tokens_in,
-    const Tensor& forced_in, const Tensor& temperature_in, const Tensor& sample_uniforms_in,
-    const optional<Tensor>& paths_in, const optional<Tensor>& draft_logprobs_in,
-    const optional<Tensor>& accept_uniforms_in, int64_t top_k) {
+    const Tensor& forced_in, const Tensor& temperature_in, const Tensor& top_k_in,
+    const Tensor& top_p_in, const Tensor& sample_uniforms_in, const optional<Tensor>& paths_in) {
   constexpr const char* op = "accept";
   check_dim(logits_in, 3, op, "logits");
   const int64_t B = logits_in.size(0), T = logits_in.size(1), V = logits_in.size(2);
-  check_shape(tokens_in, {B, T}, op, "tokens");
-  check_shape(num_tokens_in, {B}, op, "num_tokens");
-  check_shape(forced_in, {B}, op, "forced");
-  check_shape(temperature_in, {B}, op, "temperature");
-  check_shape(sample_uniforms_in, {B}, op, "sample_uniforms");
   const bool tree = paths_in.has_value();
-  TORCH_CHECK(tree == draft_logprobs_in.has_value() && tree == accept_uniforms_in.has_value(),
-              "redcompile::accept: paths, draft_logprobs and accept_uniforms come together");
-  TORCH_CHECK(T >= 1 && V >= 1, "redcompile::accept: need at least one token and one logit");
-  for (const Tensor* t : {&tokens_in, &num_tokens_in, &forced_in, &temperature_in,
-                          &sample_uniforms_in}) {
-    check_cuda(*t, logits_in, op, "every input");
-  }
-  const c10::cuda::CUDAGuard guard(logits_in.device());
-  const Tensor logits = inner_contiguous(logits_in);
-  const Tensor tokens = as_long(tokens_in), num_tokens = as_long(num_tokens_in);
-  const Tensor forced = as_long(forced_in);
-  const Tensor temperature = as_float(temperature_in);
-  const Tensor sample_uniforms = as_float(sample_uniforms_in);
   int64_t W = 0, L = 1;
-  Tensor paths, draft_logprobs, accept_uniforms;
   if (tree) {
     check_dim(*paths_in, 3, op, "paths");
     W = paths_in->size(1);
@@ -425,15 +405,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> accept_cuda(
     TORCH_CHECK(paths_in->size(0) == B && W >= 1 && L >= 2,
                 "redcompile::accept: paths must be [B, W, L] with L >= 2, got ",
                 paths_in->sizes());
-    check_shape(*draft_logprobs_in, {B, W, L - 1, V}, op, "draft_logprobs");
-    check_shape(*accept_uniforms_in, {B, W, L - 1}, op, "accept_uniforms");
-    check_cuda(*paths_in, logits, op, "paths");
-    check_cuda(*draft_logprobs_in, logits, op, "draft_logprobs");
-    check_cuda(*accept_uniforms_in, logits, op, "accept_uniforms");
-    paths = as_long(*paths_in);
-    draft_logprobs = inner_contiguous(*draft_logprobs_in);
-    accept_uniforms = as_float(*accept_uniforms_in);
+    check_cuda(*paths_in, logits_in, op, "paths");
   }
+  check_shape(tokens_in, {B, T}, op, "tokens");
+  check_shape(num_tokens_in, {B}, op, "num_tokens");
+  check_shape(forced_in, {B}, op, "forced");
+  check_shape(temperature_in, {B}, op, "temperature");
+  check_shape(top_k_in, {B}, op, "top_k");
+  check_shape(top_p_in, {B}, op, "top_p");
+  check_shape(sample_uniforms_in, {B, L}, op, "sample_uniforms");
+  TORCH_CHECK(T >= 1 && V >= 1, "redcompile::accept: need at least one token and one logit");
+  for (const Tensor* t : {&tokens_in, &num_tokens_in, &forced_in, &temperature_in, &top_k_in,
+                          &top_p_in, &sample_uniforms_in}) {
+    check_cuda(*t, logits_in, op, "every input");
+  }
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const Tensor logits = inner_contiguous(logits_in);
+  const Tensor tokens = as_long(tokens_in), num_tokens = as_long(num_tokens_in);
+  const Tensor forced = as_long(forced_in), top_k = as_long(top_k_in);
+  const Tensor temperature = as_float(temperature_in), top_p = as_float(top_p_in);
+  const Tensor sample_uniforms = as_float(sample_uniforms_in);
+  const Tensor paths = tree ? as_long(*paths_in) : Tensor();
   const auto opts = tokens.options();
   Tensor keep_idx = at::empty({B, T}, opts), keep_len = at::empty({B}, opts);
   Tensor last_idx = at::empty({B}, opts), new_tokens = at::empty({B, L}, opts);
@@ -447,7 +439,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> accept_cuda(
   p.vocab = V;
   p.beams = W;
   p.length = tree ? L : 0;
-  p.top_k = top_k;
   p.logits = logits.data_ptr();
   strides_of(logits, p.logits_stride);
   p.tokens = tokens.data_ptr<int64_t>();
@@ -456,15 +447,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> accept_cuda(
   p.num_tokens = num_tokens.data_ptr<int64_t>();
   p.forced = forced.data_ptr<int64_t>();
   p.temperature = temperature.data_ptr<float>();
+  p.top_k = top_k.data_ptr<int64_t>();
+  p.top_p = top_p.data_ptr<float>();
   p.sample_uniforms = sample_uniforms.data_ptr<float>();
+  p.sample_uniforms_stride[0] = sample_uniforms.stride(0);
+  p.sample_uniforms_stride[1] = sample_uniforms.stride(1);
   if (tree) {
     p.paths = paths.data_ptr<int64_t>();
     for (int i = 0; i < 3; ++i) p.paths_stride[i] = paths.stride(i);
-    p.draft_dtype = float_dtype(draft_logprobs, op, "draft_logprobs");
-    p.draft_logprobs = draft_logprobs.data_ptr();
-    strides_of(draft_logprobs, p.draft_logprobs_stride);
-    p.accept_uniforms = accept_uniforms.data_ptr<float>();
-    for (int i = 0; i < 3; ++i) p.accept_uniforms_stride[i] = accept_uniforms.stride(i);
   }
   p.keep_idx = keep_idx.data_ptr<int64_t>();
   p.keep_len = keep_len.data_ptr<int64_t>();

@@ -35,9 +35,8 @@ inline constexpr std::array<OpSchema, 7> kOpSchemas = {{
      "ancestor_mask(Tensor parents, Tensor depths, int steps) -> Tensor"},
     {"accept",
      "accept(Tensor logits, Tensor tokens, Tensor num_tokens, Tensor forced, "
-     "Tensor temperature, Tensor sample_uniforms, Tensor? paths, "
-     "Tensor? draft_logprobs, Tensor? accept_uniforms, int top_k) -> (Tensor, Tensor, "
-     "Tensor, Tensor, Tensor)"},
+     "Tensor temperature, Tensor top_k, Tensor top_p, Tensor sample_uniforms, "
+     "Tensor? paths) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"},
     {"kv_compaction",
      "kv_compaction(Tensor past, Tensor new, Tensor cache_lengths, Tensor keep_idx, "
      "Tensor keep_len) -> Tensor"},
@@ -82,10 +81,9 @@ using accept_fn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at:
     const at::Tensor&,
     const at::Tensor&,
     const at::Tensor&,
-    const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&,
-    int64_t);
+    const at::Tensor&,
+    const at::Tensor&,
+    const std::optional<at::Tensor>&);
 using kv_compaction_fn = at::Tensor(
     const at::Tensor&,
     const at::Tensor&,

@@ -23,7 +23,6 @@ from redcompile.io_contract import HISTORY, step_signature
 from redcompile.models.drafter import Drafter
 from redcompile.models.llama import Decoder
 from redcompile.ops import ACCEPT, ANCESTOR_MASK, BUILD_TREE, KV_COMPACTION, PROMPT_LOOKUP, call
-from redcompile.ops.drafter_beam_search import LOG_0
 from redcompile.ops.tree_building import lifting_steps
 
 
@@ -52,7 +51,7 @@ class SpeculativeStep(nn.Module):
         beam_width: int,
         beam_length: int,
         max_seq_len: int,
-        top_k: int = 50,
+        draft_top_k: int = 50,
         lookup_beams: int = 0,
         lookup_ngrams: tuple[int, ...] = (),
     ) -> None:
@@ -67,7 +66,7 @@ class SpeculativeStep(nn.Module):
         self.beam_width = 0 if drafter is None and lookup_beams else beam_width
         self.beam_length = beam_length
         self.lookup_beams, self.lookup_ngrams = lookup_beams, tuple(lookup_ngrams)
-        self.max_seq_len, self.top_k = max_seq_len, top_k
+        self.max_seq_len, self.draft_top_k = max_seq_len, draft_top_k
         self.lifting_steps = lifting_steps(max_seq_len)
         self.signature = step_signature(
             base.config.num_layers, self.tree_beams, beam_length, history=lookup_beams > 0
@@ -109,11 +108,10 @@ class SpeculativeStep(nn.Module):
                 num_tokens,
                 forced,
                 named["temperature"],
+                named["top_k"],
+                named["top_p"],
                 named["sample_uniforms"],
                 named.get("beam_paths"),
-                named.get("draft_logprobs"),
-                named.get("accept_uniforms"),
-                self.top_k,
             )
         present = []
         with section("kv"):
@@ -138,20 +136,20 @@ class SpeculativeStep(nn.Module):
         b = input_ids.shape[0]
         next_token = torch.gather(new_tokens, 1, (num_new - 1).clamp(min=0).unsqueeze(1))
         active = num_new > 0
-        beams, draft_logprobs, history = [], [], ()
+        beams, history = [], ()
         if self.drafter is not None:
             h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
             with section("drafting"):
-                drafted, logprobs = self.drafter.beam_search(
+                # Acceptance needs no draft probabilities: the beams are deterministic drafts.
+                drafted, _ = self.drafter.beam_search(
                     h.squeeze(1),
                     next_token.squeeze(1),
                     self.base.embedding,
                     self.beam_width,
                     self.beam_length,
-                    self.top_k,
+                    self.draft_top_k,
                 )
             beams.append(drafted)
-            draft_logprobs.append(logprobs)
         if self.lookup_beams:
             with section("lookup"):
                 tokens_so_far, lengths = self._append_history(
@@ -166,12 +164,8 @@ class SpeculativeStep(nn.Module):
                     self.beam_length,
                 )
             beams.append(looked_up)
-            draft_logprobs.append(self._deterministic_logprobs(looked_up))
             history = (tokens_so_far,)
         beams = beams[0] if len(beams) == 1 else torch.cat(beams, dim=1)
-        draft_logprobs = (
-            draft_logprobs[0] if len(draft_logprobs) == 1 else torch.cat(draft_logprobs, dim=1)
-        )
         with section("tree"):
             tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
         zero = torch.zeros_like(num_new)
@@ -185,7 +179,6 @@ class SpeculativeStep(nn.Module):
             torch.where(active, torch.ones_like(num_new), zero),
             cache_lengths + keep_len,
             paths,
-            draft_logprobs,
             *history,
             *present,
         )
@@ -218,12 +211,3 @@ class SpeculativeStep(nn.Module):
         history_bs = history_bs.scatter(1, target_bt, value_bt)
         new_len = cache_lengths + keep_len
         return history_bs, torch.where(active, new_len + 1, torch.zeros_like(new_len))
-
-    def _deterministic_logprobs(self, beams_bkl: torch.Tensor) -> torch.Tensor:
-        """log Q of a deterministic draft [B, K, C, V]: 0 at the drafted token, LOG_0 elsewhere,
-        so acceptance tests it against the base model's P alone (accept with P(x), else draw
-        from P without x)."""
-        b, k, length = beams_bkl.shape
-        vocab = self.base.config.vocab_size
-        logprobs = torch.full((b, k, length - 1, vocab), LOG_0, device=beams_bkl.device)
-        return logprobs.scatter(3, beams_bkl[:, :, 1:].unsqueeze(3), 0.0)

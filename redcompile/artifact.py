@@ -4,7 +4,7 @@ Layout (documented for other runtimes in docs/artifact.md):
 
     ModelProto.metadata_props
         redcompile.format            "redcompile-artifact"        (the magic)
-        redcompile.format_version    "1"
+        redcompile.format_version    "2"
         redcompile.manifest          JSON: configs, beam shape, I/O contract, sources, command
         redcompile.manifest_sha256   sha256 of the manifest text (tamper check)
         redcompile.tokenizer         the tokenizer.json text
@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 from redcompile.errors import ArtifactError
 
 FORMAT = "redcompile-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEY_FORMAT = "redcompile.format"
 KEY_VERSION = "redcompile.format_version"
 KEY_MANIFEST = "redcompile.manifest"

@@ -280,9 +280,29 @@ def main() -> None:
     type=float,
     default=_GEN.temperature,
     show_default=True,
-    help="0 is greedy; above 0 samples (speculative sampling).",
+    help="0 is greedy; above 0 samples exactly the model's distribution at this temperature.",
 )
-@click.option("--seed", type=int, default=_GEN.seed, show_default=True)
+@click.option(
+    "--top-k",
+    type=int,
+    default=_GEN.top_k,
+    show_default=True,
+    help="Sample among the k most likely tokens (0: all).",
+)
+@click.option(
+    "--top-p",
+    type=float,
+    default=_GEN.top_p,
+    show_default=True,
+    help="Sample from the most likely tokens holding this probability mass, in (0, 1] (1: all).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=_GEN.seed,
+    show_default=True,
+    help="0 ... 2**63 - 1; prompt i of a run draws from the stream (seed, i).",
+)
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
 @debug_option
@@ -304,6 +324,8 @@ def generate(
     draft_vocab: int | None,
     drafter_weights: str,
     temperature: float,
+    top_k: int,
+    top_p: float,
     seed: int,
     threads: int | None,
     as_json: bool,
@@ -323,7 +345,12 @@ def generate(
     if prompt == "":
         raise InputError("--prompt is empty")
     cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
     )
     cfg.validate()
     options: dict[str, Any] = dict(

@@ -71,7 +71,6 @@ class ConvertOptions:
     weight_block_size: int = DEFAULT_BASE_BLOCK_SIZE
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
     allow_pickle: bool = False
-    top_k: int = 50
     dump_passes: Path | None = None
     device: str | None = None  # torch target only; None: CUDA when available, else the CPU
 
@@ -523,7 +522,7 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
             "lookup_beams": step.lookup_beams,
             "lookup_ngrams": list(generator.info.get("lookup_ngrams", [])),
         },
-        "top_k": step.top_k,
+        "draft_top_k": step.draft_top_k,
         "max_seq_len": step.max_seq_len,
         "dtype": base_cfg.dtype,
         "stop_token_ids": list(stop_tokens_of(model_dir, base_cfg.eos_token_ids)),

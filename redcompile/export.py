@@ -40,13 +40,13 @@ def example_inputs(step: SpeculativeStep) -> tuple[torch.Tensor, ...]:
         "forced": torch.full((b,), t),
         "cache_lengths": torch.zeros(b, dtype=torch.int64),
         "temperature": torch.zeros(b),
-        "sample_uniforms": torch.zeros(b),
+        "top_k": torch.zeros(b, dtype=torch.int64),
+        "top_p": torch.ones(b),
+        "sample_uniforms": torch.zeros(b, step.beam_length),
     }
     if step.speculative:
         w, length = step.tree_beams, step.beam_length
         values["beam_paths"] = torch.zeros(b, w, length, dtype=torch.int64)
-        values["draft_logprobs"] = torch.zeros(b, w, length - 1, cfg.vocab_size)
-        values["accept_uniforms"] = torch.zeros(b, w, length - 1)
     if step.lookup_beams:
         values[HISTORY] = torch.zeros(b, s, dtype=torch.int64)
     kv_shape = (b, cfg.num_kv_heads, s, cfg.head_dim)

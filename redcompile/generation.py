@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from redcompile.errors import InputError
-from redcompile.io_contract import HISTORY, ROW_STATE, TREE_STATE, StepSignature
+from redcompile.io_contract import (
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    GREEDY_BELOW,
+    HISTORY,
+    MAX_SEED,
+    ROW_STATE,
+    TREE_STATE,
+    StepSignature,
+)
 
 StreamCallback = Callable[[int, list[int]], None]  # (prompt index, new token ids)
 
@@ -27,7 +36,9 @@ class GenerationConfig:
     """What to generate: the knobs of `redcompile generate`."""
 
     max_new_tokens: int = 128
-    temperature: float = 0.0
+    temperature: float = 0.0  # below GREEDY_BELOW (0 included): greedy
+    top_k: int = DEFAULT_TOP_K  # sample among the k most likely tokens; 0: all
+    top_p: float = DEFAULT_TOP_P  # sample from the smallest set holding this mass; 1: all
     seed: int = 0
     batch_size: int = 1
     stop_token_ids: tuple[int, ...] = ()
@@ -38,8 +49,24 @@ class GenerationConfig:
             raise InputError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise InputError(f"--temperature must be >= 0, got {self.temperature}")
+        check_temperature(self.temperature, "--temperature")
+        if self.top_k < 0:
+            raise InputError(f"--top-k must be >= 0 (0 keeps every token), got {self.top_k}")
+        if not 0 < self.top_p <= 1:  # False for NaN too
+            raise InputError(f"--top-p must be in (0, 1] (1 keeps every token), got {self.top_p}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"--seed must be in 0 ... 2**63 - 1, got {self.seed}")
+
+
+def check_temperature(value: float, name: str) -> None:
+    """A temperature is finite and >= 0; one too small to divide by decodes greedily."""
+    if not np.isfinite(value) or value < 0:
+        raise InputError(f"{name} must be a finite number >= 0 (0 is greedy), got {value}")
+
+
+def is_sampling(temperature: float) -> bool:
+    """Whether a row at `temperature` samples (the step's rule, io_contract.GREEDY_BELOW)."""
+    return temperature >= GREEDY_BELOW
 
 
 @dataclass
@@ -242,34 +269,35 @@ def generate_ids(
 ) -> GenerationResult:
     """Generate for every prompt (token ids), `cfg.batch_size` rows at a time.
 
-    A prompt enters a row through a step of its own (`StepBackend.step_row`, a batch of one
-    over the row's cache slice), so the batched steps carry decoding rows only and their packed
+    The first `batch_size` prompts prefill together in the first step. A prompt admitted
+    later enters its row through a step of its own (`StepBackend.step_row`, a batch of one over
+    the row's cache slice), so the batched steps carry decoding rows only and their packed
     width stays the tree's: admitting a prompt costs its own tokens, not every row padded to it.
     """
     cfg.validate()
+    temps = list(temperatures) if temperatures is not None else [cfg.temperature] * len(prompts)
+    for index, value in enumerate(temps):
+        check_temperature(value, f"prompt {index}: temperature")
     check_lengths(prompts, cfg, backend.max_seq_len)
     batch = min(cfg.batch_size, len(prompts))
     backend.reset(batch, cache_capacity([len(p) for p in prompts], cfg.max_new_tokens, backend))
-    temps = list(temperatures) if temperatures is not None else [cfg.temperature] * len(prompts)
-    rngs = [np.random.default_rng([cfg.seed, i]) for i in range(len(prompts))]
     completions = [Completion(prompt_ids=list(p)) for p in prompts]
+    sampling = _Sampling(cfg, temps, backend.beam_length)
     stops = set(cfg.stop_token_ids)
-    sampling = any(t > 0 for t in temps)
 
     start = time.perf_counter()
     step_seconds: list[float] = []
     rows = _Rows(backend)
     slot_of: list[int | None] = [None] * batch  # prompt index per row
     queue = list(range(len(prompts)))
-    temperature = np.zeros(batch, dtype=np.float32)
 
     def fill(row: int) -> None:
         """Prefill queued prompts into `row` until one is still generating (or none is left)."""
         while queue:
             index = queue.pop(0)
             inputs = rows.prefill_inputs(prompts[index])
-            inputs["temperature"] = np.array([temps[index]], dtype=np.float32)
-            inputs.update(_row_uniforms(backend, rngs[index], temps[index]))
+            inputs.update(sampling.controls([index]))
+            inputs["sample_uniforms"] = sampling.uniforms([index], completions)
             t0 = time.perf_counter()
             outputs = backend.step_row(row, inputs)
             step_seconds.append(time.perf_counter() - t0)
@@ -279,16 +307,22 @@ def generate_ids(
                 completions[index], first, False, cfg.max_new_tokens, stops, on_tokens, index
             )
             if not done:
-                slot_of[row], temperature[row] = index, temps[index]
+                slot_of[row] = index
                 return
         slot_of[row] = None
         rows.idle(row)
 
+    # The first prompts prefill together in the first batched step: no row decodes yet, so
+    # widening the batch to the longest of them costs nothing another row would pay.
     rows.load()
     for row in range(batch):
-        fill(row)
+        slot_of[row] = queue.pop(0)
+        rows.admit(row, prompts[slot_of[row]])
     rows.store()
-    backend.write({"temperature": temperature, **_uniforms(backend, slot_of, rngs, temps)})
+    backend.write(
+        {**sampling.controls(slot_of), "sample_uniforms": sampling.uniforms(slot_of, completions)}
+    )
+    prefilling = True
 
     while any(index is not None for index in slot_of):
         t0 = time.perf_counter()
@@ -300,19 +334,80 @@ def generate_ids(
                 continue
             tokens = new_tokens[row, : num_new[row]].tolist()
             if _append(
-                completions[index], tokens, True, cfg.max_new_tokens, stops, on_tokens, index
+                completions[index],
+                tokens,
+                not prefilling,
+                cfg.max_new_tokens,
+                stops,
+                on_tokens,
+                index,
             ):
                 finished_rows.append(row)
+        prefilling = False
         if finished_rows:
             rows.load()
             for row in finished_rows:
                 fill(row)
             rows.store()
-            backend.write({"temperature": temperature})
-        if sampling:
-            backend.write(_uniforms(backend, slot_of, rngs, temps))
+            backend.write(sampling.controls(slot_of))
+        if sampling.any:
+            backend.write({"sample_uniforms": sampling.uniforms(slot_of, completions)})
     seconds = time.perf_counter() - start
     return GenerationResult(completions, len(step_seconds), seconds, step_seconds)
+
+
+class UniformStream:
+    """One prompt's U[0, 1) float32 values, value i for the i-th token it generates.
+
+    Indexed by the emitted token's position rather than by step, so a prompt draws the same
+    value for its i-th token in every mode: a seeded speculative run picks the tokens the
+    seeded autoregressive run picks (ops/acceptance.py), and neither depends on the batch.
+    """
+
+    CHUNK = 256
+
+    def __init__(self, seed: int, index: int) -> None:
+        self._rng = np.random.default_rng([seed, index])
+        self._values = np.empty(0, dtype=np.float32)
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """Values start ... start + length - 1."""
+        while self._values.size < start + length:
+            more = self._rng.random(self.CHUNK, dtype=np.float32)
+            self._values = np.concatenate([self._values, more])
+        return self._values[start : start + length]
+
+
+class _Sampling:
+    """Every prompt's sampling controls and uniforms, as the step's per-row inputs."""
+
+    def __init__(self, cfg: GenerationConfig, temperatures: Sequence[float], length: int) -> None:
+        self.cfg, self.temps, self.length = cfg, temperatures, length
+        self.sampled = [is_sampling(t) for t in temperatures]
+        self.any = any(self.sampled)
+        self.streams = [UniformStream(cfg.seed, i) for i in range(len(temperatures))]
+
+    def controls(self, slot_of: Sequence[int | None]) -> dict[str, np.ndarray]:
+        """temperature, top_k, top_p [B] of the prompts in `slot_of` (idle rows: greedy)."""
+        return {
+            "temperature": np.array(
+                [0.0 if i is None else self.temps[i] for i in slot_of], dtype=np.float32
+            ),
+            "top_k": np.full(len(slot_of), self.cfg.top_k, dtype=np.int64),
+            "top_p": np.full(len(slot_of), self.cfg.top_p, dtype=np.float32),
+        }
+
+    def uniforms(
+        self, slot_of: Sequence[int | None], completions: Sequence[Completion]
+    ) -> np.ndarray:
+        """sample_uniforms [B, L]: each sampling row's values for its next L tokens; zeros
+        for greedy and idle rows."""
+        out = np.zeros((len(slot_of), self.length), dtype=np.float32)
+        for row, index in enumerate(slot_of):
+            if index is not None and self.sampled[index]:
+                position = len(completions[index].token_ids)
+                out[row] = self.streams[index].window(position, self.length)
+        return out
 
 
 def _append(
@@ -344,39 +439,6 @@ def _append(
     return finished
 
 
-def _row_uniforms(
-    backend: StepBackend, rng: np.random.Generator | None, temperature: float
-) -> dict[str, np.ndarray]:
-    """U(0, 1) for one row ([1] and [1, W, C]) from its prompt's generator; zeros when greedy.
-    Draws in the order `_uniforms` does for a row, so a prompt's draws do not depend on how
-    its steps are batched."""
-    out = {"sample_uniforms": np.zeros(1, dtype=np.float32)}
-    if backend.speculative:
-        shape = (1, backend.beam_width, backend.beam_length - 1)
-        out["accept_uniforms"] = np.zeros(shape, dtype=np.float32)
-    if rng is not None and temperature > 0:
-        out["sample_uniforms"][0] = rng.random()
-        if "accept_uniforms" in out:
-            out["accept_uniforms"][0] = rng.random(out["accept_uniforms"].shape[1:])
-    return out
-
-
-def _uniforms(
-    backend: StepBackend,
-    slot_of: list[int | None],
-    rngs: list[np.random.Generator],
-    temps: Sequence[float],
-) -> dict[str, np.ndarray]:
-    """Fresh U(0, 1) for sampling rows (each prompt draws from its own generator), zeros else."""
-    per_row = [
-        _row_uniforms(backend, None, 0.0)
-        if index is None
-        else _row_uniforms(backend, rngs[index], temps[index])
-        for index in slot_of
-    ]
-    return {name: np.concatenate([r[name] for r in per_row]) for name in per_row[0]}
-
-
 def first_step_outputs(
     backend: StepBackend, prompts: Sequence[Sequence[int]], max_new_tokens: int
 ) -> dict[str, np.ndarray]:
@@ -389,8 +451,7 @@ def first_step_outputs(
         rows.admit(row, prompt)
     rows.store()
     idle: list[int | None] = [None] * len(prompts)
-    backend.write(
-        {"temperature": np.zeros(len(prompts), np.float32), **_uniforms(backend, idle, [], [])}
-    )
+    sampling = _Sampling(GenerationConfig(), [], backend.beam_length)
+    backend.write({**sampling.controls(idle), "sample_uniforms": sampling.uniforms(idle, [])})
     backend.step()
     return backend.last_outputs()

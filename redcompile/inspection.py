@@ -38,7 +38,7 @@ MANIFEST_FIELDS = (
     "dtype",
     "beam",
     "max_seq_len",
-    "top_k",
+    "draft_top_k",
     "model",
     "drafter",
     "stop_token_ids",
@@ -166,7 +166,8 @@ def format_description(info: dict[str, Any]) -> str:
         f"(redcompile {info['redcompile_version']}), target {info['target']}",
         f"  mode {info['mode']}, beam W={info['beam']['width']} L={info['beam']['length']}"
         f"{_lookup_text(info['beam'])}, "
-        f"dtype {info['dtype']}, max_seq_len {info['max_seq_len']}, top_k {info['top_k']}",
+        f"dtype {info['dtype']}, max_seq_len {info['max_seq_len']}, "
+        f"draft top_k {info['draft_top_k']}",
         f"  model {info['model']['architecture']}: {info['model']['num_layers']} layers, hidden "
         f"{info['model']['hidden_size']}, vocab {info['model']['vocab_size']}",
     ]

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 INT64, FLOAT32 = "int64", "float32"
 
+# Sampling semantics every runtime of an artifact shares (docs/artifact.md, "Sampling").
+GREEDY_BELOW = 1e-5  # a temperature below this (0 included) is greedy decoding
+DEFAULT_TOP_K = 50  # 0 keeps every token
+DEFAULT_TOP_P = 1.0  # 1 keeps every token
+MAX_SEED = 2**63 - 1  # seeds are 0 ... MAX_SEED
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -69,8 +75,9 @@ class StepSignature:
 
 # Row state fed back every step, in input order (before the cache tensors).
 ROW_STATE = ("input_ids", "parent_ids", "depths", "num_tokens", "forced", "cache_lengths")
-TREE_STATE = ("beam_paths", "draft_logprobs")
-HOST_INPUTS = ("temperature", "sample_uniforms", "accept_uniforms")
+TREE_STATE = ("beam_paths",)
+# Per-row inputs the host writes: the sampling controls and one U[0, 1) per tree depth.
+HOST_INPUTS = ("temperature", "top_k", "top_p", "sample_uniforms")
 # Each row's tokens (prompt, accepted tokens, then the next root), written by the step itself;
 # present when the tree has lookup beams (ops/prompt_lookup.py).
 HISTORY = "token_history"
@@ -82,7 +89,7 @@ def step_signature(
     """The contract of a step graph (speculative when beam_length > 1); `beam_width` counts
     every beam of the tree, `history` adds the token history lookup beams read."""
     w, length = beam_width, beam_length
-    c, n = length - 1, beam_width * (beam_length - 1) + 1
+    n = beam_width * (beam_length - 1) + 1
     speculative = length > 1
     row_dims = {
         "input_ids": ("batch", "tokens"),
@@ -95,14 +102,12 @@ def step_signature(
     inputs = [TensorSpec(name, INT64, dims) for name, dims in row_dims.items()]
     inputs += [
         TensorSpec("temperature", FLOAT32, ("batch",)),
-        TensorSpec("sample_uniforms", FLOAT32, ("batch",)),
+        TensorSpec("top_k", INT64, ("batch",)),
+        TensorSpec("top_p", FLOAT32, ("batch",)),
+        TensorSpec("sample_uniforms", FLOAT32, ("batch", length)),
     ]
     if speculative:
-        inputs += [
-            TensorSpec("beam_paths", INT64, ("batch", w, length)),
-            TensorSpec("draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
-            TensorSpec("accept_uniforms", FLOAT32, ("batch", w, c)),
-        ]
+        inputs.append(TensorSpec("beam_paths", INT64, ("batch", w, length)))
     if history:
         inputs.append(TensorSpec(HISTORY, INT64, ("batch", "cache")))
     outputs = [
@@ -119,10 +124,7 @@ def step_signature(
     }
     outputs += [TensorSpec(f"next_{name}", INT64, dims) for name, dims in next_dims.items()]
     if speculative:
-        outputs += [
-            TensorSpec("next_beam_paths", INT64, ("batch", w, length)),
-            TensorSpec("next_draft_logprobs", FLOAT32, ("batch", w, c, "vocab")),
-        ]
+        outputs.append(TensorSpec("next_beam_paths", INT64, ("batch", w, length)))
     if history:
         outputs.append(TensorSpec(f"next_{HISTORY}", INT64, ("batch", "cache")))
     feedback = {t.name: t.name.removeprefix("next_") for t in outputs if t.name.startswith("next_")}

@@ -152,3 +152,25 @@ def hf_model(path):
     import transformers
 
     return transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def chi_square_p_value(observed, expected_probs, min_expected=5.0):
+    """Pearson's chi-square p-value of counts against probabilities, cells with too small an
+    expectation pooled into one; the tail is the regularised upper incomplete gamma function."""
+    n = sum(observed)
+    cells, pooled_o, pooled_e = [], 0, 0.0
+    for o, p in zip(observed, expected_probs):
+        if n * p >= min_expected:
+            cells.append((o, n * p))
+        else:
+            pooled_o, pooled_e = pooled_o + o, pooled_e + n * p
+    if pooled_e > 0:
+        cells.append((pooled_o, pooled_e))
+    stat = sum((o - e) ** 2 / e for o, e in cells)
+    dof = len(cells) - 1
+    if dof < 1:
+        return 1.0
+    tail = torch.special.gammaincc(
+        torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)
+    )
+    return float(tail)

@@ -123,15 +123,17 @@ class WidthSpy(TorchBackend):
 
 @pytest.mark.parametrize("width,length", [(1, 1), (3, 4)])
 def test_admissions_prefill_alone_and_batched_steps_keep_the_tree_width(tiny_llama, width, length):
-    """A prompt admitted mid-run is prefilled as a batch of one: no batched step is widened to
-    a prompt's length (the nine-token prompt here), and every prompt is prefilled once."""
+    """The first batch prefills in the first step; a prompt admitted mid-run is prefilled as a
+    batch of one: no later batched step is widened to a prompt's length (the nine-token prompt
+    here), and every prompt is prefilled once."""
     base = load_decoder(tiny_llama)
     prompts = PROMPTS + [[11, 12], [90, 1, 2, 3, 4, 5, 6, 7, 8]]
     drafter = random_drafter(base.config, seed=2) if length > 1 else None
     spy = WidthSpy(SpeculativeStep(base, drafter, width, length, max_seq_len=512))
     result = generate_ids(spy, prompts, GenerationConfig(max_new_tokens=12, batch_size=2))
-    assert spy.prefills == len(prompts)
-    assert max(spy.widths) <= width * (length - 1) + 1
+    assert spy.prefills == len(prompts) - 2
+    assert spy.widths[0] == max(len(p) for p in prompts[:2])
+    assert max(spy.widths[1:]) <= width * (length - 1) + 1
     alone = [token_ids(run(base, None, [p], max_new_tokens=12))[0] for p in prompts]
     assert token_ids(result) == alone
 

@@ -150,26 +150,6 @@ def test_cli_generate_and_inspect_a_lookup_artifact(artifacts):
     assert result.exit_code == 0 and "+ 2 lookup (n-grams 2,1)" in result.output
 
 
-def chi_square_p_value(observed, expected_probs, min_expected=5.0):
-    """Pearson's chi-square p-value of counts against probabilities (cells with too small an
-    expectation pooled), by the Wilson-Hilferty normal approximation of the chi-square tail."""
-    import math
-
-    n = sum(observed)
-    cells, pooled_o, pooled_e = [], 0, 0.0
-    for o, p in zip(observed, expected_probs):
-        if n * p >= min_expected:
-            cells.append((o, n * p))
-        else:
-            pooled_o, pooled_e = pooled_o + o, pooled_e + n * p
-    if pooled_e > 0:
-        cells.append((pooled_o, pooled_e))
-    stat = sum((o - e) ** 2 / e for o, e in cells)
-    k = len(cells) - 1
-    z = ((stat / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
 def test_lookup_only_sampling_draws_exactly_the_models_distribution(tiny_llama):
     """A lookup beam is a deterministic draft: accepted with probability P(x), else the token
     is drawn from P without x, which is exact. The second generated token (the first one a
@@ -178,12 +158,18 @@ def test_lookup_only_sampling_draws_exactly_the_models_distribution(tiny_llama):
     import torch
 
     from redcompile.generation import generate_ids
-    from redcompile.ops.drafter_beam_search import warp_top_k
-    from support import hf_model
+    from redcompile.io_contract import DEFAULT_TOP_K
+    from redcompile.ops.sampling import sampling_weights
+    from support import chi_square_p_value, hf_model
+
+    def probs(logits):
+        n = logits.shape[0]
+        controls = torch.full((n,), temperature), torch.full((n,), DEFAULT_TOP_K)
+        w = sampling_weights(logits, *controls, torch.ones(n))
+        return w / w.sum(-1, keepdim=True)
 
     prompt, temperature, samples = [5, 17, 33, 5, 17, 33, 5], 1.0, 3000
     generator = open_model_folder(tiny_llama, beam=LOOKUP_ONLY)
-    top_k = generator.backend.module.top_k
     config = GenerationConfig(
         max_new_tokens=2, batch_size=500, temperature=temperature, seed=11, stop_token_ids=()
     )
@@ -194,10 +180,10 @@ def test_lookup_only_sampling_draws_exactly_the_models_distribution(tiny_llama):
     model = hf_model(tiny_llama)
     with torch.no_grad():
         first_logits = model(torch.tensor([prompt])).logits[0, -1]
-        p1 = torch.softmax(warp_top_k(first_logits, top_k) / temperature, -1)
+        p1 = probs(first_logits.unsqueeze(0))[0]
         vocab = p1.shape[0]
         rows = torch.tensor([prompt + [t] for t in range(vocab)])
-        p2_given = torch.softmax(warp_top_k(model(rows).logits[:, -1], top_k) / temperature, -1)
+        p2_given = probs(model(rows).logits[:, -1])
     p2 = (p1.unsqueeze(1) * p2_given).sum(0).tolist()
     counts = [second.count(t) for t in range(vocab)]
     assert chi_square_p_value(counts, p2) > 1e-3

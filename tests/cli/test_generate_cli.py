@@ -173,6 +173,14 @@ BAD = [
     ),
     ("no new tokens", None, ["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
     ("negative temperature", None, ["--prompt", "x", "--temperature", "-1"], "--temperature"),
+    ("NaN temperature", None, ["--prompt", "x", "--temperature", "nan"], "--temperature"),
+    ("infinite temperature", None, ["--prompt", "x", "--temperature", "inf"], "--temperature"),
+    ("top-p zero", None, ["--prompt", "x", "--top-p", "0"], "--top-p"),
+    ("top-p above one", None, ["--prompt", "x", "--top-p", "1.5"], "--top-p"),
+    ("top-p NaN", None, ["--prompt", "x", "--top-p", "nan"], "--top-p"),
+    ("negative top-k", None, ["--prompt", "x", "--top-k", "-1"], "--top-k"),
+    ("negative seed", None, ["--prompt", "x", "--seed", "-1"], "--seed"),
+    ("seed too large", None, ["--prompt", "x", "--seed", str(2**63)], "--seed"),
     ("both prompt sources", None, ["--prompt", "x", "--prompts-file", "p.jsonl"], "exactly one"),
     (
         "prompt too long",
@@ -196,3 +204,14 @@ def test_bad_input_is_one_line_with_exit_code_2(tiny_llama, tmp_path, name, brea
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_a_temperature_that_underflows_decodes_greedily(tiny_llama):
+    """1e-45 (the smallest float32) is not 'generate nothing': it is greedy decoding."""
+    args = ["--prompt", "ab", "--autoregressive", "--max-new-tokens", "6", "--json"]
+    greedy = invoke("generate", tiny_llama, *args)
+    tiny = invoke("generate", tiny_llama, *args, "--temperature", "1e-45", "--seed", "3")
+    assert greedy.exit_code == 0 and tiny.exit_code == 0, tiny.output
+    first = json.loads(greedy.stdout)["completions"][0]["token_ids"]
+    assert json.loads(tiny.stdout)["completions"][0]["token_ids"] == first
+    assert len(first) == 6

@@ -28,7 +28,7 @@ INSPECT_KEYS = [
     "dtype",
     "beam",
     "max_seq_len",
-    "top_k",
+    "draft_top_k",
     "model",
     "drafter",
     "stop_token_ids",

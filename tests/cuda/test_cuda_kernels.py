@@ -432,8 +432,8 @@ def test_ancestor_mask_matches_reference(cuda_ops, name, parents, depths, steps)
 # ---------------------------------------------------------------------------------------------
 
 
-def accept_inputs(g, v, dtype, temperatures, top_k, tree=True):
-    """Four rows: trees (forced 1), the last one a prefill chain (forced 6); one idle row."""
+def accept_inputs(g, v, dtype, temperatures, top_k, top_p=1.0, tree=True):
+    """Five rows: trees (forced 1), the last one a prefill chain (forced 6); one idle row."""
     b, w, length = len(temperatures), 3, 4
     beams = torch.randint(0, 3, (b, w, length), generator=g)
     beams[:, :, 0] = 5
@@ -448,27 +448,27 @@ def accept_inputs(g, v, dtype, temperatures, top_k, tree=True):
     for row in range(b):  # plant the drafts of beam `row % w` as the argmax for two steps
         for l in (1, 2):
             logits[row, paths[row, row % w, l - 1], beams[row, row % w, l]] += 20
-    draft = torch.log_softmax(torch.randn(b, w, length - 1, v, generator=g), -1)
-    accept_u = torch.rand(b, w, length - 1, generator=g)
-    accept_u[0] = 0.0  # row 0 passes every sampling test it gets
-    sample_u = torch.rand(b, generator=g)
-    common = [logits.to(dtype), tokens, num_tokens, forced, torch.tensor(temperatures), sample_u]
-    extra = [paths, draft, accept_u] if tree else [None, None, None]
-    return [*common, *extra, top_k]
+    controls = [
+        torch.tensor(temperatures),
+        torch.full((b,), top_k),
+        torch.full((b,), top_p),
+        torch.rand(b, length if tree else 1, generator=g),
+    ]
+    return [logits.to(dtype), tokens, num_tokens, forced, *controls, paths if tree else None]
 
 
 @pytest.mark.parametrize("tree", [True, False], ids=["tree", "no_tree"])
-@pytest.mark.parametrize("top_k", [0, 5, 100000])
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (5, 1.0), (100000, 1.0), (0, 0.9), (5, 0.5)])
 @pytest.mark.parametrize("v", [100, 32000])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize(
     "temperatures",
-    [[0.0, 0.0, 0.0, 0.0, 0.0], [0.7, 1.0, 1.3, 0.9, 0.5], [0.0, 0.8, 0.0, 1.2, 0.0]],
+    [[0.0, 0.0, 0.0, 0.0, 0.0], [0.7, 1.0, 1.3, 0.9, 0.5], [0.0, 0.8, 1e-9, 1.2, 0.0]],
     ids=["greedy", "sampling", "mixed"],
 )
-def test_accept_matches_reference(cuda_ops, temperatures, dtype, v, top_k, tree):
+def test_accept_matches_reference(cuda_ops, temperatures, dtype, v, top_k, top_p, tree):
     g = torch.Generator().manual_seed(v + top_k + len(temperatures))
-    inputs = accept_inputs(g, v, dtype, temperatures, top_k, tree)
+    inputs = accept_inputs(g, v, dtype, temperatures, top_k, top_p, tree)
     # Reference on the GPU too: the same float operations (softmax as exp / sum), so sampling
     # decisions agree unless a uniform lands within rounding of a boundary.
     want = accept_reference(*to_device(inputs))
@@ -481,15 +481,14 @@ def test_accept_matches_reference(cuda_ops, temperatures, dtype, v, top_k, tree)
             assert torch.equal(x.cpu(), y), name
 
 
-def test_accept_sampling_frequencies_follow_the_reference(cuda_ops):
-    """Many uniforms through one sampling row: the kernel's draws equal the reference's."""
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (7, 1.0), (0, 0.8), (7, 0.6)])
+def test_accept_sampling_frequencies_follow_the_reference(cuda_ops, top_k, top_p):
+    """Many uniforms through sampling rows: the kernel's draws equal the reference's."""
     g = torch.Generator().manual_seed(11)
-    inputs = accept_inputs(g, 50, torch.float32, [0.9] * 5, 0)
-    b = 5
+    inputs = accept_inputs(g, 50, torch.float32, [0.9] * 5, top_k, top_p)
     draws_kernel, draws_reference = [], []
     for _ in range(40):
-        inputs[5] = torch.rand(b, generator=g)
-        inputs[8] = torch.rand(b, 3, 3, generator=g)
+        inputs[7] = torch.rand(5, 4, generator=g)
         device_inputs = to_device(inputs)
         draws_kernel.append(cuda_ops.accept(*device_inputs)[3].cpu())
         draws_reference.append(accept_reference(*device_inputs)[3].cpu())

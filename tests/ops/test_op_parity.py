@@ -90,7 +90,14 @@ def ancestor_mask_samples():
     yield [chain, torch.arange(38).unsqueeze(0)], {"steps": 6}
 
 
+def sampling_controls(temperature, top_k, top_p):
+    """The per-row sampling inputs of Accept."""
+    return [torch.tensor(temperature), torch.tensor(top_k), torch.tensor(top_p)]
+
+
 def accept_samples():
+    """Several beams (the tree body) and no tree (autoregressive): greedy, mixed and sampling
+    batches; top-k and top-p per row; a temperature too small to divide by (greedy)."""
     g = torch.Generator().manual_seed(2)
     beams = torch.randint(0, 3, (4, 3, 4), generator=g)
     beams[:, :, 0] = 5
@@ -102,21 +109,20 @@ def accept_samples():
     forced = torch.tensor([1, 1, 1, 6])
     logits = torch.randn(4, t, 12, generator=g) * 3
     logits[0, 0, beams[0, 0, 1]] += 20  # row 0 accepts some drafts greedily
-    temperature = torch.tensor([0.0, 0.8, 1.2, 0.0])
-    common = [logits, tokens, num_tokens, forced, temperature, torch.rand(4, generator=g)]
-    tree = [
-        paths,
-        torch.log_softmax(torch.randn(4, 3, 3, 12, generator=g), -1),
-        torch.rand(4, 3, 3, generator=g),
+    logits[1, :, :3] += 4  # sampling rows often pick a drafted token (0, 1 or 2)
+    logits[2, :, :3] += 4
+    head = [logits, tokens, num_tokens, forced]
+    controls = [
+        ([0.0, 0.8, 1.2, 0.0], [0, 0, 0, 0], [1.0, 1.0, 1.0, 1.0]),
+        ([0.0, 0.8, 1.2, 0.0], [5, 1, 5, 0], [1.0, 1.0, 1.0, 1.0]),
+        ([1e-9, 0.8, 1.2, 0.5], [0, 4, 0, 0], [1.0, 0.6, 0.3, 0.9]),
+        ([0.0] * 4, [5] * 4, [1.0] * 4),
+        ([0.9] * 4, [5, 0, 3, 12], [0.5, 0.95, 1.0, 0.2]),
     ]
-    for top_k in (0, 5):
-        yield common + tree, {"top_k": top_k}
-    yield common + [None, None, None], {"top_k": 0}
-    # Every row greedy, or every row sampling: the body skips, or takes, the sampling branch.
-    for temperature in (torch.zeros(4), torch.full((4,), 0.9)):
-        common[4] = temperature
-        yield common + tree, {"top_k": 5}
-        yield common + [None, None, None], {"top_k": 0}
+    for temperature, top_k, top_p in controls:
+        sampling = sampling_controls(temperature, top_k, top_p)
+        yield head + sampling + [torch.rand(4, 4, generator=g), paths], {}
+        yield head + sampling + [torch.rand(4, 1, generator=g), None], {}
     yield from accept_chain_samples()
 
 
@@ -134,13 +140,14 @@ def accept_chain_samples():
     tokens[3, :5] = torch.tensor([4, 9, 1, 7, 3])  # a prompt chunk of 5 tokens
     forced = torch.tensor([1, 1, 1, 5, 0])
     num_tokens[4] = 0  # idle
-    q = torch.log_softmax(torch.randn(5, 1, 4, 12, generator=g), -1)
-    for temperature in ([0.0, 0.0, 0.0, 0.0, 0.0], [0.7, 0.0, 1.3, 0.9, 0.0], [1.0] * 5):
-        common = [logits, tokens, num_tokens, forced, torch.tensor(temperature)]
-        uniforms = [torch.rand(5, generator=g)]
-        tree = [paths, q, torch.rand(5, 1, 4, generator=g)]
-        for top_k in (0, 5):
-            yield common + uniforms + tree, {"top_k": top_k}
+    for temperature, top_k, top_p in (
+        ([0.0] * 5, [0] * 5, [1.0] * 5),
+        ([0.7, 0.0, 1.3, 0.9, 0.0], [0, 5, 0, 2, 0], [1.0, 1.0, 0.8, 1.0, 1.0]),
+        ([1.0] * 5, [5] * 5, [0.9] * 5),
+    ):
+        sampling = sampling_controls(temperature, top_k, top_p)
+        uniforms = torch.rand(5, 5, generator=g)
+        yield [logits, tokens, num_tokens, forced, *sampling, uniforms, paths], {}
 
 
 def kv_compaction_samples():
