@@ -198,8 +198,11 @@ def drafter_beam_search_fake(
 
 
 def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
-    """The beam search unrolled over C steps in standard ops (Gemm, TopK, GatherND, ...)."""
+    """The beam search unrolled over C steps in standard ops (Gemm, TopK, GatherND, ...). The
+    drafted positions' distributions (`logprobs`) are gathered only when something reads them:
+    a step graph does not (acceptance needs no draft probabilities)."""
     b = FunctionBuilder(DRAFTER_BEAM_SEARCH, spec)
+    keep_logprobs = spec.used("logprobs")
     width = int(spec.attributes["beam_width"])
     length = int(spec.attributes["beam_length"])
     top_k = int(spec.attributes["top_k"])
@@ -262,8 +265,9 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
             if spec.has("draft_vocab"):
                 token = b.Gather(b.input("draft_vocab"), token, axis=0)
             beams = b.Concat(beams, token, axis=-1)
-            chosen = b.Unsqueeze(logprobs, b.const([2]))  # [B, 1, 1, V]
-            history = chosen if history is None else b.Concat(history, chosen, axis=2)
+            if keep_logprobs:
+                chosen = b.Unsqueeze(logprobs, b.const([2]))  # [B, 1, 1, V]
+                history = chosen if history is None else b.Concat(history, chosen, axis=2)
             continue
         joint = b.Reshape(
             b.Add(logprobs, b.Unsqueeze(scores, b.const([-1]))),
@@ -276,12 +280,15 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
             token = b.Gather(b.input("draft_vocab"), token, axis=0)
         beams = b.Concat(b.GatherND(beams, parent, batch_dims=1), token, axis=-1)
         state = b.Reshape(b.GatherND(b.Reshape(state, bw_h), parent, batch_dims=1), rows)
-        chosen = b.Unsqueeze(b.GatherND(logprobs, parent, batch_dims=1), b.const([2]))
-        history = (
-            chosen
-            if history is None
-            else b.Concat(b.GatherND(history, parent, batch_dims=1), chosen, axis=2)
-        )
+        if keep_logprobs:
+            chosen = b.Unsqueeze(b.GatherND(logprobs, parent, batch_dims=1), b.const([2]))
+            history = (
+                chosen
+                if history is None
+                else b.Concat(b.GatherND(history, parent, batch_dims=1), chosen, axis=2)
+            )
+    if not keep_logprobs:  # unread: bound to a float input, dropped with it by the runtime
+        return b.build({"beams": beams, "logprobs": b.Identity(b.input("res_b"))})
     if spec.has("draft_vocab"):  # [B, W, C, V'] -> [B, W, C, V], LOG_0 outside
         full_shape = b.Concat(b.Shape(history, end=-1), b.dim(embedding, 0), axis=0)
         history = b.ScatterElements(

@@ -148,6 +148,7 @@ def test_sampled_first_tokens_follow_the_exact_joint_distribution(
     """Autoregressive (control), W = 1 and W = 4: chi-square against the exact joint; the
     speculative runs accept drafts (tokens per step > 1.05) and, seeded alike, emit the
     autoregressive run's tokens for at least 99% of the prompts."""
+
     def make(width):
         if runtime == "onnx":
             return artifacts(width)

@@ -8,6 +8,7 @@ the ONNX function body run by stock ONNX Runtime. CUDA kernels are compared in t
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -301,3 +302,34 @@ def test_tree_attention_body_reads_shapes_only_from_the_masks_every_layer_shares
     body = single_op_model(TREE_ATTENTION, inputs, attrs).functions[0]
     assert {n.input[0] for n in body.node if n.op_type == "Shape"} <= {"past_mask", "tree_mask"}
     assert "CastLike" not in {n.op_type for n in body.node}  # float32: constants written as such
+
+
+def test_beam_search_body_skips_the_draft_distributions_nothing_reads():
+    """A step graph never reads DrafterBeamSearch's logprobs: its body then gathers no
+    per-position distributions, and the beams stay the reference's."""
+
+    from redcompile.ops.onnx_builder import spec_from_node
+    from support import ONNX_TYPES
+
+    op = DRAFTER_BEAM_SEARCH
+    for inputs, attrs in beam_search_samples():
+        types = {
+            n: (ONNX_TYPES[t.dtype] if t is not None else None)
+            for n, t in zip(op.input_names, inputs)
+        }
+        shapes = {n: tuple(t.shape) for n, t in zip(op.input_names, inputs) if t is not None}
+        full = op.build_body(spec_from_node(op, attrs, types, shapes))
+        lean = op.build_body(
+            spec_from_node(op, attrs, types, shapes, unused_outputs=frozenset({"logprobs"}))
+        )
+        assert len(lean.node) < len(full.node)
+        model = single_op_model(op, inputs, attrs)
+        del model.functions[:]
+        model.functions.append(lean)
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        feeds = {n: t.numpy() for n, t in zip(op.input_names, inputs) if t is not None}
+        beams = session.run(["beams"], feeds)[0]
+        want = op.reference(*inputs, *(attrs[name] for name in op.attribute_names))[0]
+        np.testing.assert_array_equal(beams, want.numpy())
