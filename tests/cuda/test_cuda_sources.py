@@ -165,3 +165,13 @@ def _cuda_include() -> Path | None:
 def test_cuda_package_imports_without_touching_the_gpu():
     code = "import redcompile.cuda as c; import sys; sys.exit(0 if not c.loaded() else 1)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_acceptance_kernel_reads_temperatures_as_the_contract_does():
+    """The kernel's greedy threshold is io_contract.GREEDY_BELOW (a copy in C++ must not drift)."""
+    from redcompile.io_contract import GREEDY_BELOW
+
+    found = re.search(
+        r"constexpr float kGreedyBelow = ([0-9.e+-]+)f;", KERNEL_TEXT["acceptance.cu"]
+    )
+    assert found is not None and float(found.group(1)) == GREEDY_BELOW
