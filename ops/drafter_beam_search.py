@@ -287,8 +287,8 @@ def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
                 if history is None
                 else b.Concat(b.GatherND(history, parent, batch_dims=1), chosen, axis=2)
             )
-    if not keep_logprobs:  # unread: bound to a float input, dropped with it by the runtime
-        return b.build({"beams": beams, "logprobs": b.Identity(b.input("res_b"))})
+    if not keep_logprobs:  # unread: a float32 constant of the output's rank, folded away
+        return b.build({"beams": beams, "logprobs": b.const([[[[0.0]]]], "float32")})
     if spec.has("draft_vocab"):  # [B, W, C, V'] -> [B, W, C, V], LOG_0 outside
         full_shape = b.Concat(b.Shape(history, end=-1), b.dim(embedding, 0), axis=0)
         history = b.ScatterElements(

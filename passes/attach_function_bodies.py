@@ -98,9 +98,16 @@ class AttachFunctionBodies(GraphPass):
             )
 
     def rewrite(self, graph: gs.Graph, match: Match, ctx: PassContext) -> None:
-        """Build the body and add it to the model's functions."""
-        body = match.bindings["op"].build_body(match.bindings["spec"])
+        """Build the body and add it to the model's functions. An output nothing reads loses
+        its recorded type and shape: the body may return a placeholder there (see
+        `BodySpec.unused_outputs`), and a stale record would contradict it at load."""
+        op, spec = match.bindings["op"], match.bindings["spec"]
+        body = op.build_body(spec)
         graph.functions.append(OnnxImporter.import_function(body, model_opset=BODY_OPSET))
+        for node in match.nodes:
+            for name, out in zip(op.output_names, node.outputs):
+                if not spec.used(name):
+                    out.dtype, out.shape = None, None
 
     def verify(self, graph: gs.Graph, ctx: PassContext) -> None:
         """Every redcompile node has a body with matching input and output counts."""
