@@ -100,54 +100,98 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _require(cfg: dict[str, Any], key: str, path: Path, kind: type = int) -> Any:
-    if key not in cfg:
-        raise ModelLoadError(f"config: {path} lacks '{key}'; it is required for this architecture")
-    value = cfg[key]
-    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise ModelLoadError(f"config: '{key}' in {path} must be a positive integer, got {value!r}")
-    if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-        raise ModelLoadError(f"config: '{key}' in {path} must be a number, got {value!r}")
+_MISSING = object()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(
+    cfg: dict[str, Any], key: str, path: Path, default: Any = _MISSING, minimum: int = 1
+) -> Any:
+    """cfg[key] as an integer >= `minimum`; `default` when absent or null (required when no
+    default is given). Every message names the key and the file."""
+    value = cfg.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise ModelLoadError(
+                f"config: {path} lacks '{key}'; it is required for this architecture"
+            )
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ModelLoadError(f"config: '{key}' in {path} must be {wanted}, got {value!r}")
     return value
+
+
+def _number(cfg: dict[str, Any], key: str, path: Path, default: Any, positive: bool = True) -> Any:
+    """cfg[key] as a finite number (positive unless told), `default` when absent or null."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not _is_number(value) or not math.isfinite(value) or (positive and value <= 0):
+        wanted = "a finite positive number" if positive else "a finite number"
+        raise ModelLoadError(f"config: '{key}' in {path} must be {wanted}, got {value!r}")
+    return float(value)
+
+
+def _typed(cfg: dict[str, Any], key: str, path: Path, default: Any, kind: type, wanted: str) -> Any:
+    """cfg[key] when it is a `kind` (a JSON boolean or string), `default` when absent or null."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise ModelLoadError(f"config: '{key}' in {path} must be {wanted}, got {value!r}")
+    return value
+
+
+def _flag(cfg: dict[str, Any], key: str, path: Path, default: bool = False) -> bool:
+    """cfg[key] as a JSON boolean."""
+    return _typed(cfg, key, path, default, bool, "true or false")
+
+
+def _text(cfg: dict[str, Any], key: str, path: Path, default: str) -> str:
+    """cfg[key] as a JSON string."""
+    return _typed(cfg, key, path, default, str, "a string")
 
 
 def _rope_from(cfg: dict[str, Any], path: Path) -> RopeConfig:
     """Merge the two config styles into one RopeConfig."""
     params: dict[str, Any] = {}
-    if isinstance(cfg.get("rope_parameters"), dict):  # transformers 5
-        params.update(cfg["rope_parameters"])
-    if isinstance(cfg.get("rope_scaling"), dict):  # transformers 4
-        params.update(cfg["rope_scaling"])
-    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
-    if rope_type not in SUPPORTED_ROPE_TYPES:
+    for key in ("rope_parameters", "rope_scaling"):  # transformers 5, transformers 4
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ModelLoadError(f"config: '{key}' in {path} must be an object, got {value!r}")
+        params.update(value or {})
+    top_theta = _number(cfg, "rope_theta", path, None)  # transformers 4's place, checked too
+    if params.get("rope_theta") is None and top_theta is not None:
+        params["rope_theta"] = top_theta
+    rope_type = params.get("rope_type", params.get("type")) or "default"
+    if not isinstance(rope_type, str) or rope_type not in SUPPORTED_ROPE_TYPES:
         raise UnsupportedModelError(
-            f"config: rope type '{rope_type}' in {path} is not supported "
+            f"config: rope type {rope_type!r} in {path} is not supported "
             f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
         )
-    if not isinstance(theta, (int, float)) or theta <= 0:
-        raise ModelLoadError(
-            f"config: rope_theta in {path} must be a positive number, got {theta!r}"
-        )
-    factor = params.get("factor")
-    if rope_type != "default" and not isinstance(factor, (int, float)):
+    factor = _number(params, "factor", path, None)
+    if rope_type != "default" and factor is None:
         raise ModelLoadError(f"config: rope type '{rope_type}' in {path} needs a numeric 'factor'")
-    original = params.get("original_max_position_embeddings")
+    original = _int(params, "original_max_position_embeddings", path, None)
     if rope_type in ("llama3", "yarn") and original is None:
-        original = cfg.get("max_position_embeddings")
+        original = _int(cfg, "max_position_embeddings", path, None)
     return RopeConfig(
-        theta=float(theta),
+        theta=_number(params, "rope_theta", path, 10000.0),
         rope_type=rope_type,
-        factor=float(factor) if factor is not None else 1.0,
-        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        factor=factor if factor is not None else 1.0,
+        low_freq_factor=_number(params, "low_freq_factor", path, 1.0),
+        high_freq_factor=_number(params, "high_freq_factor", path, 4.0),
         original_max_position_embeddings=original,
-        beta_fast=float(params.get("beta_fast") or 32.0),
-        beta_slow=float(params.get("beta_slow") or 1.0),
-        attention_factor=params.get("attention_factor"),
-        mscale=params.get("mscale"),
-        mscale_all_dim=params.get("mscale_all_dim"),
-        truncate=bool(params.get("truncate", True)),
+        beta_fast=_number(params, "beta_fast", path, 32.0),
+        beta_slow=_number(params, "beta_slow", path, 1.0),
+        attention_factor=_number(params, "attention_factor", path, None),
+        mscale=_number(params, "mscale", path, None, positive=False),
+        mscale_all_dim=_number(params, "mscale_all_dim", path, None, positive=False),
+        truncate=_flag(params, "truncate", path, True),
     )
 
 
@@ -162,17 +206,17 @@ def _architecture_of(cfg: dict[str, Any], path: Path) -> str:
     )
 
 
-def _sliding_window(cfg: dict[str, Any], arch: str) -> int | None:
+def _sliding_window(cfg: dict[str, Any], arch: str, path: Path) -> int | None:
     """The active sliding window, or None when every layer attends to the full context."""
-    window = cfg.get("sliding_window")
+    window = _int(cfg, "sliding_window", path, None)
     if window is None:
         return None
     layer_types = cfg.get("layer_types")
     if isinstance(layer_types, list):
-        return int(window) if "sliding_attention" in layer_types else None
-    if arch in ("qwen2", "qwen3") and not cfg.get("use_sliding_window", False):
+        return window if "sliding_attention" in layer_types else None
+    if arch in ("qwen2", "qwen3") and not _flag(cfg, "use_sliding_window", path):
         return None
-    return int(window)
+    return window
 
 
 def _dtype_of(cfg: dict[str, Any], path: Path) -> str:
@@ -181,32 +225,65 @@ def _dtype_of(cfg: dict[str, Any], path: Path) -> str:
         dtype = dtype.removeprefix("torch.")
     if dtype not in DTYPES:
         raise UnsupportedModelError(
-            f"config: dtype '{dtype}' in {path} is not supported (supported: {', '.join(DTYPES)})"
+            f"config: dtype {dtype!r} in {path} is not supported (supported: {', '.join(DTYPES)})"
         )
     return dtype
 
 
-def _token_ids(value: Any) -> tuple[int, ...]:
+def token_ids(cfg: dict[str, Any], key: str, path: Path, vocab: int) -> tuple[int, ...]:
+    """cfg[key] (an id or a list of ids) as token ids inside the vocabulary."""
+    value = cfg.get(key)
     if value is None:
         return ()
-    if isinstance(value, int):
-        return (value,)
-    return tuple(int(v) for v in value)
+    values = value if isinstance(value, list) else [value]
+    for token in values:
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
+            raise ModelLoadError(
+                f"config: '{key}' in {path} must be token ids in 0 ... {vocab - 1} "
+                f"(vocab_size {vocab}), got {value!r}"
+            )
+    return tuple(values)
+
+
+def _one_token_id(cfg: dict[str, Any], key: str, path: Path, vocab: int) -> int | None:
+    ids = token_ids(cfg, key, path, vocab)
+    if len(ids) > 1:
+        raise ModelLoadError(f"config: '{key}' in {path} must be one token id, got {list(ids)}")
+    return ids[0] if ids else None
+
+
+def _pad_token_id(cfg: dict[str, Any], vocab: int) -> int | None:
+    """The pad id when it is a token of the vocabulary, else None: decoding never reads it,
+    and real configs carry -1 or ids past the vocabulary there."""
+    value = cfg.get("pad_token_id")
+    valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab
+    return value if valid else None
 
 
 def parse_decoder_config(cfg: dict[str, Any], path: Path) -> DecoderConfig:
-    """Validate a config.json dict and turn it into a DecoderConfig (refusing what we can't run)."""
+    """Validate a config.json dict and turn it into a DecoderConfig (refusing what we can't run).
+
+    Every key the decoder reads is checked for its JSON type, sign and finiteness, and token
+    ids for lying inside the vocabulary, so a bad file fails here with the key's name rather
+    than later inside torch or ONNX Runtime.
+    """
     arch = _architecture_of(cfg, path)
-    if cfg.get("hidden_act", "silu") != "silu":
+    activation = _text(cfg, "hidden_act", path, "silu")
+    if activation != "silu":
         raise UnsupportedModelError(
-            f"config: activation '{cfg.get('hidden_act')}' in {path} is not supported (only silu)"
+            f"config: activation '{activation}' in {path} is not supported (only silu)"
         )
-    if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0:
+    if _number(cfg, "partial_rotary_factor", path, 1.0) != 1.0:
         raise UnsupportedModelError(f"config: partial_rotary_factor in {path} is not supported")
-    hidden = _require(cfg, "hidden_size", path)
-    heads = _require(cfg, "num_attention_heads", path)
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    head_dim = cfg.get("head_dim") or hidden // heads
+    vocab = _int(cfg, "vocab_size", path)
+    hidden = _int(cfg, "hidden_size", path)
+    heads = _int(cfg, "num_attention_heads", path)
+    kv_heads = _int(cfg, "num_key_value_heads", path, heads)
+    head_dim = _int(cfg, "head_dim", path, hidden // heads)
+    if head_dim < 1:
+        raise ModelLoadError(
+            f"config: hidden_size={hidden} in {path} is smaller than num_attention_heads={heads}"
+        )
     if heads % kv_heads:
         raise ModelLoadError(
             f"config: num_attention_heads={heads} is not a multiple of "
@@ -214,36 +291,33 @@ def parse_decoder_config(cfg: dict[str, Any], path: Path) -> DecoderConfig:
         )
     if head_dim % 2:
         raise ModelLoadError(f"config: head_dim={head_dim} in {path} must be even for RoPE")
-    eps = float(cfg.get("rms_norm_eps", 1e-6))
-    if not math.isfinite(eps) or eps <= 0:
-        raise ModelLoadError(f"config: rms_norm_eps in {path} must be positive")
     # Bias layout differs by architecture: qwen2 always has q/k/v bias and no o bias, mistral
     # has none, llama and qwen3 put `attention_bias` on all four projections.
-    attention_bias = bool(cfg.get("attention_bias", False))
+    attention_bias = _flag(cfg, "attention_bias", path)
     qkv_bias = {"qwen2": True, "mistral": False}.get(arch, attention_bias)
     o_proj_bias = {"qwen2": False, "mistral": False}.get(arch, attention_bias)
     return DecoderConfig(
         architecture=arch,
-        vocab_size=_require(cfg, "vocab_size", path),
+        vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=_require(cfg, "intermediate_size", path),
-        num_layers=_require(cfg, "num_hidden_layers", path),
+        intermediate_size=_int(cfg, "intermediate_size", path),
+        num_layers=_int(cfg, "num_hidden_layers", path),
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        rms_norm_eps=eps,
+        rms_norm_eps=_number(cfg, "rms_norm_eps", path, 1e-6),
         rope=_rope_from(cfg, path),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        max_position_embeddings=_int(cfg, "max_position_embeddings", path, 2048, minimum=2),
+        tie_word_embeddings=_flag(cfg, "tie_word_embeddings", path),
         qkv_bias=qkv_bias,
         o_proj_bias=o_proj_bias,
-        mlp_bias=arch == "llama" and bool(cfg.get("mlp_bias", False)),
+        mlp_bias=arch == "llama" and _flag(cfg, "mlp_bias", path),
         qk_norm=arch == "qwen3",
         dtype=_dtype_of(cfg, path),
-        bos_token_id=cfg.get("bos_token_id"),
-        eos_token_ids=_token_ids(cfg.get("eos_token_id")),
-        pad_token_id=cfg.get("pad_token_id"),
-        sliding_window=_sliding_window(cfg, arch),
+        bos_token_id=_one_token_id(cfg, "bos_token_id", path, vocab),
+        eos_token_ids=token_ids(cfg, "eos_token_id", path, vocab),
+        pad_token_id=_pad_token_id(cfg, vocab),
+        sliding_window=_sliding_window(cfg, arch, path),
     )
 
 

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from redcompile.errors import IncompatibleDrafterError, ModelLoadError
 from redcompile.models.config import DecoderConfig, read_json
 from redcompile.models.drafter import Drafter, DrafterConfig
-from redcompile.models.weights import TORCH_DTYPES, iter_tensors
+from redcompile.models.weights import TORCH_DTYPES, check_weight_values, iter_tensors
 
 IGNORED = ("emb_norm.weight",)
 _BLOCK = re.compile(r"^lm_head\.(\d+)\.linear\.(weight|bias)$")
@@ -45,7 +45,10 @@ def read_drafter_tensors(drafter_dir: Path, allow_pickle: bool = False) -> dict[
     safetensors_path = drafter_dir / "model.safetensors"
     pickle_path = drafter_dir / "model.pt"
     if safetensors_path.is_file():
-        raw = dict(iter_tensors([safetensors_path], torch.float32))
+        raw = dict(iter_tensors([safetensors_path]))
+        for name, tensor in raw.items():
+            check_weight_values(name, tensor, safetensors_path)
+        raw = {k: v.float() for k, v in raw.items()}
     elif pickle_path.is_file():
         if not allow_pickle:
             raise ModelLoadError(
@@ -60,6 +63,8 @@ def read_drafter_tensors(drafter_dir: Path, allow_pickle: bool = False) -> dict[
             ) from None
         if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
             raise ModelLoadError(f"drafter: {pickle_path} does not hold a dict of tensors")
+        for name, tensor in raw.items():
+            check_weight_values(str(name), tensor, pickle_path)
         raw = {k: v.float() for k, v in raw.items()}
     else:
         raise ModelLoadError(f"drafter: {drafter_dir} has no model.safetensors")
@@ -127,6 +132,10 @@ def load_drafter(
 ) -> Drafter:
     """Load an Apple-format drafter folder and check that it fits `base` (hidden size, vocab)."""
     path = Path(drafter_dir)
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(
+            f"drafter: {path} is a file; --drafter names a folder (config.json + weights)"
+        )
     if not path.is_dir():
         raise ModelLoadError(f"drafter: folder {path} does not exist")
     cfg_json = read_json(path / "config.json", "drafter config")

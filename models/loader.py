@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from redcompile.errors import ModelLoadError, UnsupportedModelError
+from redcompile.errors import InputError, ModelLoadError, UnsupportedModelError
 from redcompile.models.config import DecoderConfig, load_decoder_config
 from redcompile.models.llama import Decoder
 from redcompile.models.rope import inverse_frequencies
@@ -40,6 +40,12 @@ def load_decoder(
     cfg = load_decoder_config(path)
     if dtype is not None:
         cfg = _with_dtype(cfg, dtype)
+    if max_seq_len is not None and max_seq_len > cfg.max_position_embeddings:
+        raise InputError(
+            f"--max-seq-len {max_seq_len} is above {path}'s max_position_embeddings "
+            f"({cfg.max_position_embeddings}): the model was not trained for longer sequences; "
+            f"use at most {cfg.max_position_embeddings}"
+        )
     _check_sliding_window(cfg, max_seq_len or cfg.max_position_embeddings, path)
     files = weight_files(path)
     torch_dtype = TORCH_DTYPES[cfg.dtype]

@@ -112,6 +112,7 @@ def load_into(
                 f"its config.json (architecture or layer count)"
             )
         target = expected[name]
+        check_weight_values(name, tensor, where)
         if tuple(target.shape) != tuple(tensor.shape):
             raise ModelLoadError(
                 f"weights: '{name}' in {where} has shape {tuple(tensor.shape)}, config.json "
@@ -123,6 +124,23 @@ def load_into(
     if missing:
         shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
         raise ModelLoadError(f"weights: {where} lacks {len(missing)} tensors ({shown})")
+
+
+def check_weight_values(name: str, tensor: torch.Tensor, where: Path) -> None:
+    """A weight must be floating point and finite: integer tensors would fail only after
+    export, and a NaN or infinity would decode nonsense without an error."""
+    if not tensor.is_floating_point():
+        raise ModelLoadError(
+            f"weights: '{name}' in {where} holds {str(tensor.dtype).removeprefix('torch.')}; "
+            f"model weights must be floating point (float32, float16, bfloat16)"
+        )
+    flat = tensor.reshape(-1)
+    for start in range(0, flat.numel(), 1 << 24):  # bounded temporary memory
+        if not bool(flat[start : start + (1 << 24)].isfinite().all()):
+            raise ModelLoadError(
+                f"weights: '{name}' in {where} holds NaN or infinite values; the checkpoint "
+                f"is corrupt, re-download or re-save it"
+            )
 
 
 def _assign(module: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -6,31 +6,29 @@ report = gen.generate(["def fib(n):"], GenerationConfig(max_new_tokens=64))
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from redcompile.config import BeamShape
-from redcompile.errors import InputError, ModelLoadError
+from redcompile.errors import InputError
+from redcompile.models.config import DecoderConfig, read_json, token_ids
 from redcompile.runtime.generator import GenerationReport, Generator, TextCallback
 from redcompile.tokenizer import TextCodec
 
 __all__ = ["GenerationReport", "Generator", "TextCallback", "open_generator", "open_model_folder"]
 
 
-def stop_tokens_of(model_dir: Path, eos_from_config: tuple[int, ...]) -> tuple[int, ...]:
-    """EOS ids from config.json and, when present, generation_config.json."""
-    ids = list(eos_from_config)
+def stop_tokens_of(model_dir: Path, cfg: DecoderConfig) -> tuple[int, ...]:
+    """EOS ids from config.json and, when present, generation_config.json (each checked to
+    lie inside the model's vocabulary)."""
+    ids = list(cfg.eos_token_ids)
     gen_cfg = Path(model_dir) / "generation_config.json"
     if gen_cfg.is_file():
-        try:
-            value = json.loads(gen_cfg.read_text(encoding="utf-8")).get("eos_token_id")
-        except (OSError, ValueError, AttributeError):
-            raise ModelLoadError(f"config: {gen_cfg} is not valid JSON") from None
-        for token in [value] if isinstance(value, int) else (value or []):
-            if isinstance(token, int) and token not in ids:
-                ids.append(token)
+        extra = token_ids(
+            read_json(gen_cfg, "generation config"), "eos_token_id", gen_cfg, cfg.vocab_size
+        )
+        ids += [token for token in extra if token not in ids]
     return tuple(ids)
 
 
@@ -77,7 +75,7 @@ def open_model_folder(
             base_weights.fmt, int8_activations=base_weights.accuracy_level == INT8_ACTIVATIONS
         )
     max_len = max_seq_len or base.config.max_position_embeddings
-    codec = TextCodec.from_file(model_dir / "tokenizer.json")
+    codec = TextCodec.from_file(model_dir / "tokenizer.json", base.config.vocab_size)
     if autoregressive:
         step = SpeculativeStep(base, None, 1, 1, max_len)
         mode = {
@@ -118,9 +116,7 @@ def open_model_folder(
             "drafter": None if drafter is None else drafter.describe(random_drafter),
         }
     info = {"source": str(model_dir), "runtime": "torch", "dtype": base.config.dtype, **mode}
-    return Generator(
-        TorchBackend(step), codec, stop_tokens_of(model_dir, base.config.eos_token_ids), info
-    )
+    return Generator(TorchBackend(step), codec, stop_tokens_of(model_dir, base.config), info)
 
 
 def resolve_lookup_only(

@@ -20,10 +20,11 @@ names and renamed into place, so a failed or interrupted write leaves nothing at
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +34,18 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from redcompile.errors import ArtifactError
+from redcompile.manifest import TOKENIZER_HASH, check_manifest
+from redcompile.scratch import scratch_folder
 
 FORMAT = "redcompile-artifact"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the manifest holds the tokenizer's sha256 (and a .pt2's record hashes)
 KEY_FORMAT = "redcompile.format"
 KEY_VERSION = "redcompile.format_version"
 KEY_MANIFEST = "redcompile.manifest"
 KEY_MANIFEST_SHA = "redcompile.manifest_sha256"
 KEY_TOKENIZER = "redcompile.tokenizer"
 KEY_COMPLETE = "redcompile.complete"
+DATA_SUFFIX = ".data"  # OUT.data holds the weights of an artifact above INLINE_LIMIT
 INLINE_LIMIT = 1_800_000_000
 SMALL_TENSOR = 1024  # bytes; smaller tensors stay in the .onnx file even with external data
 
@@ -72,8 +76,35 @@ def manifest_json(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"))
 
 
+def with_tokenizer_hash(manifest: dict[str, Any], tokenizer_json: str) -> dict[str, Any]:
+    """The manifest with the sha256 of the tokenizer it travels with, so the manifest's
+    checksum covers the tokenizer too."""
+    return {**manifest, TOKENIZER_HASH: _sha256(tokenizer_json)}
+
+
+def checked_manifest(path: Path, text: str, sha: str | None, tokenizer_json: str) -> dict[str, Any]:
+    """The manifest of the artifact at `path`, checked against its checksum, for every field a
+    runtime reads (redcompile/manifest.py) and against the tokenizer it travels with."""
+    if _sha256(text) != sha:
+        raise ArtifactError(
+            f"artifact: {path} has a manifest that does not match its checksum "
+            f"(edited after conversion?); re-convert the model"
+        )
+    try:
+        manifest = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ArtifactError(f"artifact: {path} has an unreadable manifest") from None
+    manifest = check_manifest(manifest, str(path))
+    if _sha256(tokenizer_json) != manifest[TOKENIZER_HASH]:
+        raise ArtifactError(
+            f"artifact: {path} has a tokenizer that does not match its checksum (edited after "
+            f"conversion?); re-convert the model"
+        )
+    return manifest
+
+
 def _set_metadata(model: onnx.ModelProto, manifest: dict[str, Any], tokenizer_json: str) -> None:
-    text = manifest_json(manifest)
+    text = manifest_json(with_tokenizer_hash(manifest, tokenizer_json))
     entries = {
         KEY_FORMAT: FORMAT,
         KEY_VERSION: str(FORMAT_VERSION),
@@ -121,27 +152,31 @@ def write_artifact(
     tokenizer_json: str,
     out: Path,
     weights_dir: Path | None = None,
+    scratch: Path | None = None,
 ) -> list[Path]:
     """Write the artifact atomically; returns the files written (OUT, and OUT.data if needed).
 
     `model` may reference external data in `weights_dir`; those bytes are copied tensor by
-    tensor into the artifact.
+    tensor into the artifact. Partial files are written in `scratch` (a scratch folder on OUT's
+    file system, see redcompile/scratch.py; one is made for the call when None) and renamed
+    into place, so nothing but a finished artifact ever appears at OUT.
     """
     out = Path(out)
+    if scratch is None:
+        with scratch_folder(out.parent) as own:
+            return write_artifact(model, manifest, tokenizer_json, out, weights_dir, own)
+    partial = Path(tempfile.mkdtemp(prefix="artifact-", dir=scratch))  # apart from weights_dir's
     header = onnx.ModelProto()
     header.CopyFrom(model)
     del header.graph.initializer[:]
     _set_metadata(header, manifest, tokenizer_json)
     external = _external_bytes(model) > INLINE_LIMIT
-    temps: list[Path] = []
     try:
         if external:
-            data_name = out.name + ".data"
-            data_tmp = _temp_name(out.parent / data_name)
-            temps.append(data_tmp)
+            data_name = out.name + DATA_SUFFIX
+            data_tmp = partial / data_name
             _write_external(model, header, weights_dir, data_tmp, data_name)
-        model_tmp = _temp_name(out)
-        temps.append(model_tmp)
+        model_tmp = partial / out.name
         with open(model_tmp, "wb") as handle:
             handle.write(header.SerializeToString())
             if not external:
@@ -160,13 +195,7 @@ def write_artifact(
         finals.insert(0, out)
         return finals
     finally:
-        for temp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-
-
-def _temp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def tensor_bytes(tensor: onnx.TensorProto, weights_dir: Path | None) -> bytes:
@@ -245,19 +274,44 @@ def read_artifact(path: Path | str) -> Artifact:
         )
     if meta.get(KEY_COMPLETE) != "1":
         raise ArtifactError(f"artifact: {path} is truncated (no completion marker); re-convert")
-    text = meta.get(KEY_MANIFEST, "")
-    if _sha256(text) != meta.get(KEY_MANIFEST_SHA):
-        raise ArtifactError(
-            f"artifact: {path} has a manifest that does not match its checksum "
-            f"(edited after conversion?); re-convert the model"
-        )
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError:
-        raise ArtifactError(f"artifact: {path} has an unreadable manifest") from None
+    tokenizer_json = meta.get(KEY_TOKENIZER, "")
+    manifest = checked_manifest(
+        path, meta.get(KEY_MANIFEST, ""), meta.get(KEY_MANIFEST_SHA), tokenizer_json
+    )
+    _check_graph_io(path, model, manifest)
     data = path.with_name(path.name + ".data")
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer) and (
         not data.is_file()
     ):
         raise ArtifactError(f"artifact: {path} keeps its weights in {data.name}, which is missing")
-    return Artifact(path, manifest, meta.get(KEY_TOKENIZER, ""), model)
+    return Artifact(path, manifest, tokenizer_json, model)
+
+
+def _check_graph_io(path: Path, model: onnx.ModelProto, manifest: dict[str, Any]) -> None:
+    """The graph's inputs and outputs must be the manifest's I/O contract, in order, with the
+    same fixed sizes where the graph fixes one (the tree's width and depth)."""
+    weights = {t.name for t in model.graph.initializer}
+    graph = [i for i in model.graph.input if i.name not in weights], list(model.graph.output)
+    io = manifest["io"]
+    for values, specs in zip(graph, (io["inputs"], io["outputs"])):
+        same = len(values) == len(specs) and all(
+            value.name == spec["name"] and _dims_fit(value, spec["dims"])
+            for value, spec in zip(values, specs)
+        )
+        if not same:
+            raise ArtifactError(
+                f"artifact: {path} has a graph whose inputs and outputs differ from its "
+                f"manifest's I/O contract; re-convert the model"
+            )
+
+
+def _dims_fit(value: onnx.ValueInfoProto, dims: list[Any]) -> bool:
+    shape = value.type.tensor_type.shape
+    if not value.type.tensor_type.HasField("shape"):
+        return True
+    if len(shape.dim) != len(dims):
+        return False
+    return all(
+        not (isinstance(want, int) and dim.HasField("dim_value")) or dim.dim_value == want
+        for dim, want in zip(shape.dim, dims)
+    )

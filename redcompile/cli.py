@@ -38,6 +38,16 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # the file system refused: read-only, full, no permission
+            if debug:
+                traceback.print_exc()
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(
+                f"error: {exc.strerror or exc}{where}; check the path, its permissions and "
+                f"the free space",
+                err=True,
+            )
+            sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -337,13 +347,14 @@ def generate(
     """
     from redcompile.api import open_generator
     from redcompile.errors import InputError
-    from redcompile.prompts import read_prompts_file
+    from redcompile.prompts import check_prompt_text, read_prompts_file
 
     if (prompt is None) == (prompts_file is None):
         raise InputError("give exactly one of --prompt TEXT or --prompts-file F.jsonl")
-    prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
-    if prompt == "":
-        raise InputError("--prompt is empty")
+    if prompt is not None:
+        prompts = [check_prompt_text(prompt, "--prompt")]
+    else:
+        prompts = read_prompts_file(prompts_file)
     cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,

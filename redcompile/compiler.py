@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
-import re
 import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,7 +24,13 @@ from typing import Any
 import onnx
 
 from redcompile import __version__
-from redcompile.artifact import FORMAT, FORMAT_VERSION, write_artifact
+from redcompile.artifact import (
+    DATA_SUFFIX,
+    FORMAT,
+    FORMAT_VERSION,
+    with_tokenizer_hash,
+    write_artifact,
+)
 from redcompile.config import BeamShape
 from redcompile.errors import InputError, TargetUnavailableError
 from redcompile.models.weight_quant import (
@@ -37,6 +39,8 @@ from redcompile.models.weight_quant import (
     BaseWeights,
     parse_base_weights,
 )
+from redcompile.output_guard import check_output_file
+from redcompile.scratch import scratch_folder
 
 SUFFIX_TARGETS = {
     ".onnx": "onnxruntime",
@@ -107,37 +111,6 @@ class ConvertReport:
         }
 
 
-TEMP_PREFIX = ".redcompile-tmp-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete scratch folders and partial files left in `folder` by killed converts."""
-    removed = []
-    for entry in folder.iterdir():
-        match = re.fullmatch(rf"{re.escape(TEMP_PREFIX)}(\d+)-.*|\..+\.tmp-(\d+)", entry.name)
-        if not match:
-            continue
-        pid = int(match.group(1) or match.group(2))
-        if pid == os.getpid() or _alive(pid):
-            continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
-
-
 def resolve_target(out: Path, target: str | None) -> str:
     """The target named by --target or by OUT's suffix; checks its runtime is installed."""
     if target is None:
@@ -150,7 +123,14 @@ def resolve_target(out: Path, target: str | None) -> str:
     if target == "onnxruntime":
         _require("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu)")
     elif target == "tensorrt":
-        _require("tensorrt", "install TensorRT: pip install 'redcompile[tensorrt]'")
+        # An .engine must be a TensorRT engine; building one is not verified yet, so the ONNX
+        # artifact is the way there, and nothing is ever written under an engine's name.
+        onnx_name, engine_name = out.with_suffix(".onnx").name, out.with_suffix(".engine").name
+        raise TargetUnavailableError(
+            f"convert: redcompile does not build TensorRT engines; convert to {onnx_name} "
+            f"and build the engine with TensorRT's tools: trtexec --onnx={onnx_name} "
+            f"--saveEngine={engine_name}"
+        )
     elif target == "torch":
         from redcompile.torch_target import require_compiler
 
@@ -196,10 +176,12 @@ def command_line(
     width: int | None = None,
 ) -> str:
     """The convert command that reproduces this artifact (OUT written as <out>); `width` is
-    the drafter beam width actually built (0 for a lookup-only tree)."""
-    parts = ["redcompile", "convert", str(model_dir), "<out>", "--target", target]
+    the drafter beam width actually built (0 for a lookup-only tree). Folders appear by name
+    (their contents by hash in `sources`), so the bytes of an artifact do not depend on how
+    MODEL_DIR was spelled or where it lives."""
+    parts = ["redcompile", "convert", model_dir.resolve().name, "<out>", "--target", target]
     if drafter_dir is not None:
-        parts += ["--drafter", str(drafter_dir)]
+        parts += ["--drafter", drafter_dir.resolve().name]
     if o.autoregressive:
         parts.append("--autoregressive")
     else:
@@ -259,13 +241,16 @@ def convert(
     if out.is_dir():
         raise InputError(f"convert: {out} is a folder; OUT must be a file name like model.onnx")
     check_model_dir(model_dir)
+    check_output_file("convert", out, [model_dir, drafter_path], sidecars=(DATA_SUFFIX,))
+    if o.dump_passes is not None:
+        if o.dump_passes.exists() and not o.dump_passes.is_dir():
+            raise InputError(f"--dump-passes {o.dump_passes} is a file; name a folder")
+        check_output_file("--dump-passes", o.dump_passes, [model_dir, drafter_path])
     say = progress or (lambda _msg: None)
     times: dict[str, float] = {}
-    remove_stale_temporaries(out.parent)
     # The scratch folder sits next to OUT: it holds a copy of the weights, so it needs the
     # output's disk, not /tmp's. A killed convert leaves it behind; the next one removes it.
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=out.parent) as tmp:
-        workdir = Path(tmp)
+    with scratch_folder(out.parent) as workdir:
         start = time.perf_counter()
         say("loading model and drafter")
         step, codec, manifest = _load(model_dir, drafter_path, o, dtype)
@@ -315,7 +300,10 @@ def convert(
         manifest["passes"] = [{"name": r.name, "matches": r.matches} for r in records]
         manifest["min_onnxruntime"] = _min_onnxruntime(model)
         weights = sum(_weight_bytes(t, workdir) for t in model.graph.initializer)
-        files = write_artifact(model, manifest, codec.to_json(), out, weights_dir=workdir)
+        manifest.update(with_tokenizer_hash(manifest, codec.to_json()))
+        files = write_artifact(
+            model, manifest, codec.to_json(), out, weights_dir=workdir, scratch=workdir
+        )
         times["write"] = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return ConvertReport(
@@ -471,7 +459,7 @@ def _convert_torch(
     manifest["weights"] = weights
     _record_sources(manifest, model_dir, drafter_path, o, "torch")
     manifest["passes"] = [{"name": PASS_NAME, "matches": copies}]
-    files = write_pt2_artifact(package, manifest, codec.to_json(), out)
+    files = write_pt2_artifact(package, manifest, codec.to_json(), out, workdir)
     times["write"] = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return ConvertReport(out, files, "torch", manifest, times, peak, weights["bytes"], [record])
@@ -525,7 +513,7 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
         "draft_top_k": step.draft_top_k,
         "max_seq_len": step.max_seq_len,
         "dtype": base_cfg.dtype,
-        "stop_token_ids": list(stop_tokens_of(model_dir, base_cfg.eos_token_ids)),
+        "stop_token_ids": list(stop_tokens_of(model_dir, base_cfg)),
         "io": step.signature.to_dict(),
     }
     return step, generator.codec, manifest

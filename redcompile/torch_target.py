@@ -21,9 +21,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
+import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +36,7 @@ import torch
 
 from redcompile.errors import InputError, PassError, TargetUnavailableError
 from redcompile.models.step import SpeculativeStep
+from redcompile.scratch import process_scratch_folder
 
 PASS_NAME = "contiguous-op-inputs"
 LIBRARY = "redcompile"
@@ -176,8 +180,31 @@ def load_package(path: Path | str, device: str) -> Any:
     import redcompile.ops  # noqa: F401 - registers torch.ops.redcompile.* for the package
 
     register_device_kernels(device)
-    with _quiet_inductor():
+    with _quiet_inductor(), _extracting_into_our_scratch():
         return torch._inductor.aoti_load_package(str(path))
+
+
+@contextlib.contextmanager
+def _extracting_into_our_scratch() -> Iterator[None]:
+    """The package loader extracts the package's libraries into an `aotinductor_*` folder of
+    the system temporary folder ($TMPDIR) and leaves it there when the process ends without
+    unwinding; pointed at a scratch folder of ours, what it extracts is removed at exit, or by
+    the next load after a killed run."""
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(_extraction_folder())
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = before
+
+
+@functools.cache
+def _extraction_folder() -> Path:
+    """One scratch folder per process for extracted packages (redcompile/scratch.py)."""
+    return process_scratch_folder(Path(tempfile.gettempdir()))
 
 
 def check_package(path: Path, step: SpeculativeStep, device: str, dtype: str) -> dict[str, float]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from redcompile.compiler import source_hashes
 from redcompile.config import DEFAULT_LOOKUP_NGRAMS, BeamShape
+from redcompile.errors import InputError
 from redcompile.generation import GenerationConfig, first_step_outputs
 from redcompile.models.weight_quant import base_weights_of, recorded_format
 
@@ -127,6 +128,7 @@ class VerifyReport:
     sources: dict[str, Any]
     first_step: list[OutputCheck]
     tokens: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)  # checks left out, and why
 
     @property
     def passed(self) -> bool:
@@ -148,6 +150,7 @@ class VerifyReport:
             "sources": self.sources,
             "first_step": [asdict(c) for c in self.first_step],
             "tokens": self.tokens,
+            "skipped": self.skipped,
         }
 
     def lines(self) -> list[str]:
@@ -160,7 +163,7 @@ class VerifyReport:
         out = [f"[I] sources: {sources}"]
         out.append("[I] first step, artifact vs PyTorch reference:")
         out += [f"[I]   {c.line(self.atol, self.rtol)}" for c in self.first_step]
-        if any(c.informational for c in self.first_step):
+        if any(c.informational for c in self.first_step) and not self.skipped:
             out.append(
                 "[I]   (INFO: drafts of a quantized drafter; ONNX Runtime also quantizes its "
                 "activations, so they may differ; the tokens below must not)"
@@ -179,6 +182,7 @@ class VerifyReport:
                 f"[I] tokens, {name}: {t['identical']}/{t['prompts']} prompts identical"
                 f"{first}  {status}"
             )
+        out += [f"[I] skipped: {reason}" for reason in self.skipped]
         verdict = "PASSED | All checks matched" if self.passed else "FAILED | Mismatches found"
         out.append(f"[I] {verdict}")
         return out
@@ -211,6 +215,18 @@ def _sources_check(
     return {"match": not differences, "differences": differences}
 
 
+def _absent_drafter(manifest: dict[str, Any], default: Path | None) -> str | None:
+    """Why the default drafter folder cannot stand in for the artifact's drafter, or None."""
+    if default is None:
+        return None
+    if not default.is_dir():
+        return f"no drafter folder at {default}"
+    recorded = manifest.get("sources", {}).get("drafter")
+    if recorded and source_hashes(default) != recorded:
+        return f"{default} is not the drafter the artifact was made with"
+    return None
+
+
 def verify(
     artifact_path: Path | str,
     model_dir: Path | str,
@@ -225,6 +241,9 @@ def verify(
     from redcompile.api import open_model_folder
     from redcompile.runtime.loading import open_artifact
 
+    if drafter_dir is not None and not Path(drafter_dir).is_dir():
+        what = "is a file" if Path(drafter_dir).exists() else "does not exist"
+        raise InputError(f"verify: --drafter {drafter_dir} {what}; name the drafter's folder")
     artifact = open_artifact(artifact_path)
     manifest = artifact.backend.manifest
     model_dir = Path(model_dir)
@@ -240,6 +259,18 @@ def verify(
     quantized = (manifest["drafter"] or {}).get("quantized")
     if quantized:
         recorded_format(quantized, manifest["drafter"].get("quantized_block_size"))
+    draft_vocab = (manifest["drafter"] or {}).get("draft_vocab")
+    skipped = []
+    absent = _absent_drafter(manifest, drafter_path) if drafter_dir is None else None
+    if absent:
+        # The artifact holds its drafter; without the folder the reference drafts with a
+        # random one: every output but the drafts, and every token, must still match.
+        skipped = [
+            f"drafter sources: {absent} (pass --drafter DIR)",
+            f"drafts ({', '.join(DRAFT_OUTPUTS)}): reported only, the reference drafts with "
+            f"a random drafter",
+        ]
+        drafter_path, random_drafter, draft_vocab, quantized = None, True, None, None
     base_weights = base_weights_of(manifest)
     common = dict(
         dtype=manifest["dtype"], max_seq_len=manifest["max_seq_len"], base_weights=base_weights
@@ -256,7 +287,7 @@ def verify(
         ),
         autoregressive=manifest["mode"] == "autoregressive",
         random_drafter=random_drafter,
-        draft_vocab=(manifest["drafter"] or {}).get("draft_vocab"),
+        draft_vocab=draft_vocab,
         drafter_weights=quantized or "float",
         **common,
     )
@@ -273,7 +304,7 @@ def verify(
         else 0.0
     )
     first = [compare_output(name, got[name], want[name], atol, rtol, flips) for name in want]
-    if quantized:
+    if quantized or skipped:
         for check in first:
             check.informational = check.name in DRAFT_OUTPUTS
 
@@ -293,4 +324,5 @@ def verify(
         _sources_check(manifest, model_dir, drafter_path),
         first,
         tokens,
+        skipped,
     )

@@ -144,7 +144,7 @@ def open_artifact(
             f"artifact: ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}"
         ) from None
     backend = OrtBackend(session, signature_of(manifest), manifest, device=provider)
-    codec = TextCodec.from_json(artifact.tokenizer_json)
+    codec = TextCodec.from_json(artifact.tokenizer_json, _vocab_size(manifest), str(path))
     info = _info(path, manifest, "onnxruntime")
     return Generator(backend, codec, tuple(manifest["stop_token_ids"]), info)
 
@@ -180,6 +180,11 @@ def open_pt2_artifact(path: Path | str, device: str | None = None, **options: An
             f"{made_with}): {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
         ) from None
     backend = Pt2Backend(compiled, signature_of(manifest), manifest, device=compiled_for)
-    codec = TextCodec.from_json(artifact.tokenizer_json)
+    codec = TextCodec.from_json(artifact.tokenizer_json, _vocab_size(manifest), str(path))
     info = _info(path, manifest, "torch")
     return Generator(backend, codec, tuple(manifest["stop_token_ids"]), info)
+
+
+def _vocab_size(manifest: dict[str, Any]) -> int | None:
+    """The base model's vocabulary recorded in the manifest (checked by read_manifest)."""
+    return manifest["model"]["vocab_size"]

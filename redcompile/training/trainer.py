@@ -39,6 +39,7 @@ from torch import nn
 
 from redcompile.errors import InputError
 from redcompile.models.drafter import Drafter, DrafterConfig
+from redcompile.output_guard import check_output_folder
 from redcompile.training.config import TrainConfig
 from redcompile.training.data import (
     Examples,
@@ -357,13 +358,15 @@ def train_drafter(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainReport:
     """Train a drafter for `model_dir` on `data`; writes Apple's folder format to `out_dir`."""
-    from redcompile.models.draft_vocab import write_token_frequencies
+    from redcompile.models.draft_vocab import TOKEN_FREQUENCIES, write_token_frequencies
     from redcompile.models.drafter_io import load_drafter, save_drafter
     from redcompile.models.loader import load_decoder
     from redcompile.tokenizer import TextCodec
 
     cfg = cfg or TrainConfig()
     cfg.validate()
+    out_files = ("config.json", "model.safetensors", TOKEN_FREQUENCIES, "training_report.json")
+    check_output_folder("train-drafter", Path(out_dir), out_files, [model_dir, *data])
     log = log or (lambda _msg: None)
     rank, world = _distributed()
     if cfg.batch_size % world:
