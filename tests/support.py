@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,6 +13,10 @@ from onnx import helper
 from redcompile.example import char_tokenizer_json
 from redcompile.ops.onnx_builder import spec_from_node
 from redcompile.ops.opdef import BODY_OPSET, DOMAIN, DOMAIN_VERSION, OpDef
+
+# The trained benchmark fixture beside the checkout (../shared/fixtures/pycode-lm), used by the
+# `slow` end-to-end tests (python -m pytest -m slow) and a few fast ones that read its files.
+BENCHMARK_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pycode-lm"
 
 ONNX_TYPES = {
     torch.float32: onnx.TensorProto.FLOAT,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +15,6 @@ from redcompile.models.loader import load_decoder
 from redcompile.models.step import SpeculativeStep
 from redcompile.runtime.torch_backend import TorchBackend
 from redcompile.tokenizer import TextCodec
-
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pycode-lm"
-needs_fixture = pytest.mark.skipif(
-    not FIXTURE.is_dir(), reason=f"benchmark fixture not at {FIXTURE}"
-)
 
 PROMPTS = [[5, 17, 33], [40, 2, 9, 61, 8, 30, 12], [3], [70, 71, 72, 73, 74]]
 
@@ -165,12 +159,12 @@ def test_sampling_respects_the_seed_and_is_batch_independent(tiny_llama):
     assert sample(8, 1) != first
 
 
-@needs_fixture
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 4])
-def test_fixture_with_random_drafter_is_lossless(batch_size):
-    base = load_decoder(FIXTURE)
-    codec = TextCodec.from_file(FIXTURE / "tokenizer.json")
-    lines = (FIXTURE / "dev_prompts.jsonl").read_text().splitlines()[:4]
+def test_fixture_with_random_drafter_is_lossless(pycode_lm, batch_size):
+    base = load_decoder(pycode_lm)
+    codec = TextCodec.from_file(pycode_lm / "tokenizer.json")
+    lines = (pycode_lm / "dev_prompts.jsonl").read_text().splitlines()[:4]
     prompts = [codec.encode(json.loads(line)["prompt"]) for line in lines]
     cfg = dict(max_new_tokens=32, batch_size=batch_size, stop_token_ids=(0,))
     step_ar = SpeculativeStep(base, None, 1, 1, 2048)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from redcompile.compiler import ConvertOptions, convert
+from redcompile.compiler import ConvertOptions
 from support import PROMPTS
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -21,12 +21,10 @@ def peers(monkeypatch):
     return peers
 
 
-def test_two_artifacts_side_by_side(peers, tiny_llama, tmp_path):
-    ar = convert(tiny_llama, tmp_path / "ar.onnx", options=ConvertOptions(autoregressive=True))
-    int8 = convert(
-        tiny_llama,
-        tmp_path / "ar8.onnx",
-        options=ConvertOptions(autoregressive=True, weights="int8", weight_block_size=16),
+def test_two_artifacts_side_by_side(peers, tiny_llama, converted):
+    ar = converted(tiny_llama, ConvertOptions(autoregressive=True))
+    int8 = converted(
+        tiny_llama, ConvertOptions(autoregressive=True, weights="int8", weight_block_size=16)
     )
     systems = [
         peers.redcompile_system("ar", ar.out, "1", 8),

@@ -9,13 +9,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
-
 from redcompile.api import open_model_folder
 from redcompile.generation import GenerationConfig
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO.parent / "shared/fixtures/pycode-lm"
 
 
 def small_corpus(path: Path) -> Path:
@@ -27,15 +24,13 @@ def small_corpus(path: Path) -> Path:
     return path
 
 
-def test_tiny_model_learns_and_is_a_fixture_redcompile_opens(tmp_path):
-    if not (FIXTURE / "tokenizer.json").exists():
-        pytest.skip(f"the pycode-lm fixture (its tokenizer and config) is not at {FIXTURE}")
+def test_tiny_model_learns_and_is_a_fixture_redcompile_opens(pycode_lm, tmp_path):
     out = tmp_path / "model"
     command = [
         sys.executable,
         str(REPO / "bench/train_base_lm.py"),
         "--fixture",
-        str(FIXTURE),
+        str(pycode_lm),
         "--data",
         str(small_corpus(tmp_path / "corpus.jsonl")),
         "--out",
@@ -70,7 +65,7 @@ def test_tiny_model_learns_and_is_a_fixture_redcompile_opens(tmp_path):
         assert (out / name).exists(), name
 
     config = json.loads((out / "config.json").read_text())
-    fixture_config = json.loads((FIXTURE / "config.json").read_text())
+    fixture_config = json.loads((pycode_lm / "config.json").read_text())
     for key in ("vocab_size", "eos_token_id", "rope_parameters", "model_type", "rms_norm_eps"):
         assert config[key] == fixture_config[key], key
     assert config["hidden_size"] == 64 and config["num_hidden_layers"] == 2

@@ -17,7 +17,7 @@ from redcompile.benchmark import (
     tokens_per_step_interval,
 )
 from redcompile.cli import main
-from redcompile.compiler import ConvertOptions, convert
+from redcompile.compiler import ConvertOptions
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig
 
@@ -49,13 +49,9 @@ def prompts(tmp_path):
     return path
 
 
-def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, tmp_path):
-    spec = convert(
-        tiny_llama,
-        tmp_path / "spec.onnx",
-        options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True),
-    ).out
-    ar = convert(tiny_llama, tmp_path / "ar.onnx", options=ConvertOptions(autoregressive=True)).out
+def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, converted, tmp_path):
+    spec = converted(tiny_llama, ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)).out
+    ar = converted(tiny_llama, ConvertOptions(autoregressive=True)).out
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = CliRunner().invoke(
         main,
@@ -139,12 +135,8 @@ def test_bench_of_a_model_folder_in_torch(tiny_llama, tmp_path):
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_an_artifact_without_baseline_is_refused(tiny_llama, tmp_path):
-    spec = convert(
-        tiny_llama,
-        tmp_path / "spec.onnx",
-        options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True),
-    ).out
+def test_an_artifact_without_baseline_is_refused(tiny_llama, converted, tmp_path):
+    spec = converted(tiny_llama, ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)).out
     result = CliRunner().invoke(
         main, ["bench", str(spec), "--prompts-file", str(prompts(tmp_path))]
     )

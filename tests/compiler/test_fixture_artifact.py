@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,9 +10,13 @@ from redcompile.api import open_generator, open_model_folder
 from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig
+from support import BENCHMARK_FIXTURE as FIXTURE
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pycode-lm"
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"benchmark fixture not at {FIXTURE}")
+# The trained fixture end to end: minutes on two cores, so run with `python -m pytest -m slow`.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"benchmark fixture not at {FIXTURE}"),
+]
 NEW_TOKENS = 32
 
 

@@ -36,40 +36,21 @@ def tokens(source, batch: int, new_tokens: int = 12) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def lean(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lean")
+def lean(tiny_models, converted):
+    llama = tiny_models["llama"]
     made = {}
     for arch in ("llama", "qwen3", "llama_tied"):
-        made[f"{arch}-ar"] = convert(
-            tiny_models[arch], out / f"{arch}-ar.onnx", options=ConvertOptions(autoregressive=True)
-        ).out
-    made["llama-w1"] = convert(
-        tiny_models["llama"],
-        out / "llama-w1.onnx",
-        options=ConvertOptions(beam=BeamShape(1, 4, lookup=0), random_drafter=True),
-    ).out
-    made["llama-w2"] = convert(
-        tiny_models["llama"],
-        out / "llama-w2.onnx",
-        options=ConvertOptions(beam=BeamShape(2, 3, lookup=0), random_drafter=True),
-    ).out
-    made["llama-ar-int4-l4"] = convert(
-        tiny_models["llama"],
-        out / "llama-ar-int4-l4.onnx",
-        options=ConvertOptions(autoregressive=True, weights="int4", accuracy_level=4),
-    ).out
-    for name, block, level in (("int4", 32, 1), ("int8", 16, 1)):
-        for kind, options in (
-            ("ar", ConvertOptions(autoregressive=True)),
-            ("w1", ConvertOptions(beam=BeamShape(1, 4, lookup=0), random_drafter=True)),
-        ):
-            made[f"llama-{kind}-{name}"] = convert(
-                tiny_models["llama"],
-                out / f"llama-{kind}-{name}.onnx",
-                options=replace(
-                    options, weights=name, weight_block_size=block, accuracy_level=level
-                ),
-            ).out
+        made[f"{arch}-ar"] = converted(tiny_models[arch], ConvertOptions(autoregressive=True)).out
+    w1 = ConvertOptions(beam=BeamShape(1, 4, lookup=0), random_drafter=True)
+    made["llama-w1"] = converted(llama, w1).out
+    w2 = ConvertOptions(beam=BeamShape(2, 3, lookup=0), random_drafter=True)
+    made["llama-w2"] = converted(llama, w2).out
+    int4_l4 = ConvertOptions(autoregressive=True, weights="int4", accuracy_level=4)
+    made["llama-ar-int4-l4"] = converted(llama, int4_l4).out
+    for name, block in (("int4", 32), ("int8", 16)):
+        for kind, options in (("ar", ConvertOptions(autoregressive=True)), ("w1", w1)):
+            quantized = replace(options, weights=name, weight_block_size=block, accuracy_level=1)
+            made[f"llama-{kind}-{name}"] = converted(llama, quantized).out
     return made
 
 

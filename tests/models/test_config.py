@@ -13,8 +13,6 @@ from redcompile.errors import ModelLoadError, UnsupportedModelError
 from redcompile.models.config import load_decoder_config, parse_decoder_config
 from redcompile.models.loader import load_decoder
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pycode-lm"
-
 
 def to_transformers4_style(cfg: dict) -> dict:
     """Rewrite a transformers-5 config the way transformers 4 wrote it."""
@@ -43,9 +41,8 @@ def test_both_config_styles_give_the_same_decoder(tmp_path, tiny_llama):
         assert torch.equal(a(*args, a.empty_cache(1, 8))[0], b(*args, b.empty_cache(1, 8))[0])
 
 
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"benchmark fixture not at {FIXTURE}")
-def test_fixture_is_read_in_transformers5_style():
-    cfg = load_decoder_config(FIXTURE)
+def test_fixture_is_read_in_transformers5_style(pycode_lm):
+    cfg = load_decoder_config(pycode_lm)
     assert (cfg.architecture, cfg.num_kv_heads, cfg.head_dim, cfg.rope.theta) == (
         "llama",
         4,
