@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import time
 import numpy as np
 import onnx
 import pytest
+from bad_inputs import hostile_rows
 from click.testing import CliRunner
 
 from redcompile.cli import main
@@ -48,12 +50,12 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+GOOD = ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)
+
+
 @pytest.fixture(scope="module")
-def compiled(tiny_llama, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("trust")
-    out = folder / "good.onnx"
-    convert(tiny_llama, out, options=ConvertOptions(beam=BeamShape(2, 3), random_drafter=True))
-    return out
+def compiled(tiny_llama, converted):
+    return converted(tiny_llama, GOOD).out
 
 
 def test_verify_passes_a_good_artifact(compiled, tiny_llama):
@@ -112,11 +114,57 @@ def test_inspect_json_is_the_documented_contract(compiled):
     assert invoke("inspect", compiled).stdout == invoke("inspect", compiled).stdout
 
 
-def test_converting_twice_gives_identical_bytes(tiny_llama, tmp_path):
-    options = ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)
-    a = convert(tiny_llama, tmp_path / "a.onnx", options=options).out
-    b = convert(tiny_llama, tmp_path / "b.onnx", options=options).out
-    assert a.read_bytes() == b.read_bytes()
+def test_converting_twice_gives_identical_bytes_however_the_folder_is_spelled(
+    compiled, tiny_llama, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tiny_llama.parent)
+    spelled = f"./{tiny_llama.name}/../{tiny_llama.name}"
+    again = convert(spelled, tmp_path / "again.onnx", options=GOOD).out
+    assert again.read_bytes() == compiled.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def drafted_elsewhere(tiny_llama, tmp_path_factory):
+    """An artifact converted with `--drafter` from a folder that is gone afterwards, and its
+    model folder, which has no drafter/ of its own."""
+    from bad_inputs import drafter_folder
+
+    work = tmp_path_factory.mktemp("elsewhere")
+    drafter = drafter_folder(tiny_llama, work)
+    out = work / "drafted.onnx"
+    convert(tiny_llama, out, drafter, ConvertOptions(beam=BeamShape(2, 3)))
+    shutil.rmtree(drafter)
+    return out
+
+
+def test_verify_needs_only_the_artifact_and_the_base_model(drafted_elsewhere, tiny_llama):
+    assert not (tiny_llama / "drafter").exists()
+    result = invoke("verify", drafted_elsewhere, tiny_llama, "--json", "--max-new-tokens", 12)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and len(report["skipped"]) == 2
+    assert "no drafter folder" in report["skipped"][0]
+    drafts = {c["name"]: c for c in report["first_step"]}
+    assert drafts["next_beam_paths"]["informational"]
+    assert not drafts["present.1.key"]["informational"]
+    assert all(t["identical"] == t["prompts"] == 4 for t in report["tokens"].values())
+    text = invoke("verify", drafted_elsewhere, tiny_llama, "--max-new-tokens", 4).stdout
+    assert "[I] skipped: drafter sources: no drafter folder" in text
+
+
+def test_verify_without_the_drafter_still_catches_a_corrupted_weight(
+    drafted_elsewhere, tiny_llama, tmp_path
+):
+    model = onnx.load(str(drafted_elsewhere))
+    weight = next(t for t in model.graph.initializer if list(t.dims) == [64, 96])
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values[0, :] += 0.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    result = invoke("verify", broken, tiny_llama, "--max-new-tokens", 12)
+    assert result.exit_code == 1, result.output
+    assert "present.1" in "".join(line for line in result.stdout.splitlines() if "FAILED" in line)
 
 
 def convert_process(model, out):
@@ -443,6 +491,19 @@ TABLE = [
 ]
 
 
+TABLE += hostile_rows()
+
+
+def folder_hashes(*roots):
+    """sha256 of every file under `roots` (links by their target's bytes)."""
+    hashes = {}
+    for root in roots:
+        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in paths:
+            hashes[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
 @pytest.mark.parametrize("name,build,words", TABLE, ids=[row[0] for row in TABLE])
 def test_bad_inputs_get_one_line_and_exit_code_2(
     compiled, tiny_llama, tmp_path, name, build, words
@@ -451,6 +512,7 @@ def test_bad_inputs_get_one_line_and_exit_code_2(
     work.mkdir()
     args = build(compiled, work, tiny_llama)
     before = set(os.listdir(work))
+    inputs = folder_hashes(tiny_llama, compiled, work)
     result = invoke(*args)
     assert result.exit_code == 2, f"{name}: {result.output}"
     lines = result.stderr.strip().splitlines()
@@ -459,8 +521,9 @@ def test_bad_inputs_get_one_line_and_exit_code_2(
     assert "Traceback" not in result.output
     created = set(os.listdir(work)) - before
     assert not {p for p in created if p.startswith("out") or ".tmp-" in p or "redcompile" in p}
+    assert folder_hashes(tiny_llama, compiled, work) == inputs  # nothing read was changed
 
 
 def test_the_table_is_long_enough():
-    assert len(TABLE) >= 20
+    assert len(TABLE) >= 60
     assert np.unique([row[0] for row in TABLE]).size == len(TABLE)

@@ -265,9 +265,8 @@ def test_an_fp16_speculative_artifact_loads_and_decodes_like_the_fp16_autoregres
         tmp_path / "spec16.onnx",
         options=ConvertOptions(beam=BeamShape(3, 4), random_drafter=True, **half),
     ).out
-    ar = convert(
-        tiny_models["llama"], tmp_path / "ar16.onnx", options=ConvertOptions(autoregressive=True, **half)
-    ).out
+    ar_options = ConvertOptions(autoregressive=True, **half)
+    ar = convert(tiny_models["llama"], tmp_path / "ar16.onnx", options=ar_options).out
     greedy = GenerationConfig(max_new_tokens=12, batch_size=2)
     spec_ids = ids(open_generator(spec).generate_ids(PROMPTS[:4], greedy))
     ar_ids = ids(open_generator(ar).generate_ids(PROMPTS[:4], greedy))

@@ -6,9 +6,13 @@ cores) and shared by every test; the other tests only export or fail before comp
 
 from __future__ import annotations
 
+import ctypes
 import json
+import shutil
 import subprocess
 import sys
+import tracemalloc
+import zipfile
 
 import pytest
 import torch
@@ -244,6 +248,84 @@ def test_a_bad_package_is_one_clear_line(pt2, tmp_path, kind, words):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: artifact:"), result.stderr
         assert words in lines[0] and "Traceback" not in result.output
+
+
+def _with_record(good, path, suffix, data=None, extra=None):
+    """A copy of the package with the record ending in `suffix` replaced by `data`, or with
+    an `extra` record added (name, bytes), checksums left as they were."""
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            body = source.read(info)
+            if data is not None and info.filename.endswith(suffix):
+                body = data
+            target.writestr(info, body)
+        if extra is not None:
+            target.writestr(f"archive/{extra[0]}", extra[1])
+    return path
+
+
+def _library_that_writes(marker, folder):
+    """A shared library whose constructor writes `marker` when it is loaded."""
+    source = folder / "marker.c"
+    source.write_text(
+        "#include <stdio.h>\n__attribute__((constructor)) static void mark(void) {\n"
+        f'  FILE *f = fopen("{marker}", "w"); if (f) {{ fputs("ran", f); fclose(f); }}\n}}\n'
+    )
+    library = folder / "marker.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return library.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to build a library")
+def test_a_swapped_library_is_refused_before_it_can_run(pt2, tmp_path):
+    marker = tmp_path / "ran.txt"
+    library = _library_that_writes(marker, tmp_path)
+    ctypes.CDLL(str(tmp_path / "marker.so"))  # the library does what it says when loaded
+    assert marker.read_text() == "ran"
+    marker.unlink()
+    evil = _with_record(pt2["out"], tmp_path / "evil.pt2", ".wrapper.so", library)
+    for args in (
+        ["generate", evil, "--prompt", "x"],
+        ["inspect", evil],
+        ["verify", evil, pt2["model"]],
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "does not match its checksum" in result.stderr
+        assert "refused before loading" in result.stderr
+    with pytest.raises(ArtifactError, match="does not match its checksum"):
+        open_generator(evil)
+    assert not marker.exists()
+
+
+def test_a_record_added_to_the_package_is_refused(pt2, tmp_path):
+    added = _with_record(
+        pt2["out"], tmp_path / "added.pt2", "", extra=("data/aotinductor/model/x.so", b"\0")
+    )
+    with pytest.raises(ArtifactError, match="does not list"):
+        read_pt2_artifact(added)
+
+
+def test_metadata_that_inflates_is_refused_within_bounded_memory(pt2, tmp_path):
+    bomb = tmp_path / "bomb.pt2"
+    deflated = dict(compression=zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(pt2["out"]) as source, zipfile.ZipFile(bomb, "w", **deflated) as target:
+        for info in source.infolist():
+            if not info.filename.endswith("redcompile.manifest"):
+                target.writestr(info, source.read(info))
+        with target.open("archive/extra/redcompile.manifest", "w", force_zip64=True) as record:
+            for _ in range(256):  # 256 MiB of spaces, about 0.3 MB stored
+                record.write(b" " * (1 << 20))
+    assert bomb.stat().st_size < 4 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match="inflates|bound"):
+            read_pt2_artifact(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20
+    result = invoke("inspect", bomb)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_options_that_do_not_fit_the_package_are_refused(pt2):
