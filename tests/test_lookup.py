@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from redcompile.api import open_generator, open_model_folder
 from redcompile.cli import main
-from redcompile.compiler import ConvertOptions, convert
+from redcompile.compiler import ConvertOptions
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig
 from support import PROMPTS
@@ -46,12 +46,11 @@ def expected(tiny_llama):
 
 
 @pytest.fixture(scope="module")
-def artifacts(tiny_llama, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lookup")
+def artifacts(tiny_llama, converted):
     out = {}
     for name, beam, random in (("lookup", LOOKUP_ONLY, False), ("mixed", MIXED, True)):
         options = ConvertOptions(beam=beam, random_drafter=random, max_seq_len=128)
-        out[name] = convert(tiny_llama, folder / f"{name}.onnx", options=options)
+        out[name] = converted(tiny_llama, options)
     return out
 
 

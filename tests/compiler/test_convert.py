@@ -202,14 +202,12 @@ def test_cli_convert_json_and_dump_passes(tiny_llama, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "m.onnx"]  # no temp files
 
 
-def test_a_quantized_drafter_stays_lossless_and_verifies(artifacts, tmp_path):
+def test_a_quantized_drafter_stays_lossless_and_verifies(artifacts, converted):
     from redcompile.verification import DRAFT_OUTPUTS, verify
 
     model = artifacts["model"]
     shape = dict(beam=BeamShape(3, 4), random_drafter=True)
-    report = convert(
-        model, tmp_path / "q.onnx", options=ConvertOptions(**shape, drafter_weights="int4")
-    )
+    report = converted(model, ConvertOptions(**shape, drafter_weights="int4"))
     assert report.manifest["drafter"]["quantized"] == "int4"
     assert report.manifest["drafter"]["quantized_block_size"] == WEIGHT_FORMATS["int4"].block_size
     assert "--drafter-weights int4" in report.manifest["command"]
