@@ -14,7 +14,13 @@ import onnx
 
 from redcompile.artifact import read_artifact
 
-ELEMENT_TYPES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
+# ONNX element types under the manifest's names (float32, not ONNX's FLOAT), so inspect, the
+# manifest and docs/artifact.md name dtypes alike.
+ELEMENT_TYPES = {
+    **{v: k.lower() for k, v in onnx.TensorProto.DataType.items()},
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.DOUBLE: "float64",
+}
 
 
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -93,10 +99,6 @@ def describe_artifact(path: Path | str) -> dict[str, Any]:
     }
 
 
-# Manifest dtypes in the element-type names the ONNX description uses.
-_PT2_DTYPES = {"int64": "int64", "float32": "float", "float16": "float16", "bfloat16": "bfloat16"}
-
-
 def describe_pt2_artifact(path: Path | str) -> dict[str, Any]:
     """`describe_artifact` for a .pt2 package: the same keys, then `aoti` (the package's device,
     platform and CPU ISA). Ops are the torch ops the compiled code calls through the dispatcher;
@@ -116,9 +118,7 @@ def describe_pt2_artifact(path: Path | str) -> dict[str, Any]:
         return [
             {
                 "name": t["name"],
-                "dtype": _PT2_DTYPES.get(
-                    manifest["dtype"] if t["dtype"] == "model" else t["dtype"], t["dtype"]
-                ),
+                "dtype": manifest["dtype"] if t["dtype"] == "model" else t["dtype"],
                 "shape": [sizes.get(d, d) for d in t["dims"]],
             }
             for t in items

@@ -17,6 +17,7 @@ import pytest
 from bad_inputs import hostile_rows
 from click.testing import CliRunner
 
+from redcompile.artifact import read_artifact
 from redcompile.cli import main
 from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
@@ -111,6 +112,11 @@ def test_inspect_json_is_the_documented_contract(compiled):
     assert info["weights"]["external_data_file"] is None and info["weights"]["bytes"] > 0
     assert info["command"].startswith("redcompile convert ")
     assert {"name": "input_ids", "dtype": "int64", "shape": ["batch", "tokens"]} in info["inputs"]
+    manifest = read_artifact(compiled).manifest
+    by_name = {t["name"]: t["dtype"] for t in manifest["io"]["inputs"]}
+    for value in info["inputs"]:  # the manifest's names for dtypes ("model": the artifact's)
+        want = by_name[value["name"]]
+        assert value["dtype"] == (manifest["dtype"] if want == "model" else want)
     assert invoke("inspect", compiled).stdout == invoke("inspect", compiled).stdout
 
 

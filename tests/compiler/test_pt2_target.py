@@ -135,7 +135,7 @@ def test_cli_generate_verify_and_inspect_run_the_package(pt2):
     assert {"name": "input_ids", "dtype": "int64", "shape": ["batch", "tokens"]} in info["inputs"]
     assert {
         "name": "present.0.key",
-        "dtype": "float",
+        "dtype": "float32",
         "shape": ["batch", 2, "cache", 16],
     } in info["outputs"]
     text = invoke("inspect", pt2["out"])
