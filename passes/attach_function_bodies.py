@@ -99,7 +99,7 @@ class AttachFunctionBodies(GraphPass):
 
     def rewrite(self, graph: gs.Graph, match: Match, ctx: PassContext) -> None:
         """Build the body and add it to the model's functions. An output nothing reads loses
-        its recorded type and shape: the body may return a placeholder there (see
+        its recorded type and shape: the body may return a constant of another type there (see
         `BodySpec.unused_outputs`), and a stale record would contradict it at load."""
         op, spec = match.bindings["op"], match.bindings["spec"]
         body = op.build_body(spec)
