@@ -25,8 +25,12 @@ import torch
 DOMAIN = "redcompile"
 DOMAIN_VERSION = 1
 LIBRARY = "redcompile"
-# The default-domain opset every function body is written against; it must equal the model's.
-BODY_OPSET = 23
+# The ONNX versions every artifact is written in: the default-domain opset (the model's and every
+# function body's) and the IR version. ONNX Runtime loads them from 1.23 on (docs/artifact.md,
+# "Runtimes"); convert refuses a model that left them.
+ONNX_OPSET = 23
+ONNX_IR_VERSION = 10
+BODY_OPSET = ONNX_OPSET
 
 
 @dataclass(frozen=True)

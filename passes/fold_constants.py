@@ -19,9 +19,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 
+from redcompile.ops.opdef import ONNX_IR_VERSION, ONNX_OPSET
 from redcompile.passes.base import GraphPass, Match, PassContext, constant_array, replace_input
 
-OPSET = 23
 NEVER_FOLD = {
     "RandomUniform",
     "RandomNormal",
@@ -91,5 +91,5 @@ def proto_model(
     outs = [onnx.helper.make_empty_tensor_value_info(f"out{i}") for i in range(outputs)]
     graph = onnx.helper.make_graph([node], "fold", inputs, outs)
     return onnx.helper.make_model(
-        graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)], ir_version=10
+        graph, opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)], ir_version=ONNX_IR_VERSION
     )

@@ -11,10 +11,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from redcompile.errors import PassError
+from redcompile.ops.opdef import ONNX_IR_VERSION
 from redcompile.passes.base import GraphPass, PassContext
 
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.WARNING
-IR_VERSION = 10
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PassRecord:
 
 def to_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export a graphsurgeon graph as an IR-10 model (keeping the template's metadata)."""
-    model = gs.export_onnx(graph, do_type_check=False, ir_version=IR_VERSION)
+    model = gs.export_onnx(graph, do_type_check=False, ir_version=ONNX_IR_VERSION)
     if template is not None:
         model.producer_name, model.producer_version = (
             template.producer_name,

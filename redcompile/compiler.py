@@ -32,7 +32,7 @@ from redcompile.artifact import (
     write_artifact,
 )
 from redcompile.config import BeamShape
-from redcompile.errors import InputError, TargetUnavailableError
+from redcompile.errors import InputError, PassError, TargetUnavailableError
 from redcompile.models.weight_quant import (
     DEFAULT_ACCURACY_LEVEL,
     DEFAULT_BASE_BLOCK_SIZE,
@@ -312,9 +312,19 @@ def convert(
 
 
 def _min_onnxruntime(model: onnx.ModelProto) -> str:
-    """The oldest ONNX Runtime that runs `model` (docs/artifact.md, "Runtimes")."""
+    """The oldest ONNX Runtime that runs `model` (docs/artifact.md, "Runtimes"), after checking
+    that the model kept the ONNX versions every release from there loads: an exporter or
+    optimizer that floats to a newer IR or opset must not write what no runtime reads."""
+    from redcompile.ops.opdef import ONNX_IR_VERSION, ONNX_OPSET
     from redcompile.passes.contrib import min_onnxruntime
 
+    opsets = {o.domain: o.version for o in model.opset_import}
+    if model.ir_version != ONNX_IR_VERSION or opsets.get("", opsets.get("ai.onnx")) != ONNX_OPSET:
+        raise PassError(
+            f"the step graph has IR version {model.ir_version} and opset "
+            f"{opsets.get('', '?')}, not the {ONNX_IR_VERSION} and {ONNX_OPSET} artifacts are "
+            f"written in; a newer exporter changed them (a redcompile bug to report)"
+        )
     return min_onnxruntime({n.domain for n in model.graph.node})
 
 

@@ -19,9 +19,9 @@ import torch
 
 from redcompile.io_contract import HISTORY
 from redcompile.models.step import SpeculativeStep
+from redcompile.ops.opdef import ONNX_IR_VERSION, ONNX_OPSET
 
-OPSET = 23
-IR_VERSION = 10
+OPSET, IR_VERSION = ONNX_OPSET, ONNX_IR_VERSION
 
 # Example sizes for tracing; every one of these dimensions is exported as dynamic.
 _EXAMPLE = {"batch": 2, "tokens": 3, "cache": 16}

@@ -12,7 +12,7 @@ from onnx import helper
 
 from redcompile.example import char_tokenizer_json
 from redcompile.ops.onnx_builder import spec_from_node
-from redcompile.ops.opdef import BODY_OPSET, DOMAIN, DOMAIN_VERSION, OpDef
+from redcompile.ops.opdef import BODY_OPSET, DOMAIN, DOMAIN_VERSION, ONNX_IR_VERSION, OpDef
 
 # The trained benchmark fixture beside the checkout (../shared/fixtures/pycode-lm), used by the
 # `slow` end-to-end tests (python -m pytest -m slow) and a few fast ones that read its files.
@@ -60,7 +60,7 @@ def single_op_model(
     model = helper.make_model(
         graph,
         functions=[body],
-        ir_version=10,
+        ir_version=ONNX_IR_VERSION,
         opset_imports=[
             helper.make_opsetid("", BODY_OPSET),
             helper.make_opsetid(DOMAIN, DOMAIN_VERSION),

@@ -276,3 +276,23 @@ def test_an_fp16_speculative_artifact_loads_and_decodes_like_the_fp16_autoregres
     spec_sampled = ids(open_generator(spec).generate_ids(PROMPTS[:4], seeded))
     ar_sampled = ids(open_generator(ar).generate_ids(PROMPTS[:4], seeded))
     assert spec_sampled == ar_sampled  # one uniform per emitted position: the same draws
+
+
+def test_a_model_that_left_the_artifact_onnx_versions_is_never_written():
+    from onnx import helper
+
+    from redcompile.compiler import _min_onnxruntime
+    from redcompile.errors import PassError
+    from redcompile.ops.opdef import ONNX_IR_VERSION, ONNX_OPSET
+
+    graph = helper.make_graph([], "g", [], [])
+    current = helper.make_model(
+        graph, ir_version=ONNX_IR_VERSION, opset_imports=[helper.make_opsetid("", ONNX_OPSET)]
+    )
+    assert _min_onnxruntime(current) == "1.23"
+    for ir, opset in ((ONNX_IR_VERSION + 1, ONNX_OPSET), (ONNX_IR_VERSION, ONNX_OPSET + 1)):
+        newer = helper.make_model(
+            graph, ir_version=ir, opset_imports=[helper.make_opsetid("", opset)]
+        )
+        with pytest.raises(PassError, match="newer exporter"):
+            _min_onnxruntime(newer)

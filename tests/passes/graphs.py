@@ -9,15 +9,16 @@ import onnxruntime as ort
 from onnx import TensorProto as TP
 from onnx import helper as h
 
+from redcompile.ops.opdef import DOMAIN, DOMAIN_VERSION, ONNX_IR_VERSION, ONNX_OPSET
 from redcompile.passes.base import PassContext
 from redcompile.passes.manager import render, to_model
 
-OPSETS = [h.make_opsetid("", 23), h.make_opsetid("redcompile", 1)]
+OPSETS = [h.make_opsetid("", ONNX_OPSET), h.make_opsetid(DOMAIN, DOMAIN_VERSION)]
 
 
 def model(nodes, inputs, outputs, initializers=()):
     graph = h.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
-    return h.make_model(graph, opset_imports=OPSETS, ir_version=10)
+    return h.make_model(graph, opset_imports=OPSETS, ir_version=ONNX_IR_VERSION)
 
 
 def vi(name, elem, dims):
