@@ -170,7 +170,7 @@ def chain_inputs(tokens: int) -> dict[str, np.ndarray]:
     }
 
 
-def decoding_inputs(generator, at: int = SNAPSHOT_STEP) -> dict[str, np.ndarray]:  # noqa: ANN001
+def decoding_inputs(generator, at: int = SNAPSHOT_STEP) -> dict[str, np.ndarray]:
     """The step inputs (cache aside) just before step `at` of greedy decoding after a
     CACHED-token prompt: replayed, they time a steady-state decoding step, tree included."""
     from redcompile.generation import GenerationConfig
@@ -179,7 +179,7 @@ def decoding_inputs(generator, at: int = SNAPSHOT_STEP) -> dict[str, np.ndarray]
     feedback = backend.signature.feedback
     cache_inputs = {feedback[o] for o in feedback if o.startswith("present.")}
 
-    def observed():  # noqa: ANN202
+    def observed():
         count[0] += 1
         if count[0] == at:
             inputs.update(backend.read([n for n in backend.state if n not in cache_inputs]))
@@ -372,7 +372,7 @@ def timing_wrapper(args: argparse.Namespace) -> Callable:
     return lambda backend: backend
 
 
-def base_curve(ar_backend) -> tuple[dict[int, float], dict[int, float]]:  # noqa: ANN001
+def base_curve(ar_backend) -> tuple[dict[int, float], dict[int, float]]:
     """t_base(T) over CHAIN_LENGTHS, side by side: (median ms, median of t_base(T) / t_base(1)
     within a round)."""
     times = paired_rounds({t: (ar_backend, chain_inputs(t)) for t in CHAIN_LENGTHS})
@@ -404,8 +404,8 @@ def torch_steps(args: argparse.Namespace) -> tuple[object, dict[tuple, Callable]
     base = random_decoder(SIZES[args.size], args.dtype, args.device)
     ar_backend = step_generator(base, None, BeamShape()).backend
 
-    def opener(width: int, length: int, draft_vocab: int | None, exit_dim: int | None):  # noqa: ANN202
-        def make():  # noqa: ANN202
+    def opener(width: int, length: int, draft_vocab: int | None, exit_dim: int | None):
+        def make():
             drafter = random_drafter_for(base, args.layers, exit_dim, draft_vocab)
             return step_generator(base, drafter, BeamShape(width, length))
 
@@ -414,7 +414,7 @@ def torch_steps(args: argparse.Namespace) -> tuple[object, dict[tuple, Callable]
     return ar_backend, {key: opener(*key[0], key[1], key[2]) for key in shapes_to_try(args)}
 
 
-def step_against_base(ar_backend, generator, timed=lambda backend: backend) -> dict:  # noqa: ANN001
+def step_against_base(ar_backend, generator, timed=lambda backend: backend) -> dict:
     """A ReDrafter decoding step of `generator` timed side by side with the autoregressive
     step verifying one token and the chain as long as its tree; `timed` wraps a backend for
     timing (e.g. in a CUDA graph) once the step's inputs are taken from a generation."""

@@ -52,7 +52,7 @@ def peak_bandwidth_gbps() -> tuple[float | None, str]:
         clock_khz, bus_bits = props["memoryClockRate"], props["memoryBusWidth"]
         if clock_khz and bus_bits:
             return 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9, "cupy: 2 x memory clock x bus width"
-    except Exception:  # noqa: BLE001 - cupy missing or the attribute unsupported
+    except Exception:  # cupy missing or the attribute unsupported
         pass
     name = torch.cuda.get_device_name()
     for key, value in KNOWN_PEAK_GBPS.items():

@@ -58,7 +58,7 @@ def projection_model(w_kn: np.ndarray, fmt: WeightFormat | None) -> onnx.ModelPr
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
-def onnx_graphsurgeon_export(constant) -> onnx.TensorProto:  # noqa: ANN001
+def onnx_graphsurgeon_export(constant) -> onnx.TensorProto:
     """The TensorProto of a graphsurgeon constant (as the artifact stores it)."""
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 

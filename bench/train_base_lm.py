@@ -57,7 +57,7 @@ FIXTURE_FILES = (
 HELD_OUT_FRACTION = 0.01
 
 
-def model_config(fixture_config: dict, size: str):  # noqa: ANN201 - a transformers LlamaConfig
+def model_config(fixture_config: dict, size: str):  # a transformers LlamaConfig
     """A LlamaConfig of `size` with the fixture's vocabulary, special tokens and rope."""
     from transformers import LlamaConfig
 
@@ -88,7 +88,7 @@ def windows(stream: np.ndarray, starts: np.ndarray, seq_len: int, device: str) -
 
 
 @torch.no_grad()
-def evaluation_loss(model, stream: np.ndarray, seq_len: int, batch: int, device: str) -> float:  # noqa: ANN001
+def evaluation_loss(model, stream: np.ndarray, seq_len: int, batch: int, device: str) -> float:
     """Mean next-token loss over the held-out stream's non-overlapping windows."""
     model.eval()
     starts = np.arange(0, len(stream) - seq_len, seq_len)

@@ -57,7 +57,7 @@ def read_drafter_tensors(drafter_dir: Path, allow_pickle: bool = False) -> dict[
             )
         try:
             raw = torch.load(pickle_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input
+        except Exception as exc:  # any unpickling failure is bad input
             raise ModelLoadError(
                 f"drafter: {pickle_path} is not a torch state dict ({exc})"
             ) from None

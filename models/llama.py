@@ -137,7 +137,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, past_k, past_v, past_mask, tree_mask, impl):  # noqa: ANN001, ANN201
+    def forward(self, x, cos, sin, past_k, past_v, past_mask, tree_mask, impl):
         """Residual attention then residual MLP; returns (x, k_new, v_new)."""
         attn, k, v = self.self_attn(
             self.input_layernorm(x), cos, sin, past_k, past_v, past_mask, tree_mask, impl

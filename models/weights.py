@@ -62,7 +62,7 @@ def iter_tensors(
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as handle:
-                for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                for name in handle.keys():  # safe_open is not a mapping
                     tensor = handle.get_tensor(name)
                     if dtype is not None and tensor.is_floating_point():
                         tensor = tensor.to(dtype)

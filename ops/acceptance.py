@@ -113,7 +113,7 @@ def accept_fake(
     temperature,
     top_k,
     top_p,
-    sample_uniforms,  # noqa: ANN001
+    sample_uniforms,
     paths,
 ):
     """keep_idx [B, T], keep_len/last_idx/num_new [B], new_tokens [B, L] (L = 1 without paths)."""
@@ -258,7 +258,7 @@ def _tree_body(b: FunctionBuilder, rows: _Rows) -> dict[str, str]:
     return outputs
 
 
-def build_accept_body(spec: BodySpec):  # noqa: ANN201
+def build_accept_body(spec: BodySpec):
     """The acceptance rule in standard ops, specialised to the step's tree (static sizes from
     the graph): none (an autoregressive step), one beam (a chain), or several beams. Outputs
     nothing reads (the cache write and drafting that chain artifacts fuse into

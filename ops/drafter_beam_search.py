@@ -178,13 +178,13 @@ def drafter_beam_search_fake(
     embedding,
     rnn_w,
     rnn_u_w,
-    rnn_u_b,  # noqa: ANN001
+    rnn_u_b,
     input_proj_w,
     input_proj_b,
     res_w,
     res_b,
     vocab_w,
-    draft_vocab,  # noqa: ANN001
+    draft_vocab,
     beam_width,
     beam_length,
     top_k,
@@ -197,7 +197,7 @@ def drafter_beam_search_fake(
     return beams, logprobs
 
 
-def build_drafter_beam_search_body(spec: BodySpec):  # noqa: ANN201
+def build_drafter_beam_search_body(spec: BodySpec):
     """The beam search unrolled over C steps in standard ops (Gemm, TopK, GatherND, ...). The
     drafted positions' distributions (`logprobs`) are gathered only when something reads them:
     a step graph does not (acceptance needs no draft probabilities)."""

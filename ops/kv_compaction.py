@@ -51,12 +51,12 @@ def kv_compaction_reference(
     return past.scatter(2, positions.view(b, 1, t, 1).expand(b, h, t, d), values)
 
 
-def kv_compaction_fake(past, new, cache_lengths, keep_idx, keep_len):  # noqa: ANN001, ANN201
+def kv_compaction_fake(past, new, cache_lengths, keep_idx, keep_len):
     """present has the cache's shape and dtype."""
     return past.new_empty(past.shape)
 
 
-def build_kv_compaction_body(spec: BodySpec):  # noqa: ANN201
+def build_kv_compaction_body(spec: BodySpec):
     """GatherND of the kept keys and of the cache slots, ScatterND of T slots per row.
 
     Every index is computed from inputs all layers share (cache_lengths, keep_idx, keep_len)

@@ -92,7 +92,7 @@ class FunctionBuilder:
             return self.const(value, dtype)
         return self.CastLike(self.const(value, np.float32), like)
 
-    def If(  # noqa: N802 (named like the ONNX op, as the other emitters are)
+    def If(  # named like the ONNX op, as the other emitters are
         self,
         condition: str,
         then_branch: Callable[[], Sequence[str]],

@@ -79,12 +79,12 @@ def prompt_lookup_reference(
     return torch.where(m > 0, beams, torch.zeros_like(beams))
 
 
-def prompt_lookup_fake(history, lengths, ngrams, num_beams, beam_length):  # noqa: ANN001, ANN201
+def prompt_lookup_fake(history, lengths, ngrams, num_beams, beam_length):
     """beams [B, K, L] int64."""
     return history.new_empty((history.shape[0], num_beams, beam_length))
 
 
-def build_prompt_lookup_body(spec: BodySpec):  # noqa: ANN201
+def build_prompt_lookup_body(spec: BodySpec):
     """The rule in standard ops: one shifted Equal per token of the longest n-gram, their
     running And as the nested matches, a level * S + q score, one TopK for the ranking, the
     periodic copy by GatherElements."""

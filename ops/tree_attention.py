@@ -52,13 +52,13 @@ def tree_attention_reference(
     return y.reshape(b, hq, t, d).to(q.dtype)
 
 
-def tree_attention_fake(q, k, v, past_k, past_v, past_mask, tree_mask, scale):  # noqa: ANN001
+def tree_attention_fake(q, k, v, past_k, past_v, past_mask, tree_mask, scale):
     """Output has the queries' shape and dtype, contiguous like the reference's (not q's
     strides: q is often a transposed view, and compilers lay the output out as the fake says)."""
     return q.new_empty(q.shape)
 
 
-def build_tree_attention_body(spec: BodySpec):  # noqa: ANN201
+def build_tree_attention_body(spec: BodySpec):
     """Two-part softmax in standard ops: scores against the cache and against the tree, joined.
 
     Matrix products run in the input dtype, the softmax in float32. K is used through a

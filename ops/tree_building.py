@@ -59,7 +59,7 @@ def build_tree_reference(beams: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return pack(beams, 0), pack(parents_full, -1), pack(depths_full, 0), num_tokens, paths
 
 
-def build_tree_fake(beams):  # noqa: ANN001, ANN201
+def build_tree_fake(beams):
     """tokens/parents/depths [B, N], num_tokens [B], paths [B, W, L], all int64."""
     b, w, length = beams.shape
     n = w * (length - 1) + 1
@@ -98,7 +98,7 @@ def ancestor_mask(parents: torch.Tensor, depths: torch.Tensor, steps: int) -> to
     return (climb >= 0) & (node == index.unsqueeze(1))
 
 
-def ancestor_mask_fake(parents, depths, steps):  # noqa: ANN001, ANN201
+def ancestor_mask_fake(parents, depths, steps):
     """[B, T, T] bool."""
     b, t = parents.shape
     return parents.new_empty((b, t, t), dtype=torch.bool)
@@ -109,7 +109,7 @@ def ancestor_mask_fake(parents, depths, steps):  # noqa: ANN001, ANN201
 SHALLOW_STEPS = 5
 
 
-def build_ancestor_mask_body(spec: BodySpec):  # noqa: ANN201
+def build_ancestor_mask_body(spec: BodySpec):
     """Binary lifting unrolled `steps` times (GatherElements, Div, Mod, Where); behind an If,
     a step whose tokens are all shallower than 2**SHALLOW_STEPS takes a shorter unrolling."""
     b = FunctionBuilder(ANCESTOR_MASK, spec)
@@ -158,7 +158,7 @@ ANCESTOR_MASK = OpDef(
 )
 
 
-def build_build_tree_body(spec: BodySpec):  # noqa: ANN201
+def build_build_tree_body(spec: BodySpec):
     """Prefix dedup and packing in standard ops (Equal, CumSum, ArgMax, ScatterElements); a
     single beam of static length is already its packed tree (a chain), written directly."""
     b = FunctionBuilder(BUILD_TREE, spec)
@@ -212,7 +212,7 @@ def build_build_tree_body(spec: BodySpec):  # noqa: ANN201
     )
 
 
-def _single_beam_body(b: FunctionBuilder, beams: str, length: int):  # noqa: ANN202
+def _single_beam_body(b: FunctionBuilder, beams: str, length: int):
     """One beam [B, 1, L]: tokens are the beam, each token's parent the one before it."""
     batch = b.dim(beams, 0)
     rows = b.Concat(batch, b.const([length]), axis=0)

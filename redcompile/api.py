@@ -148,7 +148,7 @@ def check_lookup_only(
             )
 
 
-def _load_drafter(model_dir, drafter_dir, base, random_drafter, allow_pickle, draft_vocab):  # noqa: ANN001, ANN202
+def _load_drafter(model_dir, drafter_dir, base, random_drafter, allow_pickle, draft_vocab):
     """The drafter (trained, from its folder, or random) restricted to its draft vocabulary,
     and the draft vocabulary size actually used."""
     import torch

@@ -364,7 +364,7 @@ def _profiled_split(
     decodes: list[bool] = []  # per step call: whether any row decodes (else it only prefills)
     original_step = backend.step
 
-    def observed_step():  # noqa: ANN202 - record which steps decode, and their tree sizes
+    def observed_step():  # record which steps decode, and their tree sizes
         state = backend.read(["num_tokens", "forced"])
         decoding = (state["forced"] == 1) & (state["num_tokens"] > 0)
         tree_sizes.extend(state["num_tokens"][decoding].tolist())
@@ -398,7 +398,7 @@ def draft_sources(
     steps = 0
     original_step = backend.step
 
-    def observed_step():  # noqa: ANN202
+    def observed_step():
         nonlocal steps
         state = backend.read(["input_ids", "beam_paths", "num_tokens", "forced"])
         new, num_new = original_step()
@@ -505,7 +505,7 @@ def _ort_split(
     return split
 
 
-def _graph_range():  # noqa: ANN202
+def _graph_range():
     import torch
 
     return torch.profiler.record_function("redcompile.graph")

@@ -53,7 +53,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
         except click.exceptions.Exit:
             raise
-        except Exception:  # noqa: BLE001 - everything else is a bug: show it
+        except Exception:  # everything else is a bug: show it
             traceback.print_exc()
             click.echo(
                 "internal error: this is a bug in redcompile; please report it with the "
@@ -218,7 +218,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 class OneLineErrors(click.Group):
     """Click group whose usage errors (bad option values, missing arguments) print one line."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102 - click's entry point
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # click's entry point
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
@@ -622,7 +622,7 @@ def inspect(artifact: str, as_json: bool, debug: bool) -> None:
         click.echo(format_description(info))
 
 
-def _train_defaults():  # noqa: ANN202
+def _train_defaults():
     from redcompile.training.config import TrainConfig
 
     return TrainConfig()

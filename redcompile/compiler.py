@@ -348,7 +348,7 @@ def _check_base_weights(o: ConvertOptions, target: str) -> BaseWeights:
     return base
 
 
-def _check_weight_blocks(base: BaseWeights, cfg, dtype: str) -> None:  # noqa: ANN001
+def _check_weight_blocks(base: BaseWeights, cfg, dtype: str) -> None:
     """Every quantized matrix's input size must be whole blocks, and the dtype fp32/fp16."""
     if base.fmt is None:
         return
@@ -402,8 +402,8 @@ def _record_sources(
 
 
 def _convert_torch(
-    step,  # noqa: ANN001
-    codec,  # noqa: ANN001
+    step,
+    codec,
     manifest: dict[str, Any],
     device: str,
     model_dir: Path,
@@ -475,7 +475,7 @@ def _convert_torch(
     return ConvertReport(out, files, "torch", manifest, times, peak, weights["bytes"], [record])
 
 
-def _dump_program(folder: Path | None, name: str, program) -> None:  # noqa: ANN001
+def _dump_program(folder: Path | None, name: str, program) -> None:
     """--dump-passes for the torch target: the exported program's graph as text."""
     if folder is None:
         return
@@ -529,7 +529,7 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
     return step, generator.codec, manifest
 
 
-def _export_to(workdir: Path, step) -> Path:  # noqa: ANN001
+def _export_to(workdir: Path, step) -> Path:
     """Export and save with every weight in workdir/step.onnx.data; returns the model path."""
     from redcompile.export import export_program
 
@@ -557,7 +557,7 @@ def _inline_index_tables(model: onnx.ModelProto, weights_dir: Path) -> None:
             tensor.raw_data = raw
 
 
-def _chain_rope_tables(step):  # noqa: ANN001, ANN202
+def _chain_rope_tables(step):
     """The model's RoPE tables (numpy cos, sin [positions, head_dim / 2]) when every packed
     row of the step is a chain (autoregressive or one beam), else None: what
     fuse-chain-attention needs. Positions cover the longest sequence plus one step's padding."""
@@ -576,7 +576,7 @@ def _chain_rope_tables(step):  # noqa: ANN001, ANN202
     return cos.numpy(), sin.numpy()
 
 
-def _run_passes(path, workdir, signature, manifest, target, o, say, rope, base_weights):  # noqa: ANN001
+def _run_passes(path, workdir, signature, manifest, target, o, say, rope, base_weights):
     from redcompile.passes.base import PassContext
     from redcompile.passes.manager import PassManager
     from redcompile.passes.pipelines import pipeline

@@ -27,7 +27,7 @@ class TextCodec:
             raise ModelLoadError(f"tokenizer: {path} not found; the model folder must contain it")
         try:
             return cls(Tokenizer.from_file(str(path)), vocab_size)
-        except Exception as exc:  # noqa: BLE001 - the library raises bare Exceptions
+        except Exception as exc:  # the library raises bare Exceptions
             raise ModelLoadError(
                 f"tokenizer: {path} is not a valid tokenizer.json ({_first_line(exc)})"
             ) from None
@@ -37,7 +37,7 @@ class TextCodec:
         """Load from the JSON text of a tokenizer.json (as stored in artifacts)."""
         try:
             return cls(Tokenizer.from_str(text), vocab_size)
-        except Exception as exc:  # noqa: BLE001 - the library raises bare Exceptions
+        except Exception as exc:  # the library raises bare Exceptions
             raise ModelLoadError(
                 f"tokenizer: the one in {where or 'the artifact'} is not a valid tokenizer.json "
                 f"({_first_line(exc)}); re-convert the model"

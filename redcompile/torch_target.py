@@ -66,7 +66,7 @@ def require_compiler() -> None:
 
     try:
         compiler = get_cpp_compiler()
-    except Exception:  # noqa: BLE001 - torch raises several types when none is found
+    except Exception:  # torch raises several types when none is found
         compiler = None
     if not compiler or shutil.which(compiler) is None:
         raise TargetUnavailableError(

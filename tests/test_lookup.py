@@ -131,7 +131,7 @@ def invoke(*args):
 )
 def test_bad_lookup_options_fail_in_one_line_and_write_nothing(
     tiny_llama, tmp_path, flags, message
-):  # noqa: E501
+):
     result = invoke("convert", tiny_llama, tmp_path / "out.onnx", *flags)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output

@@ -139,7 +139,7 @@ def open_artifact(
         session_options = decoding_options(threads)
     try:
         session = ort.InferenceSession(str(path), session_options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+    except Exception as exc:  # ORT raises its own exception types
         raise ArtifactError(
             f"artifact: ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}"
         ) from None
@@ -173,7 +173,7 @@ def open_pt2_artifact(path: Path | str, device: str | None = None, **options: An
         )
     try:
         compiled = load_package(path, compiled_for)
-    except Exception as exc:  # noqa: BLE001 - the package loader raises several types
+    except Exception as exc:  # the package loader raises several types
         made_with = manifest.get("torch_version", "?")
         raise ArtifactError(
             f"artifact: PyTorch {torch.__version__} cannot load {path} (made with PyTorch "

@@ -23,7 +23,7 @@ ROWS_PER_BLOCK = 32  # 32 x 4096 float32 = 512 KiB of temporaries: they stay in 
 
 class _SummedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits_nv: torch.Tensor, target_n: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, logits_nv: torch.Tensor, target_n: torch.Tensor) -> torch.Tensor:
         lse_n = torch.empty(logits_nv.shape[0], dtype=torch.float32, device=logits_nv.device)
         for start in range(0, logits_nv.shape[0], ROWS_PER_BLOCK):
             block = logits_nv[start : start + ROWS_PER_BLOCK].float()
@@ -33,7 +33,7 @@ class _SummedCrossEntropy(torch.autograd.Function):
         return (lse_n - picked_n).sum()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         logits_nv, target_n, lse_n = ctx.saved_tensors
         grad_nv = torch.empty_like(logits_nv)
         for start in range(0, logits_nv.shape[0], ROWS_PER_BLOCK):

@@ -91,7 +91,7 @@ class DrafterObjective(nn.Module):
         super().__init__()
         self.drafter, self.depth = drafter, depth
 
-    def forward(self, hidden, embeddings, labels, scored, teacher_logits=None):  # noqa: ANN001, ANN201
+    def forward(self, hidden, embeddings, labels, scored, teacher_logits=None):
         """Loss over every scored (position, depth)."""
         t = labels.shape[1]
         features = self.drafter.teacher_forced_features(hidden, embeddings, self.depth)
@@ -325,7 +325,7 @@ def _save_checkpoint(
 
 def _evaluate(
     objective: DrafterObjective, base, examples: Examples, cfg: TrainConfig, autocast
-) -> dict[str, Any]:  # noqa: ANN001
+) -> dict[str, Any]:
     correct = torch.zeros(objective.depth, dtype=torch.long)
     counted = torch.zeros(objective.depth, dtype=torch.long)
     loss_sum = 0.0
@@ -414,7 +414,7 @@ def train_drafter(
         first_step = int(state["step"])
         log(f"resuming at step {first_step}")
 
-    def autocast():  # noqa: ANN202
+    def autocast():
         return torch.autocast(cfg.device, dtype=torch.bfloat16, enabled=cfg.bf16)
 
     report = TrainReport(

@@ -48,7 +48,7 @@ class HostReads(TorchDispatchMode):
         self.seen: set[tuple[str, str]] = set()
         self.inside = "step"
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
         if name in REFERENCES:
             outer, self.inside = self.inside, name
