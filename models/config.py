@@ -201,7 +201,7 @@ def _architecture_of(cfg: dict[str, Any], path: Path) -> str:
         return model_type
     named = model_type or ",".join(cfg.get("architectures") or []) or "unknown"
     raise UnsupportedModelError(
-        f"config: architecture '{named}' in {path} is not supported "
+        f"config: architecture {named!r} in {path} is not supported "
         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
     )
 
@@ -271,7 +271,7 @@ def parse_decoder_config(cfg: dict[str, Any], path: Path) -> DecoderConfig:
     activation = _text(cfg, "hidden_act", path, "silu")
     if activation != "silu":
         raise UnsupportedModelError(
-            f"config: activation '{activation}' in {path} is not supported (only silu)"
+            f"config: activation {activation!r} in {path} is not supported (only silu)"
         )
     if _number(cfg, "partial_rotary_factor", path, 1.0) != 1.0:
         raise UnsupportedModelError(f"config: partial_rotary_factor in {path} is not supported")

@@ -108,14 +108,14 @@ def load_into(
             if any(part in name for part in ignore):
                 continue
             raise ModelLoadError(
-                f"weights: unexpected tensor '{name}' in {where}; the folder does not match "
+                f"weights: unexpected tensor {name!r} in {where}; the folder does not match "
                 f"its config.json (architecture or layer count)"
             )
         target = expected[name]
         check_weight_values(name, tensor, where)
         if tuple(target.shape) != tuple(tensor.shape):
             raise ModelLoadError(
-                f"weights: '{name}' in {where} has shape {tuple(tensor.shape)}, config.json "
+                f"weights: {name!r} in {where} has shape {tuple(tensor.shape)}, config.json "
                 f"implies {tuple(target.shape)}"
             )
         _assign(module, name, tensor)
@@ -131,14 +131,14 @@ def check_weight_values(name: str, tensor: torch.Tensor, where: Path) -> None:
     export, and a NaN or infinity would decode nonsense without an error."""
     if not tensor.is_floating_point():
         raise ModelLoadError(
-            f"weights: '{name}' in {where} holds {str(tensor.dtype).removeprefix('torch.')}; "
+            f"weights: {name!r} in {where} holds {str(tensor.dtype).removeprefix('torch.')}; "
             f"model weights must be floating point (float32, float16, bfloat16)"
         )
     flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), 1 << 24):  # bounded temporary memory
         if not bool(flat[start : start + (1 << 24)].isfinite().all()):
             raise ModelLoadError(
-                f"weights: '{name}' in {where} holds NaN or infinite values; the checkpoint "
+                f"weights: {name!r} in {where} holds NaN or infinite values; the checkpoint "
                 f"is corrupt, re-download or re-save it"
             )
 

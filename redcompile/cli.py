@@ -36,7 +36,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except RedcompileError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+            # one line whatever a file put into the message (a value with a newline in it)
+            click.echo(f"error: {exc}".replace("\r", "\\r").replace("\n", "\\n"), err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:  # the file system refused: read-only, full, no permission
             if debug:

@@ -390,6 +390,7 @@ def config_rows():
         ),
         ("infinite rms_norm_eps", {"rms_norm_eps": math.inf}, "'rms_norm_eps'"),
         ("activation as a number", {"hidden_act": 5}, "'hidden_act'"),
+        ("architecture holding a newline", {"model_type": "llama\nrm -rf"}, "not supported"),
     ]
     table = [(f"config: {name}", bad_config(**edits), words) for name, edits, words in rows]
     table += [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from redcompile.cli import main
@@ -55,9 +55,12 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=6,
 )
+# derandomize: CI replays the same examples every run (a property test must not turn red on
+# a landing that changed nothing); new examples come from changing the strategies or seeds here.
 SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
+QUICK = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 def _sane(cfg) -> bool:
@@ -78,6 +81,8 @@ def _sane(cfg) -> bool:
 
 @SETTINGS
 @given(st.dictionaries(st.sampled_from(KEYS), JSON_VALUES, min_size=1, max_size=4))
+@example({"model_type": "\n"})  # found by CI: a value's newline broke the one-line message
+@example({"hidden_act": "gelu\nx", "rope_scaling": {"rope_type": "\r"}})
 def test_random_config_values_are_refused_by_name_or_sane(edits):
     cfg = {**BASE, **edits}
     try:
@@ -97,7 +102,7 @@ def _run(args):
     return result
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, **QUICK)
 @given(st.binary(max_size=2048), st.sampled_from([".onnx", ".pt2", ".bin"]))
 def test_random_bytes_as_an_artifact_are_one_line_of_error(tmp_path_factory, data, suffix):
     path = tmp_path_factory.mktemp("bytes") / f"artifact{suffix}"
@@ -114,7 +119,7 @@ def artifact(tiny_llama, converted):
     return converted(tiny_llama, ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)).out
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, **QUICK)
 @given(
     st.one_of(
         st.binary(max_size=512),
@@ -130,7 +135,7 @@ def test_random_prompts_files_decode_or_are_one_line_of_error(artifact, tmp_path
     _run(["generate", artifact, "--prompts-file", path, "--max-new-tokens", "2"])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, **QUICK)
 @given(st.dictionaries(st.sampled_from(KEYS), JSON_VALUES, min_size=1, max_size=3))
 def test_random_configs_through_convert_leave_nothing_at_out(tiny_llama, tmp_path_factory, edits):
     import shutil
