@@ -237,6 +237,7 @@ def test_bench_keeps_every_prompts_counts(tiny_llama, tmp_path):
     assert sum(t for t, _ in counts) / sum(s for _, s in counts) == result.tokens_per_step
 
 
+@pytest.mark.slow  # about a minute on two cores: four torch engines with profiling
 def test_bench_attributes_accepted_drafts_to_drafter_and_lookup_beams(tiny_llama, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(

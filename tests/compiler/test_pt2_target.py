@@ -398,6 +398,7 @@ def test_check_run_catches_a_package_that_differs_from_eager(pt2, tiny_models):
         check_package(pt2["out"], step, "cpu", "float32")
 
 
+@pytest.mark.slow  # a second AOTInductor compile; the module's package has a lookup beam too
 def test_lookup_only_pt2_equals_autoregressive_alone_and_in_flight(tiny_models, tmp_path):
     """A second package, lookup only (no drafter): the token history is the only tree state."""
     options = ConvertOptions(beam=BeamShape(0, 5, lookup=1), max_seq_len=64, target="torch")
