@@ -112,15 +112,8 @@ def remove_stale_scratch(parent: Path) -> list[Path]:
 def scratch_folder(parent: Path) -> Iterator[Path]:
     """A private scratch folder in `parent` with its owner record, removed on exit. Stale
     folders of killed converts in `parent` are removed first."""
-    remove_stale_scratch(parent)
+    path = _new_scratch(parent)
     try:
-        path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
-    except OSError as exc:
-        raise InputError(
-            f"cannot write in {parent} ({exc.strerror}); OUT's folder must be writable"
-        ) from None
-    try:
-        (path / OWNER_FILE).write_text(json.dumps(owner_record()))
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -130,8 +123,19 @@ def process_scratch_folder(parent: Path) -> Path:
     """A scratch folder in `parent` that lives until this process exits (removed then, and by
     a later call when a killed process left it): for files a runtime must keep while the
     process runs, such as the libraries a .pt2 package extracts."""
-    remove_stale_scratch(parent)
-    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
-    (path / OWNER_FILE).write_text(json.dumps(owner_record()))
+    path = _new_scratch(parent)
     atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _new_scratch(parent: Path) -> Path:
+    """Remove `parent`'s stale scratch folders, then make ours with its owner record."""
+    remove_stale_scratch(parent)
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
+        (path / OWNER_FILE).write_text(json.dumps(owner_record()))
+    except OSError as exc:
+        raise InputError(
+            f"cannot write in {parent} ({exc.strerror}); OUT's folder must be writable"
+        ) from None
     return path
