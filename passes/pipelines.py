@@ -22,8 +22,6 @@ from redcompile.passes.quantize_drafter import QuantizeDrafter
 from redcompile.passes.quantize_weights import QuantizeWeights
 from redcompile.passes.share_weights import ShareWeights
 
-TARGETS = ("onnxruntime", "torch", "tensorrt")
-
 
 def pipeline(
     target: str,
@@ -62,16 +60,3 @@ def pipeline(
         *([QuantizeDrafter(fmt)] if fmt else []),  # inlines the beam search's body
         CheckGraph(signature, model_dtype, need_bodies=True),
     ]
-
-
-PASS_NAMES = (
-    "fuse-tree-attention",
-    "share-weights",
-    "fuse-chain-attention",
-    "fuse-skip-rms-norm",
-    "fold-constants",
-    "quantize-weights",
-    "attach-function-bodies",
-    "quantize-drafter",
-    "check-graph",
-)
