@@ -16,13 +16,43 @@ from typing import Any
 
 import click
 
-from redcompile.config import BeamShape, parse_ngrams
+from redcompile.benchmarking.report import BENCH_RUNTIMES, BenchConfig
+from redcompile.cli_options import (
+    _BEAM,
+    _GEN,
+    base_weights_options,
+    beam_options,
+    debug_option,
+    device_option,
+    draft_vocab_option,
+    drafter_options,
+    drafter_weights_option,
+    int_list,
+    json_flag,
+    lookup_options,
+    sampling_options,
+    threads_option,
+)
+from redcompile.config import (
+    DTYPE_NAMES,
+    DTYPES,
+    SUFFIX_TARGETS,
+    TARGETS,
+    TOLERANCES,
+    VERIFY_NEW_TOKENS,
+    BeamShape,
+    parse_ngrams,
+)
 from redcompile.errors import EXIT_BAD_INPUT, RedcompileError
 from redcompile.generation import GenerationConfig
 
 EXIT_INTERNAL = 3
-_BEAM = BeamShape()
-_GEN = GenerationConfig()
+_BENCH = BenchConfig()
+
+
+def _tolerances(which: int) -> str:
+    """The default --atol (0) or --rtol (1) of every dtype, for --help."""
+    return ", ".join(f"{values[which]:g} {dtype}" for dtype, values in TOLERANCES.items())
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -64,136 +94,6 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
-
-
-def debug_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--debug: show tracebacks for user errors too."""
-    return click.option("--debug", is_flag=True, help="Show tracebacks for errors.")(command)
-
-
-def lookup_options(sweep: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--lookup-beams N (bench: a comma list to compare) and --lookup-ngram SIZES: draft beams
-    copied from each row's own context (ops/prompt_lookup.py)."""
-    from redcompile.config import DEFAULT_LOOKUP_BEAMS, DEFAULT_LOOKUP_NGRAMS, MAX_LOOKUP_BEAMS
-
-    ngrams = ",".join(map(str, DEFAULT_LOOKUP_NGRAMS))
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        beams_help = (
-            f"Lookup beams: drafts copied from the continuation of the latest earlier "
-            f"occurrence of the row's last n-gram, verified in the same tree (0 to "
-            f"{MAX_LOOKUP_BEAMS}; 0 turns lookup off). With no drafter, a lookup-only tree."
-        )
-        if sweep:
-            option = click.option(
-                "--lookup-beams",
-                "lookups",
-                default=str(DEFAULT_LOOKUP_BEAMS),
-                callback=_int_list,
-                show_default=True,
-                help="Comma-separated lookup beam counts, each with every beam shape "
-                "(model folders). " + beams_help,
-            )
-        else:
-            option = click.option(
-                "--lookup-beams",
-                "lookup_beams",
-                type=int,
-                default=None,
-                help=beams_help + f" [default: {DEFAULT_LOOKUP_BEAMS}; artifacts: as compiled]",
-            )
-        command = click.option(
-            "--lookup-ngram",
-            "lookup_ngram",
-            default=ngrams,
-            show_default=True,
-            help="N-gram sizes lookup matches, one or a comma list; the longest that occurs "
-            "earlier in the row wins (backoff).",
-        )(command)
-        return option(command)
-
-    return decorate
-
-
-def draft_vocab_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--draft-vocab N: draft only from the N tokens the drafter was trained to predict most."""
-    return click.option(
-        "--draft-vocab",
-        type=int,
-        help="Draft only from the N most frequent tokens of the drafter's training (its "
-        "token_frequencies.json): a V/N times cheaper vocabulary projection; decoding stays "
-        "exact. Model folders only [default: the whole vocabulary].",
-    )(command)
-
-
-def drafter_weights_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--drafter-weights float|int8|int4: how the drafter's matrices are stored."""
-    from redcompile.models.weight_quant import FLOAT, WEIGHT_FORMAT_NAMES
-
-    return click.option(
-        "--drafter-weights",
-        type=click.Choice(WEIGHT_FORMAT_NAMES),
-        default=FLOAT,
-        show_default=True,
-        help="Store the drafter's matrices as blockwise int8 or int4 (weight-only): drafting "
-        "reads 4x / 8x fewer bytes; decoding stays exact, only the drafts may change. Model "
-        "folders and ONNX artifacts.",
-    )(command)
-
-
-def base_weights_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--weights float|int8|int4, --weight-block-size, --accuracy-level: the base model's
-    matrices as blockwise MatMulNBits weights (ONNX Runtime)."""
-    from redcompile.models.weight_quant import (
-        BASE_WEIGHT_FORMAT_NAMES,
-        DEFAULT_ACCURACY_LEVEL,
-        DEFAULT_BASE_BLOCK_SIZE,
-        FLOAT,
-    )
-
-    options = [
-        click.option(
-            "--weights",
-            type=click.Choice(BASE_WEIGHT_FORMAT_NAMES),
-            default=FLOAT,
-            show_default=True,
-            help="Store the base model's matrices (attention, MLP, lm_head; not the "
-            "embedding) as blockwise symmetric int8 or int4 for ONNX Runtime's MatMulNBits. "
-            "Exactness is then defined against these weights: ReDrafter decodes exactly as the "
-            "autoregressive artifact with the same --weights.",
-        ),
-        click.option(
-            "--weight-block-size",
-            type=int,
-            default=DEFAULT_BASE_BLOCK_SIZE,
-            show_default=True,
-            help="Inputs sharing one scale (a power of two >= 16 that divides every matrix's "
-            "input size).",
-        ),
-        click.option(
-            "--accuracy-level",
-            type=int,
-            default=DEFAULT_ACCURACY_LEVEL,
-            show_default=True,
-            help="ONNX Runtime's MatMulNBits compute: 1 float32 (exact: ReDrafter decodes as "
-            "autoregressive decoding); 4 int8 activations, faster on CPU, autoregressive "
-            "artifacts only.",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--threads N: ONNX Runtime's intra-op threads for artifacts (PyTorch's for folders)."""
-    return click.option(
-        "--threads",
-        type=click.IntRange(min=0),
-        default=None,
-        help="Intra-op threads of ONNX Runtime (artifacts) or PyTorch (model folders); 0 is "
-        "the runtime's own default [default: redcompile's, see docs/cli.md].",
-    )(command)
 
 
 def emit_json(data: Any) -> None:
@@ -252,70 +152,17 @@ def main() -> None:
     type=click.Path(path_type=str),
     help="JSONL file, one object with a 'prompt' field per line.",
 )
-@click.option(
-    "--drafter",
-    "drafter_dir",
-    type=click.Path(path_type=str),
-    help="Drafter folder (default: SOURCE/drafter). Model folders only.",
-)
-@click.option(
-    "--random-drafter",
-    is_flag=True,
-    help="Use a randomly initialised drafter (pipeline checks; ~1 token/step).",
-)
-@click.option(
-    "--allow-pickle",
-    is_flag=True,
-    help="Allow loading a drafter model.pt pickle (it can run code).",
-)
+@drafter_options("SOURCE")
 @click.option("--max-new-tokens", type=int, default=_GEN.max_new_tokens, show_default=True)
 @click.option("--batch-size", type=int, default=_GEN.batch_size, show_default=True)
-@click.option(
-    "--beam-width",
-    type=int,
-    default=None,
-    help=f"Beams drafted per step [default: {_BEAM.width}; artifacts: as compiled].",
-)
-@click.option(
-    "--beam-length",
-    type=int,
-    default=None,
-    help=f"Tokens per beam counting the root (5 drafts four) [default: {_BEAM.length}].",
-)
+@beam_options("choose")
 @click.option("--autoregressive", is_flag=True, help="Plain decoding, one token per step.")
 @lookup_options()
 @draft_vocab_option
 @drafter_weights_option
-@click.option(
-    "--temperature",
-    type=float,
-    default=_GEN.temperature,
-    show_default=True,
-    help="0 is greedy; above 0 samples exactly the model's distribution at this temperature.",
-)
-@click.option(
-    "--top-k",
-    type=int,
-    default=_GEN.top_k,
-    show_default=True,
-    help="Sample among the k most likely tokens (0: all).",
-)
-@click.option(
-    "--top-p",
-    type=float,
-    default=_GEN.top_p,
-    show_default=True,
-    help="Sample from the most likely tokens holding this probability mass, in (0, 1] (1: all).",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=_GEN.seed,
-    show_default=True,
-    help="0 ... 2**63 - 1; prompt i of a run draws from the stream (seed, i).",
-)
+@sampling_options
 @threads_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
+@json_flag("Print a JSON report instead of text.")
 @debug_option
 @handle_errors
 def generate(
@@ -408,30 +255,16 @@ def generate(
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
-@click.option(
-    "--drafter",
-    "drafter_dir",
-    type=click.Path(path_type=str),
-    help="Drafter folder (default: MODEL_DIR/drafter).",
-)
+@drafter_options("MODEL_DIR")
 @click.option(
     "--target",
-    type=click.Choice(["onnxruntime", "torch", "tensorrt"]),
-    help="Runtime to compile for [default: from OUT's suffix: .onnx, .pt2, .engine].",
+    type=click.Choice(TARGETS),
+    help="Runtime to compile for [default: from OUT's suffix: " + ", ".join(SUFFIX_TARGETS) + "].",
 )
-@click.option(
-    "--beam-width", type=int, default=_BEAM.width, show_default=True, help="Beams drafted per step."
-)
-@click.option(
-    "--beam-length",
-    type=int,
-    default=_BEAM.length,
-    show_default=True,
-    help="Tokens per beam counting the root (5 drafts four).",
-)
+@beam_options("compile")
 @click.option(
     "--dtype",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
+    type=click.Choice([name for name in DTYPE_NAMES if name not in DTYPES]),
     help="Weights and compute dtype [default: the checkpoint's].",
 )
 @click.option(
@@ -447,23 +280,13 @@ def generate(
 @draft_vocab_option
 @drafter_weights_option
 @base_weights_options
-@click.option(
-    "--random-drafter",
-    is_flag=True,
-    help="Use a randomly initialised drafter (pipeline checks until one is trained).",
-)
-@click.option("--allow-pickle", is_flag=True, help="Allow a drafter model.pt pickle.")
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    help="Device a .pt2 is compiled for [default: cuda when available, else cpu].",
-)
+@device_option("Device a .pt2 is compiled for [default: cuda when available, else cpu].")
 @click.option(
     "--dump-passes",
     type=click.Path(path_type=str),
     help="Write the graph after each pass (.onnx and .txt) to this folder.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@json_flag()
 @debug_option
 @handle_errors
 def convert(
@@ -553,17 +376,11 @@ def convert(
     type=click.Path(path_type=str),
     help="JSONL prompts to decode (default: four built-in prompts).",
 )
-@click.option("--max-new-tokens", type=int, default=32, show_default=True)
-@click.option("--atol", type=float, help="Absolute tolerance [default: 1e-4 fp32, 2e-2 fp16].")
-@click.option("--rtol", type=float, help="Relative tolerance [default: 1e-3 fp32, 2e-2 fp16].")
-@click.option(
-    "--drafter",
-    "drafter_dir",
-    type=click.Path(path_type=str),
-    help="Drafter folder the artifact was made with (default: MODEL_DIR/drafter).",
-)
-@click.option("--allow-pickle", is_flag=True, help="Allow a drafter model.pt pickle.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@click.option("--max-new-tokens", type=int, default=VERIFY_NEW_TOKENS, show_default=True)
+@click.option("--atol", type=float, help=f"Absolute tolerance [default: {_tolerances(0)}].")
+@click.option("--rtol", type=float, help=f"Relative tolerance [default: {_tolerances(1)}].")
+@drafter_options("MODEL_DIR", random=False)
+@json_flag()
 @debug_option
 @handle_errors
 def verify(
@@ -608,7 +425,7 @@ def verify(
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON description.")
+@json_flag("Print the stable JSON description.")
 @debug_option
 @handle_errors
 def inspect(artifact: str, as_json: bool, debug: bool) -> None:
@@ -706,9 +523,9 @@ def _train_defaults():
 )
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@device_option("Device to train on.", default=_train_defaults().device)
 @click.option("--no-bf16", is_flag=True, help="Train in float32 instead of bfloat16 autocast.")
-@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+@json_flag("Print the training report as JSON.")
 @debug_option
 @handle_errors
 def train_drafter(
@@ -766,7 +583,6 @@ def train_drafter(
         device=device,
         bf16=not no_bf16,
     )
-    os.environ.setdefault("REDCOMPILE_DEVICE", device)
     leader = int(os.environ.get("RANK", "0")) == 0
     with tqdm(
         total=steps,
@@ -800,19 +616,6 @@ def train_drafter(
     )
 
 
-def _int_list(_ctx: Any, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
-    """Parse '1,4,8' into (1, 4, 8) for list options."""
-    if value is None:
-        return None
-    try:
-        numbers = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not numbers:
-        raise click.BadParameter("expected at least one integer")
-    return numbers
-
-
 @main.command()
 @click.argument("source", type=click.Path(path_type=str))
 @click.option(
@@ -825,39 +628,24 @@ def _int_list(_ctx: Any, param: click.Parameter, value: str | None) -> tuple[int
     "--batch-size",
     "batch_sizes",
     default="1",
-    callback=_int_list,
+    callback=int_list,
     show_default=True,
     help="Comma-separated batch sizes, e.g. 1,4,8.",
 )
-@click.option(
-    "--beam-width",
-    "widths",
-    default=str(_BEAM.width),
-    callback=_int_list,
-    show_default=True,
-    help="Comma-separated beam widths (model folders).",
-)
-@click.option(
-    "--beam-length",
-    "lengths",
-    default=str(_BEAM.length),
-    callback=_int_list,
-    show_default=True,
-    help="Comma-separated beam lengths, counting the root.",
-)
-@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@beam_options("sweep")
+@click.option("--max-new-tokens", type=int, default=_BENCH.max_new_tokens, show_default=True)
 @click.option(
     "--repeats",
     type=int,
-    default=3,
+    default=_BENCH.repeats,
     show_default=True,
     help="Timed rounds after the warm-up round; medians are reported.",
 )
 @click.option("--limit", type=int, help="Use only the first N prompts.")
 @click.option(
     "--runtime",
-    type=click.Choice(["onnxruntime", "torch"]),
-    default="onnxruntime",
+    type=click.Choice(BENCH_RUNTIMES),
+    default=_BENCH.runtime,
     show_default=True,
     help="Runtime for model folders (artifacts: ONNX Runtime).",
 )
@@ -871,18 +659,12 @@ def _int_list(_ctx: Any, param: click.Parameter, value: str | None) -> tuple[int
     type=click.Path(path_type=str),
     help="Where converted artifacts are kept (and reused) for --runtime onnxruntime.",
 )
-@click.option(
-    "--drafter",
-    "drafter_dir",
-    type=click.Path(path_type=str),
-    help="Drafter folder (model folders; default SOURCE/drafter).",
-)
-@click.option("--random-drafter", is_flag=True, help="Use a randomly initialised drafter.")
+@drafter_options("SOURCE", pickle=False)
 @lookup_options(sweep=True)
 @click.option(
     "--draft-vocab",
     "draft_vocabs",
-    callback=_int_list,
+    callback=int_list,
     help="Comma-separated draft vocabulary sizes: every beam shape drafts from the N most "
     "frequent tokens, for each N (model folders) [default: the whole vocabulary].",
 )
@@ -937,8 +719,8 @@ def bench(
     """
     from pathlib import Path
 
-    from redcompile.benchmark import BenchConfig, plot
-    from redcompile.benchmark import bench as run_bench
+    from redcompile.benchmarking.plot import plot
+    from redcompile.benchmarking.run import bench as run_bench
     from redcompile.prompts import read_prompts_file
 
     prompts = read_prompts_file(prompts_file, limit)

@@ -31,7 +31,7 @@ from redcompile.artifact import (
     with_tokenizer_hash,
     write_artifact,
 )
-from redcompile.config import BeamShape
+from redcompile.config import DTYPE_NAMES, SUFFIX_TARGETS, BeamShape, ModelFolderOptions
 from redcompile.errors import InputError, PassError, TargetUnavailableError
 from redcompile.models.weight_quant import (
     DEFAULT_ACCURACY_LEVEL,
@@ -42,20 +42,6 @@ from redcompile.models.weight_quant import (
 from redcompile.output_guard import check_output_file
 from redcompile.scratch import scratch_folder
 
-SUFFIX_TARGETS = {
-    ".onnx": "onnxruntime",
-    ".pt2": "torch",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-}
-DTYPE_NAMES = {
-    "fp32": "float32",
-    "fp16": "float16",
-    "bf16": "bfloat16",
-    "float32": "float32",
-    "float16": "float16",
-    "bfloat16": "bfloat16",
-}
 Progress = Callable[[str], None]
 
 
@@ -77,6 +63,20 @@ class ConvertOptions:
     allow_pickle: bool = False
     dump_passes: Path | None = None
     device: str | None = None  # torch target only; None: CUDA when available, else the CPU
+
+    def folder_options(self, drafter_dir: Path | None, dtype: str | None) -> ModelFolderOptions:
+        """How to load the model folder for this conversion (float weights: the base matrices
+        are quantized by a pass, from the exported graph)."""
+        return ModelFolderOptions(
+            drafter_dir=drafter_dir,
+            beam=self.beam,
+            autoregressive=self.autoregressive,
+            random_drafter=self.random_drafter,
+            allow_pickle=self.allow_pickle,
+            dtype=dtype,
+            max_seq_len=self.max_seq_len,
+            draft_vocab=None if self.autoregressive else self.draft_vocab,
+        )
 
 
 @dataclass
@@ -214,8 +214,8 @@ def convert(
     progress: Progress | None = None,
 ) -> ConvertReport:
     """Compile `model_dir` (+ drafter) into the artifact `out`; see the module docstring."""
-    from redcompile.api import check_lookup_only
     from redcompile.models.loader import check_model_dir
+    from redcompile.step_builder import check_lookup_only
 
     o = options or ConvertOptions()
     model_dir, out = Path(model_dir), Path(out)
@@ -491,26 +491,16 @@ def _weight_bytes(tensor: onnx.TensorProto, workdir: Path) -> int:
 
 def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: str | None):
     """The step module, tokenizer and the manifest's model part."""
-    from redcompile.api import open_model_folder, stop_tokens_of
+    from redcompile.step_builder import build_step
 
-    generator = open_model_folder(
-        model_dir,
-        drafter_dir=drafter_dir,
-        beam=o.beam,
-        autoregressive=o.autoregressive,
-        random_drafter=o.random_drafter,
-        allow_pickle=o.allow_pickle,
-        dtype=dtype,
-        max_seq_len=o.max_seq_len,
-        draft_vocab=None if o.autoregressive else o.draft_vocab,
-    )
-    step = generator.backend.module
+    built = build_step(model_dir, o.folder_options(drafter_dir, dtype))
+    step = built.step
     base_cfg = step.base.config
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "redcompile_version": __version__,
-        "mode": generator.info["mode"],
+        "mode": built.info["mode"],
         "target": "onnxruntime",
         "model": base_cfg.to_dict(),
         "drafter": None if step.drafter is None else step.drafter.describe(o.random_drafter),
@@ -518,15 +508,15 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
             "width": step.beam_width,
             "length": step.beam_length,
             "lookup_beams": step.lookup_beams,
-            "lookup_ngrams": list(generator.info.get("lookup_ngrams", [])),
+            "lookup_ngrams": list(built.info.get("lookup_ngrams", [])),
         },
         "draft_top_k": step.draft_top_k,
         "max_seq_len": step.max_seq_len,
         "dtype": base_cfg.dtype,
-        "stop_token_ids": list(stop_tokens_of(model_dir, base_cfg)),
+        "stop_token_ids": list(built.stop_tokens),
         "io": step.signature.to_dict(),
     }
-    return step, generator.codec, manifest
+    return step, built.codec, manifest
 
 
 def _export_to(workdir: Path, step) -> Path:

@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 from redcompile.errors import InputError
+
+# Runtimes an artifact is compiled for, and the OUT suffix that names each.
+TARGETS = ("onnxruntime", "torch", "tensorrt")
+SUFFIX_TARGETS = {
+    ".onnx": "onnxruntime",
+    ".pt2": "torch",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+}
+# Devices a command can run or compile for.
+DEVICES = ("cpu", "cuda")
+# Element types of an artifact's weights and compute, and the names `--dtype` accepts for them.
+DTYPES = ("float32", "float16", "bfloat16")
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"} | {d: d for d in DTYPES}
+# Tokens `verify` decodes per prompt by default.
+VERIFY_NEW_TOKENS = 32
+# (atol, rtol) per dtype: |artifact - reference| <= atol + rtol * |reference| per float output,
+# used by `verify` and by the .pt2 compile check.
+TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (2e-2, 2e-2), "bfloat16": (6e-2, 6e-2)}
 
 MAX_BEAM_WIDTH = 64
 MAX_BEAM_LENGTH = 9
@@ -99,3 +120,37 @@ def parse_ngrams(text: str) -> tuple[int, ...]:
 
 
 AUTOREGRESSIVE = BeamShape(width=1, length=1, lookup=0)
+
+
+@dataclass(frozen=True)
+class ModelFolderOptions:
+    """How a model folder becomes a step (redcompile/step_builder.py): the drafter and tree
+    shape, dtype and length, draft vocabulary, quantized weights. One type for every command
+    that loads a folder (generate, bench, verify's reference, convert); defaults defined here."""
+
+    drafter_dir: Path | str | None = None  # None: MODEL_DIR/drafter
+    beam: BeamShape = field(default_factory=BeamShape)
+    autoregressive: bool = False
+    random_drafter: bool = False
+    allow_pickle: bool = False
+    dtype: str | None = None  # None: the checkpoint's dtype
+    max_seq_len: int | None = None  # None: the model's max_position_embeddings
+    draft_vocab: int | None = None  # None: draft from the whole vocabulary
+    drafter_weights: str = "float"  # or int8 / int4 (models/weight_quant.py)
+    base_weights: Any = None  # a models.weight_quant.BaseWeights; None: float weights
+
+    # What only a model folder takes: an artifact has these compiled in.
+    FOLDER_ONLY: ClassVar[tuple[str, ...]] = (
+        "drafter_dir",
+        "random_drafter",
+        "allow_pickle",
+        "dtype",
+        "draft_vocab",
+        "drafter_weights",
+        "base_weights",
+    )
+
+    @classmethod
+    def of(cls, beam: BeamShape | None = None, **options: Any) -> ModelFolderOptions:
+        """From keyword options as the API takes them (`beam=None`: the default shape)."""
+        return cls(beam=beam or BeamShape(), **options)

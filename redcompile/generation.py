@@ -9,9 +9,10 @@ while the other rows keep decoding (in-flight batching).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +112,18 @@ class GenerationResult:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+class StepObserver:
+    """Hooks around each batched step of the host loop, for measurement (`bench`'s step split
+    and draft accounting): they may read the backend's inputs before the step and see the
+    tokens it emitted. The loop runs no hook unless one is attached (`StepBackend.observing`)."""
+
+    def before_step(self, backend: StepBackend) -> None:
+        """Called with the next step's inputs in place."""
+
+    def after_step(self, backend: StepBackend, new_tokens: np.ndarray, num_new: np.ndarray) -> None:
+        """Called with the step's emitted tokens ([B, L]) and counts ([B])."""
+
+
 class StepBackend(ABC):
     """A loaded step graph and its device-resident state."""
 
@@ -119,6 +132,29 @@ class StepBackend(ABC):
     beam_length: int
     vocab_size: int
     max_seq_len: int
+
+    # Seconds the last step spent inside the runtime's run call (the rest of a step's wall time
+    # is host work: binding, feedback, copying the emitted tokens back).
+    run_seconds: float = 0.0
+    observers: tuple[StepObserver, ...] = ()
+
+    @contextlib.contextmanager
+    def observing(self, observer: StepObserver) -> Iterator[StepObserver]:
+        """Call `observer` around every batched step of the loop while the block runs."""
+        self.observers = (*self.observers, observer)
+        try:
+            yield observer
+        finally:
+            self.observers = tuple(o for o in self.observers if o is not observer)
+
+    def observed_step(self) -> tuple[np.ndarray, np.ndarray]:
+        """`step()` with every observer's before/after hooks around it (the loop's call)."""
+        for observer in self.observers:
+            observer.before_step(self)
+        new_tokens, num_new = self.step()
+        for observer in self.observers:
+            observer.after_step(self, new_tokens, num_new)
+        return new_tokens, num_new
 
     @property
     def tree_width(self) -> int:
@@ -326,7 +362,7 @@ def generate_ids(
 
     while any(index is not None for index in slot_of):
         t0 = time.perf_counter()
-        new_tokens, num_new = backend.step()
+        new_tokens, num_new = backend.observed_step()
         step_seconds.append(time.perf_counter() - t0)
         finished_rows = []
         for row, index in enumerate(slot_of):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from redcompile.config import DTYPES, TARGETS
 from redcompile.errors import ArtifactError
 from redcompile.io_contract import step_signature
 
 MODES = ("redrafter", "autoregressive", "lookup")
-TARGETS = ("onnxruntime", "torch", "tensorrt")
-DTYPES = ("float32", "float16", "bfloat16")
 TOKENIZER_HASH = "tokenizer_sha256"  # manifest key: sha256 of the tokenizer.json text
 
 

@@ -34,14 +34,13 @@ from typing import Any
 
 import torch
 
+from redcompile.config import TOLERANCES
 from redcompile.errors import InputError, PassError, TargetUnavailableError
 from redcompile.models.step import SpeculativeStep
 from redcompile.scratch import process_scratch_folder
 
 PASS_NAME = "contiguous-op-inputs"
 LIBRARY = "redcompile"
-# |compiled - eager| <= atol + rtol * |eager| per float output of the check run.
-CHECK_TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (2e-2, 2e-2), "bfloat16": (6e-2, 6e-2)}
 # Outputs of a prefill step that no argmax decides (plus the cache, `present.*`).
 FORCED_OUTPUTS = ("num_new_tokens", "next_forced", "next_cache_lengths")
 
@@ -227,7 +226,7 @@ def check_package(path: Path, step: SpeculativeStep, device: str, dtype: str) ->
     with torch.inference_mode():
         want = step(*inputs)
         got = compiled.loader.boxed_run(list(inputs))
-    atol, rtol = CHECK_TOLERANCES.get(dtype, CHECK_TOLERANCES["float32"])
+    atol, rtol = TOLERANCES.get(dtype, TOLERANCES["float32"])
     worst: dict[str, float] = {}
     for spec, a, b in zip(step.signature.outputs, got, want):
         if dtype != "float32" and spec.name not in FORCED_OUTPUTS and spec.dtype != "model":

@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from redcompile.compiler import source_hashes
-from redcompile.config import DEFAULT_LOOKUP_NGRAMS, BeamShape
+from redcompile.config import (
+    DEFAULT_LOOKUP_NGRAMS,
+    TOLERANCES,
+    VERIFY_NEW_TOKENS,
+    BeamShape,
+    ModelFolderOptions,
+)
 from redcompile.errors import InputError
 from redcompile.generation import GenerationConfig, first_step_outputs
 from redcompile.models.weight_quant import base_weights_of, recorded_format
@@ -40,7 +46,6 @@ DRAFT_OUTPUTS = (
     "next_num_tokens",
     "next_beam_paths",
 )
-TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (2e-2, 2e-2), "bfloat16": (6e-2, 6e-2)}
 # `--weights` at accuracy level 4: the reference rounds each block of activations to int8 as
 # ONNX Runtime does, but an input within float rounding of a rounding boundary can round the
 # other way in one of them, moving that block's products by one int8 step. Up to this share of
@@ -231,15 +236,15 @@ def verify(
     artifact_path: Path | str,
     model_dir: Path | str,
     prompts: list[str] | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = VERIFY_NEW_TOKENS,
     atol: float | None = None,
     rtol: float | None = None,
     drafter_dir: Path | str | None = None,
     allow_pickle: bool = False,
 ) -> VerifyReport:
     """Run the three checks of the module docstring."""
-    from redcompile.api import open_model_folder
     from redcompile.runtime.loading import open_artifact
+    from redcompile.step_builder import reference_generator
 
     if drafter_dir is not None and not Path(drafter_dir).is_dir():
         what = "is a file" if Path(drafter_dir).exists() else "does not exist"
@@ -275,23 +280,25 @@ def verify(
     common = dict(
         dtype=manifest["dtype"], max_seq_len=manifest["max_seq_len"], base_weights=base_weights
     )
-    reference = open_model_folder(
+    reference = reference_generator(
         model_dir,
-        drafter_dir=drafter_path,
-        allow_pickle=allow_pickle,
-        beam=BeamShape(
-            manifest["beam"]["width"],
-            max(manifest["beam"]["length"], 2),
-            manifest["beam"].get("lookup_beams", 0),
-            tuple(manifest["beam"].get("lookup_ngrams") or DEFAULT_LOOKUP_NGRAMS),
+        ModelFolderOptions(
+            drafter_dir=drafter_path,
+            allow_pickle=allow_pickle,
+            beam=BeamShape(
+                manifest["beam"]["width"],
+                max(manifest["beam"]["length"], 2),
+                manifest["beam"].get("lookup_beams", 0),
+                tuple(manifest["beam"].get("lookup_ngrams") or DEFAULT_LOOKUP_NGRAMS),
+            ),
+            autoregressive=manifest["mode"] == "autoregressive",
+            random_drafter=random_drafter,
+            draft_vocab=draft_vocab,
+            drafter_weights=quantized or "float",
+            **common,
         ),
-        autoregressive=manifest["mode"] == "autoregressive",
-        random_drafter=random_drafter,
-        draft_vocab=draft_vocab,
-        drafter_weights=quantized or "float",
-        **common,
     )
-    baseline = open_model_folder(model_dir, autoregressive=True, **common)
+    baseline = reference_generator(model_dir, ModelFolderOptions(autoregressive=True, **common))
 
     ids = [artifact.codec.encode(p) for p in (prompts or list(DEFAULT_PROMPTS))]
     got = first_step_outputs(artifact.backend, ids, max_new_tokens)

@@ -81,3 +81,49 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# Layers as docs/architecture.md draws them: a module may import its own layer and those below.
+FOUNDATION = {"redcompile", "redcompile.config", "redcompile.errors", "redcompile.io_contract"}
+
+
+def layer_of(module: str) -> int:
+    """0 the torch-free foundation (settings, errors, I/O contract), 1 ops and CUDA sources,
+    2 models, 3 passes, 4 compiler, runtimes, verification, benchmarking, training, 5 the
+    API, 6 the CLI."""
+    if module in FOUNDATION:
+        return 0
+    for prefix, layer in (
+        ("redcompile.ops", 1),
+        ("redcompile.cuda", 1),
+        ("redcompile.models", 2),
+        ("redcompile.passes", 3),
+        ("redcompile.api", 5),
+        ("redcompile.cli", 6),  # cli and cli_options
+    ):
+        if module == prefix or module.startswith(prefix + ".") or module.startswith(prefix + "_"):
+            return layer
+    return 4
+
+
+def back_edges(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a module to a higher layer, as 'a -> b'."""
+    return [
+        f"{module} -> {target}"
+        for module, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
+
+
+def test_imports_run_down_the_layers():
+    modules = project_modules()
+    graph = {name: imported(path, modules) - {name} for name, path in modules.items()}
+    assert back_edges(graph) == []
+
+
+def test_a_back_edge_is_found():
+    # the edge the compiler had when it built a Generator through the API to take its module
+    graph = {"redcompile.compiler": {"redcompile.api"}, "redcompile.api": set()}
+    assert back_edges(graph) == ["redcompile.compiler -> redcompile.api"]
+    assert back_edges({"redcompile.models.step": {"redcompile.passes.base"}}) != []

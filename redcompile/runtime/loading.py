@@ -10,21 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from redcompile.artifact import read_artifact
-from redcompile.config import BeamShape
+from redcompile.config import BeamShape, ModelFolderOptions
 from redcompile.errors import ArtifactError, InputError, TargetUnavailableError
 from redcompile.io_contract import StepSignature, TensorSpec
 from redcompile.runtime.generator import Generator
 from redcompile.tokenizer import TextCodec
-
-MODEL_FOLDER_ONLY = (
-    "drafter_dir",
-    "random_drafter",
-    "allow_pickle",
-    "dtype",
-    "draft_vocab",
-    "drafter_weights",
-    "base_weights",
-)
 
 
 def signature_of(manifest: dict[str, Any]) -> StepSignature:
@@ -47,7 +37,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def _check_options(path: Path, manifest: dict[str, Any], options: dict[str, Any]) -> None:
-    for name in MODEL_FOLDER_ONLY:
+    for name in ModelFolderOptions.FOLDER_ONLY:
         if options.get(name) not in (None, False, "float"):
             flag = "--" + name.removesuffix("_dir").replace("_", "-")
             raise InputError(f"{flag} applies to model folders; {path} is a compiled artifact")

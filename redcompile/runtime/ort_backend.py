@@ -9,7 +9,9 @@ never to the cache capacity. Only `new_tokens` and `num_new_tokens` come back to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -111,13 +113,25 @@ class OrtBackend(StepBackend):
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One step; outputs become the next inputs, the cache is updated in place."""
         outputs = self._outputs[self._turn]
+        start = time.perf_counter()
         self.session.run_with_iobinding(self.bindings[self._turn])
+        self.run_seconds = time.perf_counter() - start
         self._turn = 1 - self._turn
         self._last = outputs
         for out_name, in_name in self.fed_back:  # only the next step's binding reads them now
             self.state[in_name] = outputs[out_name]
             self._bind_input(self._turn, in_name, outputs[out_name])
         return outputs["new_tokens"].numpy().copy(), outputs["num_new_tokens"].numpy().copy()
+
+    @contextlib.contextmanager
+    def using_session(self, session: ort.InferenceSession) -> Iterator[None]:
+        """Run the steps of the block with another session of the same graph (e.g. one with
+        ONNX Runtime's profiler on); the state and bindings are rebuilt by the loop's reset."""
+        plain, self.session = self.session, session
+        try:
+            yield
+        finally:
+            self.session = plain
 
     def step_row(self, row: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One step on batch row `row` alone: the row's slice of every cache buffer is bound,

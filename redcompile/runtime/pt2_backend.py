@@ -14,6 +14,7 @@ The compiled code calls the redcompile ops through the torch dispatcher: this mo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,8 +78,10 @@ class Pt2Backend(StepBackend):
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One compiled step; its outputs become the next step's inputs (no copies)."""
+        start = time.perf_counter()
         with torch.inference_mode():
             outputs = self._run([self.state[name] for name in self.input_names])
+        self.run_seconds = time.perf_counter() - start
         named = dict(zip(self.output_names, outputs))
         self._last = named
         for out_name, in_name in self.signature.feedback.items():

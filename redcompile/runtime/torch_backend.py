@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,8 +57,10 @@ class TorchBackend(StepBackend):
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One eager step; outputs replace their inputs per the feedback map."""
+        start = time.perf_counter()
         with torch.inference_mode():
             outputs = self.module(*(self.state[n] for n in self.signature.input_names()))
+        self.run_seconds = time.perf_counter() - start
         named = dict(zip(self.signature.output_names(), outputs))
         self._last = named
         for out_name, in_name in self.signature.feedback.items():

@@ -12,14 +12,22 @@ An example is a token sequence plus a mask of the positions whose token is a tra
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from redcompile.errors import InputError
+
+if TYPE_CHECKING:
+    from redcompile.training.config import TrainConfig
+
+Log = Callable[[str], None]
 
 TEXT_FIELDS = ("text", "content", "prompt")
 
@@ -122,3 +130,114 @@ def distilled_examples(
         tokens[row, : len(seq)] = torch.tensor(seq)
         targets[row, len(prompt) : len(seq)] = True
     return Examples(tokens, targets)
+
+
+# The training set of a run and its batches (what every rank of a global batch reads).
+@dataclass
+class TrainingData:
+    """Training sources and the held-out set.
+
+    `continuations`: prefix + greedy continuation (self-distillation), or None;
+    `windows`: corpus windows (ground-truth labels, or greedy labels when self-distilling);
+    `held_out`: greedy continuations when self-distilling (the distribution greedy decoding
+    shows the drafter), else corpus windows.
+    """
+
+    continuations: Examples | None
+    windows: Examples | None
+    held_out: Examples
+    distill_seconds: float
+
+
+def build_examples(
+    base, codec, data: list[Path], cfg: TrainConfig, rank: int, world: int, log: Log
+) -> TrainingData:
+    """The training data of the module docstring (identical on every rank)."""
+    eos = (base.config.eos_token_ids or (0,))[0]
+    stream = token_stream(read_corpus(data), codec.encode, eos)
+    rng = np.random.default_rng(cfg.seed)
+    windows = plain_examples(stream, cfg.seq_len)
+    windows = windows.subset(torch.from_numpy(rng.permutation(len(windows))))
+    if not cfg.self_distill:
+        if len(windows) <= cfg.eval_examples:
+            raise InputError(
+                f"--data gives {len(windows)} windows of {cfg.seq_len} tokens; "
+                f"more than the {cfg.eval_examples} held out are needed"
+            )
+        held = windows.subset(range(cfg.eval_examples))
+        return TrainingData(None, windows.subset(range(cfg.eval_examples, len(windows))), held, 0.0)
+    start = time.perf_counter()
+    count = cfg.distill_examples + cfg.eval_examples
+    prompts = prefixes(stream, count, cfg.prefix_len, rng)
+    mine = list(range(rank, count, world))
+    log(
+        f"self-distillation: greedy continuations of {count} prefixes "
+        f"({cfg.seq_len - cfg.prefix_len} tokens each)"
+    )
+    continuations = _greedy(base, [prompts[i] for i in mine], cfg.seq_len - cfg.prefix_len, eos)
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, list(zip(mine, continuations)))
+        by_index = dict(pair for part in gathered for pair in part)
+        continuations = [by_index[i] for i in range(count)]
+    generated = distilled_examples(prompts, continuations, cfg.seq_len, eos)
+    # The held-out prompts come first, so they do not depend on --distill-examples.
+    held = generated.subset(range(cfg.eval_examples))
+    train = generated.subset(range(cfg.eval_examples, count)) if cfg.distill_examples else None
+    use_windows = cfg.window_fraction > 0 or train is None
+    return TrainingData(train, windows if use_windows else None, held, time.perf_counter() - start)
+
+
+def _greedy(base, prompts: list[list[int]], new_tokens: int, eos: int) -> list[list[int]]:
+    """The base model's greedy continuations (the PyTorch reference step, batched), on the
+    device the base model is on, which training keeps using afterwards."""
+    from redcompile.generation import GenerationConfig, generate_ids
+    from redcompile.models.step import SpeculativeStep
+    from redcompile.runtime.torch_backend import TorchBackend
+    from redcompile.torch_target import register_device_kernels
+
+    if not prompts:
+        return []
+    device = next(base.parameters()).device
+    register_device_kernels(device.type)  # on CUDA: the kernels of cuda/, or the references
+    step = SpeculativeStep(base, None, 1, 1, max(2048, 4 * new_tokens))
+    backend = TorchBackend(step, device=str(device))
+    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=256, stop_token_ids=(eos,))
+    return [c.token_ids for c in generate_ids(backend, prompts, cfg).completions]
+
+
+def batch_sources(data: TrainingData, cfg: TrainConfig) -> list[tuple[Examples, int]]:
+    """(examples, rows per global batch) for each source that feeds the batches."""
+    if data.continuations is None:
+        return [(data.windows, cfg.batch_size)]
+    if data.windows is None:
+        return [(data.continuations, cfg.batch_size)]
+    from_windows = round(cfg.batch_size * cfg.window_fraction)
+    return [(data.continuations, cfg.batch_size - from_windows), (data.windows, from_windows)]
+
+
+def batch_of(
+    sources: list[tuple[Examples, int]], step: int, cfg: TrainConfig, rank: int, world: int
+) -> Examples:
+    """This rank's share of global batch `step`: each source walks its own seeded epochs."""
+    tokens, targets = [], []
+    for number, (examples, rows) in enumerate(sources):
+        if rows == 0:
+            continue
+        epoch, offset = divmod(step * rows, len(examples))
+        order = np.random.default_rng([cfg.seed, number, epoch]).permutation(len(examples))
+        index = [int(order[(offset + j) % len(examples)]) for j in range(rows)]
+        part = examples.subset(index)
+        tokens.append(part.tokens)
+        targets.append(part.targets)
+    batch = Examples(torch.cat(tokens), torch.cat(targets))
+    per_rank = cfg.batch_size // world
+    return batch.subset(range(rank * per_rank, (rank + 1) * per_rank))
+
+
+def target_token_counts(sources: list[tuple[Examples, int]], vocab_size: int) -> torch.Tensor:
+    """How often each token is a training target [V]: what --draft-vocab ranks tokens by."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for examples, _ in sources:
+        counts += torch.bincount(examples.tokens[examples.targets], minlength=vocab_size)
+    return counts

@@ -31,10 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from redcompile.errors import InputError
@@ -43,13 +41,12 @@ from redcompile.output_guard import check_output_folder
 from redcompile.training.config import TrainConfig
 from redcompile.training.data import (
     Examples,
-    distilled_examples,
-    plain_examples,
-    prefixes,
-    read_corpus,
-    token_stream,
+    batch_of,
+    batch_sources,
+    build_examples,
+    target_token_counts,
 )
-from redcompile.training.losses import summed_cross_entropy
+from redcompile.training.losses import DrafterObjective, depth_sample, supervision
 
 CHECKPOINT = "checkpoint"
 Log = Callable[[str], None]
@@ -75,89 +72,12 @@ class TrainReport:
         return asdict(self)
 
 
-class DrafterObjective(nn.Module):
-    """The training loss around the drafter (what DistributedDataParallel wraps).
-
-    forward(hidden [B, T, H], embeddings [B, T, H], labels [B, T], scored [B, depth, T] bool,
-            teacher_logits [B, T, V] or None)
-        -> (summed cross-entropy, correct [depth], counted [depth])
-    Position t at depth i (the drafter having consumed tokens t+1 .. t+i+1) is scored against
-    labels[t + i + 2] where scored[:, i, t] is set. With `teacher_logits` (the base model's
-    logits for the token at each position), the target is the base model's whole distribution
-    there instead of its argmax: cross-entropy against soft labels.
-    """
-
-    def __init__(self, drafter: Drafter, depth: int) -> None:
-        super().__init__()
-        self.drafter, self.depth = drafter, depth
-
-    def forward(self, hidden, embeddings, labels, scored, teacher_logits=None):
-        """Loss over every scored (position, depth)."""
-        t = labels.shape[1]
-        features = self.drafter.teacher_forced_features(hidden, embeddings, self.depth)
-        losses, correct, counted = [], [], []
-        for i, feats in enumerate(features):
-            shift = i + 2
-            mask = scored[:, i, : t - shift]
-            selected = feats[:, : t - shift][mask]  # only scored positions are projected
-            target = labels[:, shift:][mask]
-            logits = F.linear(selected, self.drafter.vocab_w)  # bfloat16 under autocast
-            if teacher_logits is None:
-                losses.append(summed_cross_entropy(logits, target))
-            else:
-                teacher = torch.softmax(teacher_logits[:, shift:][mask].float(), dim=-1)
-                losses.append(-(teacher * torch.log_softmax(logits.float(), dim=-1)).sum())
-            if self.drafter.training:  # accuracy is for evaluation; argmax costs a pass
-                correct.append(target.new_zeros(()))
-            else:
-                correct.append((logits.argmax(-1) == target).sum())
-            counted.append(target.new_tensor(target.numel()))
-        return torch.stack(losses).sum(), torch.stack(correct), torch.stack(counted)
-
-
-def supervision(
-    base,
-    tokens: torch.Tensor,
-    targets: torch.Tensor,
-    hidden: torch.Tensor,
-    depth: int,
-    greedy_labels: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(labels [B, T], scored [B, depth, T], teacher_logits [B, T, V] or None) for a batch.
-
-    Ground truth (Apple's recipe): labels are the tokens, position t at depth i is scored when
-    token t+i+2 is a target. Greedy (self-distillation): labels are the base model's greedy
-    choices given the prefix, and position t at depth i is scored only when the drafter's
-    inputs t+1 .. t+i+1 are themselves the base model's greedy choices, which is the only
-    situation greedy decoding ever shows the drafter; teacher_logits[:, t] are the base model's
-    logits for the token at t (from position t-1), for soft labels.
-    """
-    b, t = tokens.shape
-    scored = torch.zeros(b, depth, t, dtype=torch.bool, device=tokens.device)
-    if not greedy_labels:
-        for i in range(depth):
-            scored[:, i, : t - i - 2] = targets[:, i + 2 :]
-        return tokens, scored, None
-    teacher_logits = base.lm_head(hidden).roll(1, dims=1)  # [:, 0] wraps around: never scored
-    greedy = teacher_logits.max(dim=-1).indices  # argmax (first maximum); 4x faster in bf16
-    greedy[:, 0] = -1
-    on_path = (tokens == greedy) & targets
-    run = torch.ones(b, t, dtype=torch.bool, device=tokens.device)  # inputs t+1..t+i+1 on path
-    for i in range(depth):
-        run[:, : t - i - 1] &= on_path[:, i + 1 :]
-        scored[:, i, : t - i - 2] = run[:, : t - i - 2] & targets[:, i + 2 :]
-    return greedy, scored, teacher_logits
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), initialising the process group under torchrun."""
+def _distributed(device: str) -> tuple[int, int]:
+    """(rank, world size), initialising the process group under torchrun: NCCL for a CUDA
+    run, else Gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = (
-            "nccl"
-            if torch.cuda.is_available() and os.environ.get("REDCOMPILE_DEVICE", "cpu") == "cuda"
-            else "gloo"
-        )
+        backend = "nccl" if torch.cuda.is_available() and device == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -178,130 +98,6 @@ def _lr_factor(step: int, total: int, warmup_ratio: float) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-@dataclass
-class TrainingData:
-    """Training sources and the held-out set.
-
-    `continuations`: prefix + greedy continuation (self-distillation), or None;
-    `windows`: corpus windows (ground-truth labels, or greedy labels when self-distilling);
-    `held_out`: greedy continuations when self-distilling (the distribution greedy decoding
-    shows the drafter), else corpus windows.
-    """
-
-    continuations: Examples | None
-    windows: Examples | None
-    held_out: Examples
-    distill_seconds: float
-
-
-def build_examples(
-    base, codec, data: list[Path], cfg: TrainConfig, rank: int, world: int, log: Log
-) -> TrainingData:
-    """The training data of the module docstring (identical on every rank)."""
-    eos = (base.config.eos_token_ids or (0,))[0]
-    stream = token_stream(read_corpus(data), codec.encode, eos)
-    rng = np.random.default_rng(cfg.seed)
-    windows = plain_examples(stream, cfg.seq_len)
-    windows = windows.subset(torch.from_numpy(rng.permutation(len(windows))))
-    if not cfg.self_distill:
-        if len(windows) <= cfg.eval_examples:
-            raise InputError(
-                f"--data gives {len(windows)} windows of {cfg.seq_len} tokens; "
-                f"more than the {cfg.eval_examples} held out are needed"
-            )
-        held = windows.subset(range(cfg.eval_examples))
-        return TrainingData(None, windows.subset(range(cfg.eval_examples, len(windows))), held, 0.0)
-    start = time.perf_counter()
-    count = cfg.distill_examples + cfg.eval_examples
-    prompts = prefixes(stream, count, cfg.prefix_len, rng)
-    mine = list(range(rank, count, world))
-    log(
-        f"self-distillation: greedy continuations of {count} prefixes "
-        f"({cfg.seq_len - cfg.prefix_len} tokens each)"
-    )
-    continuations = _greedy(base, [prompts[i] for i in mine], cfg.seq_len - cfg.prefix_len, eos)
-    if world > 1:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, list(zip(mine, continuations)))
-        by_index = dict(pair for part in gathered for pair in part)
-        continuations = [by_index[i] for i in range(count)]
-    generated = distilled_examples(prompts, continuations, cfg.seq_len, eos)
-    # The held-out prompts come first, so they do not depend on --distill-examples.
-    held = generated.subset(range(cfg.eval_examples))
-    train = generated.subset(range(cfg.eval_examples, count)) if cfg.distill_examples else None
-    use_windows = cfg.window_fraction > 0 or train is None
-    return TrainingData(train, windows if use_windows else None, held, time.perf_counter() - start)
-
-
-def _greedy(base, prompts: list[list[int]], new_tokens: int, eos: int) -> list[list[int]]:
-    """The base model's greedy continuations (the PyTorch reference step, batched), on the
-    device the base model is on, which training keeps using afterwards."""
-    from redcompile.generation import GenerationConfig, generate_ids
-    from redcompile.models.step import SpeculativeStep
-    from redcompile.runtime.torch_backend import TorchBackend
-    from redcompile.torch_target import register_device_kernels
-
-    if not prompts:
-        return []
-    device = next(base.parameters()).device
-    register_device_kernels(device.type)  # on CUDA: the kernels of cuda/, or the references
-    step = SpeculativeStep(base, None, 1, 1, max(2048, 4 * new_tokens))
-    backend = TorchBackend(step, device=str(device))
-    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=256, stop_token_ids=(eos,))
-    return [c.token_ids for c in generate_ids(backend, prompts, cfg).completions]
-
-
-def _batch_sources(data: TrainingData, cfg: TrainConfig) -> list[tuple[Examples, int]]:
-    """(examples, rows per global batch) for each source that feeds the batches."""
-    if data.continuations is None:
-        return [(data.windows, cfg.batch_size)]
-    if data.windows is None:
-        return [(data.continuations, cfg.batch_size)]
-    from_windows = round(cfg.batch_size * cfg.window_fraction)
-    return [(data.continuations, cfg.batch_size - from_windows), (data.windows, from_windows)]
-
-
-def _batch(
-    sources: list[tuple[Examples, int]], step: int, cfg: TrainConfig, rank: int, world: int
-) -> Examples:
-    """This rank's share of global batch `step`: each source walks its own seeded epochs."""
-    tokens, targets = [], []
-    for number, (examples, rows) in enumerate(sources):
-        if rows == 0:
-            continue
-        epoch, offset = divmod(step * rows, len(examples))
-        order = np.random.default_rng([cfg.seed, number, epoch]).permutation(len(examples))
-        index = [int(order[(offset + j) % len(examples)]) for j in range(rows)]
-        part = examples.subset(index)
-        tokens.append(part.tokens)
-        targets.append(part.targets)
-    batch = Examples(torch.cat(tokens), torch.cat(targets))
-    per_rank = cfg.batch_size // world
-    return batch.subset(range(rank * per_rank, (rank + 1) * per_rank))
-
-
-def target_token_counts(sources: list[tuple[Examples, int]], vocab_size: int) -> torch.Tensor:
-    """How often each token is a training target [V]: what --draft-vocab ranks tokens by."""
-    counts = torch.zeros(vocab_size, dtype=torch.long)
-    for examples, _ in sources:
-        counts += torch.bincount(examples.tokens[examples.targets], minlength=vocab_size)
-    return counts
-
-
-def depth_sample(
-    scored_shape: torch.Size, step: int, cfg: TrainConfig, rank: int, world: int
-) -> torch.Tensor:
-    """Which scored rows of this rank's batch enter the loss at `step` ([B, depth, T] bool):
-    row (b, i, t) with probability depth_decay ** i, drawn for the global batch from
-    (seed, step), so that runs repeat, resume and split across processes identically."""
-    _, depth, t = scored_shape
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    draws = torch.rand((cfg.batch_size, depth, t), generator=generator)
-    keep = draws < (cfg.depth_decay ** torch.arange(depth, dtype=torch.float32))[:, None]
-    per_rank = cfg.batch_size // world
-    return keep[rank * per_rank : (rank + 1) * per_rank]
 
 
 def _save_checkpoint(
@@ -368,7 +164,7 @@ def train_drafter(
     out_files = ("config.json", "model.safetensors", TOKEN_FREQUENCIES, "training_report.json")
     check_output_folder("train-drafter", Path(out_dir), out_files, [model_dir, *data])
     log = log or (lambda _msg: None)
-    rank, world = _distributed()
+    rank, world = _distributed(cfg.device)
     if cfg.batch_size % world:
         raise InputError(
             f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes"
@@ -380,7 +176,7 @@ def train_drafter(
     codec = TextCodec.from_file(Path(model_dir) / "tokenizer.json")
     data_sets = build_examples(base, codec, [Path(p) for p in data], cfg, rank, world, log)
     held_out = data_sets.held_out
-    sources = _batch_sources(data_sets, cfg)
+    sources = batch_sources(data_sets, cfg)
 
     drafter_cfg = DrafterConfig(
         base.config.hidden_size,
@@ -429,7 +225,7 @@ def train_drafter(
     )
     start = time.perf_counter()
     for step in range(first_step, cfg.steps):
-        batch = _batch(sources, step, cfg, rank, world)
+        batch = batch_of(sources, step, cfg, rank, world)
         tokens, targets = batch.tokens.to(cfg.device), batch.targets.to(cfg.device)
         with torch.no_grad(), autocast():
             hidden = base.causal_hidden_states(tokens)

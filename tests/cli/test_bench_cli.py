@@ -8,14 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from redcompile.api import open_model_folder
-from redcompile.benchmark import (
-    BenchReport,
-    decoding_step_totals,
-    kernel_events,
+from redcompile.benchmarking.intervals import (
     paired_difference_interval,
     prompt_counts,
     tokens_per_step_interval,
 )
+from redcompile.benchmarking.report import BenchReport
+from redcompile.benchmarking.step_split import decoding_step_totals, kernel_events
 from redcompile.cli import main
 from redcompile.compiler import ConvertOptions
 from redcompile.config import BeamShape

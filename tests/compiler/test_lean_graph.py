@@ -181,7 +181,8 @@ def test_bad_weight_options_exit_2_with_one_line_and_no_file(tiny_models, tmp_pa
 
 
 def test_bench_converts_both_engines_with_the_same_base_weights(tiny_models, tmp_path, lean):
-    from redcompile.benchmark import BenchConfig, bench
+    from redcompile.benchmarking.report import BenchConfig
+    from redcompile.benchmarking.run import bench
     from redcompile.errors import InputError
 
     cfg = BenchConfig(beams=(BeamShape(1, 3, lookup=0),), repeats=1, max_new_tokens=6)

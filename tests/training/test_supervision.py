@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from redcompile.training.trainer import supervision
+from redcompile.training.losses import supervision
 
 
 class GreedyBase:
@@ -59,7 +59,7 @@ def test_greedy_labels_respect_the_target_mask():
 
 def test_soft_labels_of_a_certain_teacher_equal_hard_labels():
     from redcompile.models.drafter import Drafter, DrafterConfig
-    from redcompile.training.trainer import DrafterObjective
+    from redcompile.training.losses import DrafterObjective
 
     torch.manual_seed(0)
     objective = DrafterObjective(Drafter(DrafterConfig(8, 10, 16, 1, True)), 2)
@@ -77,7 +77,8 @@ def test_soft_labels_of_a_certain_teacher_equal_hard_labels():
 
 
 def test_depth_sampling_keeps_decay_to_the_depth_and_splits_the_batch_across_ranks():
-    from redcompile.training.trainer import TrainConfig, depth_sample
+    from redcompile.training.config import TrainConfig
+    from redcompile.training.losses import depth_sample
 
     cfg = TrainConfig(batch_size=64, depth_decay=0.5, seed=3)
     shape = torch.Size([64, 4, 200])

@@ -1,0 +1,259 @@
+"""`bench`'s run: build the engines (the baseline and one per beam shape) from a model folder
+or artifacts, let them decode the same prompts in turn, alternating after a warm-up round, and
+report the medians with the prompts' intervals and the profiled step split."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from redcompile.benchmarking.intervals import prompt_counts, tokens_per_step_interval
+from redcompile.benchmarking.report import (
+    BASELINE,
+    BenchConfig,
+    BenchReport,
+    Measurement,
+    engine_name,
+)
+from redcompile.benchmarking.step_split import draft_sources, profiled_split, scaled_to
+from redcompile.config import BeamShape, ModelFolderOptions
+from redcompile.errors import InputError
+from redcompile.generation import GenerationConfig, GenerationResult
+from redcompile.runtime.generator import Generator
+
+Progress = Callable[[str], None]
+
+
+def machine_info(runtime: str) -> dict[str, Any]:
+    """Device and versions for the record."""
+    import onnxruntime as ort
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return {
+        "device": f"CPU {cpu}, {torch.get_num_threads()} threads",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "runtime": runtime,
+    }
+
+
+def model_folder_engines(
+    model_dir: Path,
+    cfg: BenchConfig,
+    work_dir: Path | None,
+    options: dict[str, Any],
+    progress: Progress,
+) -> dict[str, Generator]:
+    """The baseline and one engine per beam shape, in the requested runtime."""
+    from redcompile.step_builder import reference_generator
+
+    shapes = [(beam, vocab) for beam in cfg.beams for vocab in cfg.draft_vocabs]
+    if cfg.runtime == "torch":
+        engines = {
+            BASELINE: reference_generator(
+                model_dir,
+                ModelFolderOptions(autoregressive=True, base_weights=options.get("base_weights")),
+                options.get("threads"),
+            )
+        }
+        for beam, vocab in shapes:
+            own = dict(_for_shape(beam, options))
+            threads = own.pop("threads", None)
+            engines[engine_name(beam, vocab)] = reference_generator(
+                model_dir, ModelFolderOptions(beam=beam, draft_vocab=vocab, **own), threads
+            )
+        return engines
+    from redcompile.compiler import ConvertOptions, convert
+    from redcompile.runtime.loading import open_artifact
+
+    work = work_dir or Path(tempfile.mkdtemp(prefix="redcompile-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    engines = {}
+    weights = options.get("drafter_weights", "float")
+    base = options.get("base_convert", {})
+    base_tag = "" if base.get("weights", "float") == "float" else f"-base{base['weights']}"
+    for beam, draft_vocab in [(None, None), *shapes]:
+        name = engine_name(beam, draft_vocab)
+        own = _for_shape(beam, options)
+        quantized = beam is not None and own.get("drafter_weights", "float") != "float"
+        ngrams = "-n" + "".join(map(str, beam.ngrams)) if beam is not None and beam.lookup else ""
+        path = work / f"{name}{ngrams}{f'-{weights}' if quantized else ''}{base_tag}.onnx"
+        if not path.exists():
+            progress(f"converting {name}")
+            convert(
+                model_dir,
+                path,
+                own.get("drafter_dir"),
+                ConvertOptions(
+                    beam=beam or BeamShape(),
+                    autoregressive=beam is None,
+                    random_drafter=own.get("random_drafter", False) and beam is not None,
+                    allow_pickle=options.get("allow_pickle", False),
+                    draft_vocab=draft_vocab,
+                    drafter_weights=own.get("drafter_weights", "float") if beam else "float",
+                    **base,
+                ),
+            )
+        engines[name] = open_artifact(path, threads=options.get("threads"))
+    return engines
+
+
+def _for_shape(beam: BeamShape | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The engine options for one shape: a lookup-only tree (width 0) takes no drafter."""
+    if beam is None or not beam.lookup_only:
+        return options
+    drafter_keys = ("drafter_dir", "random_drafter", "drafter_weights", "allow_pickle")
+    return {k: v for k, v in options.items() if k not in drafter_keys}
+
+
+def _split_base_weights(source: Path | str, cfg: BenchConfig, options: dict) -> dict:
+    """`weights`, `weight_block_size`, `accuracy_level` (bench --weights) as what each kind of
+    source takes: convert options for ONNX Runtime, the reference's BaseWeights for PyTorch;
+    an artifact has its own weights."""
+    from redcompile.models.weight_quant import FLOAT, parse_base_weights
+
+    options = dict(options)
+    convert_options = {
+        key: options.pop(key)
+        for key in ("weights", "weight_block_size", "accuracy_level")
+        if key in options
+    }
+    if convert_options.get("weights", FLOAT) == FLOAT:
+        return options
+    if not Path(source).is_dir():
+        raise InputError("--weights applies to model folders; an artifact has its own weights")
+    parsed = parse_base_weights(
+        convert_options["weights"],
+        convert_options["weight_block_size"],
+        convert_options["accuracy_level"],
+    )
+    if cfg.runtime == "torch":
+        options["base_weights"] = parsed
+    else:
+        options["base_convert"] = convert_options
+    return options
+
+
+def run_engine(
+    engine: Generator, prompts: Sequence[Sequence[int]], batch: int, new_tokens: int
+) -> GenerationResult:
+    """One decode of `prompts` by `engine`: greedy, `batch` rows, `new_tokens` each."""
+    return engine.generate_ids(
+        prompts, GenerationConfig(max_new_tokens=new_tokens, batch_size=batch)
+    )
+
+
+def bench(
+    source: Path | str,
+    prompts: Sequence[str],
+    cfg: BenchConfig | None = None,
+    baseline: Path | str | None = None,
+    work_dir: Path | str | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> BenchReport:
+    """Measure; see the module docstring."""
+    from redcompile.runtime.loading import open_artifact
+
+    cfg = cfg or BenchConfig()
+    cfg.validate()
+    say = progress or (lambda _m: None)
+    options = _split_base_weights(source, cfg, options)
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"bench: {source} does not exist")
+    if source.is_dir():
+        engines = model_folder_engines(
+            source, cfg, Path(work_dir) if work_dir else None, options, say
+        )
+        runtime = cfg.runtime
+    else:
+        if cfg.draft_vocabs != (None,):
+            raise InputError("--draft-vocab applies to model folders; an artifact has its own")
+        if baseline is None:
+            raise InputError(
+                f"bench: {source} is an artifact; give --baseline AR.onnx (or AR.pt2), an "
+                f"artifact converted with --autoregressive, to compare against"
+            )
+        spec = open_artifact(source, **options)  # refuses options for model folders only
+        base = open_artifact(baseline, threads=options.get("threads"))
+        if base.info["mode"] != BASELINE:
+            raise InputError(f"bench: --baseline {baseline} is not an autoregressive artifact")
+        shape = BeamShape(
+            spec.info["beam_width"], spec.info["beam_length"], spec.info.get("lookup_beams", 0)
+        )
+        engines = {BASELINE: base, engine_name(shape, spec.info.get("draft_vocab")): spec}
+        if base.info["runtime"] != spec.info["runtime"]:
+            raise InputError(
+                f"bench: --baseline {baseline} runs in {base.info['runtime']}, {source} in "
+                f"{spec.info['runtime']}; compare within one runtime"
+            )
+        runtime = spec.info["runtime"]
+    ids = [engines[BASELINE].codec.encode(p) for p in prompts]
+    measurements = []
+    for batch in cfg.batch_sizes:
+        say(f"batch size {batch}")
+        seconds: dict[str, list[float]] = defaultdict(list)
+        last: dict[str, GenerationResult] = {}
+        names = list(engines)
+        for repeat in range(cfg.repeats + 1):
+            order = names if repeat % 2 == 0 else names[::-1]  # alternate, so drift cancels
+            for name in order:
+                result = run_engine(engines[name], ids, batch, cfg.max_new_tokens)
+                if repeat > 0:  # round 0 is the warm-up
+                    seconds[name].append(result.seconds)
+                    last[name] = result
+        for name, engine in engines.items():
+            result = last[name]
+            profiled = ids[: max(4, 2 * batch)]  # enough for full rows, few enough to record
+            split, verified = profiled_split(engine, profiled, batch, cfg.max_new_tokens)
+            step_ms = statistics.median(result.step_seconds) * 1e3
+            median = statistics.median(seconds[name])
+            counts = prompt_counts(result)
+            lookup = engine.info.get("lookup_beams", 0)
+            sources = (
+                draft_sources(engine, ids, batch, cfg.max_new_tokens, engine.info["beam_width"])
+                if lookup
+                else None
+            )
+            measurements.append(
+                Measurement(
+                    engine=name,
+                    batch_size=batch,
+                    beam_width=engine.info["beam_width"],
+                    beam_length=engine.info["beam_length"],
+                    tokens_per_second=round(result.generated_tokens / median, 2),
+                    tokens_per_step=round(result.tokens_per_step, 4),
+                    step_ms=round(step_ms, 3),
+                    steps=result.steps,
+                    generated_tokens=result.generated_tokens,
+                    verified_tokens_per_step=round(verified, 2),
+                    split_ms=scaled_to(split, step_ms),
+                    draft_vocab=engine.info.get("draft_vocab"),
+                    tokens_per_step_ci95=tokens_per_step_interval(counts),
+                    prompt_counts=counts,
+                    lookup_beams=lookup,
+                    draft_sources=sources,
+                )
+            )
+        reference = next(m for m in measurements if m.engine == BASELINE and m.batch_size == batch)
+        for m in measurements:
+            if m.batch_size == batch:
+                m.speedup = round(m.tokens_per_second / reference.tokens_per_second, 3)
+    return BenchReport(
+        str(source),
+        runtime,
+        len(prompts),
+        cfg.max_new_tokens,
+        cfg.repeats,
+        measurements,
+        machine_info(runtime),
+        drafter=next((e.info["drafter"] for e in engines.values() if e.info.get("drafter")), None),
+    )
