@@ -21,7 +21,7 @@ steps equal generation steps within noise at these sizes).
 
 Projection, for each shape: speedup = tau(W, L) / r'(W, L), where tau and the verified tokens
 per step v(W, L) are MEASURED on the pycode-lm fixture with the trained drafter
-(bench/results/pycode_shapes.json), and r' = t_step / t_base(1) (per round) - c(T_random) +
+(bench/results/pycode_shapes_d8192.json), and r' = t_step / t_base(1) (per round) - c(T_random) +
 c(v), with c(T) = t_base(T) / t_base(1) (per round, interpolated): the measured step with its
 verification moved to the fixture's deduplicated tree size (no move for W = 1, whose tree is a
 chain of L either way). What is projected is that acceptance measured on the fixture carries
@@ -57,7 +57,7 @@ than with Python between its kernels; the redcompile ops run their torch referen
 `--kernels cuda` loads the kernels of cuda/. `bench/gpu_suite.sh install cost` runs the 7B study.
 
     python bench/cost_study.py --scratch SCRATCH --size 350m --draft-vocab 4000 \
-        --shapes-record bench/results/pycode_shapes.json
+        --shapes-record bench/results/pycode_shapes_d8192.json
     python bench/cost_study.py --runtime torch --device cuda --dtype float16 --size 7b \
         --beams 1x4,16x5 --shapes-record bench/results/pycode_shapes_d8192.json --out OUT.json
 """
@@ -69,6 +69,7 @@ import functools
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,11 +77,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from random_llama import LLAMA_1B, LLAMA_7B, LLAMA_350M, LLAMA_TINY, write_config_and_tokenizer
 from safetensors.torch import save_file
 
 from redcompile.models.weight_quant import WEIGHT_FORMAT_NAMES
 from redcompile.training.trainer import TrainConfig
+
+# random_llama.py is a fixture builder, in bench/fixtures/
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from random_llama import LLAMA_1B, LLAMA_7B, LLAMA_350M, LLAMA_TINY, write_config_and_tokenizer
 
 SIZES = {"tiny": LLAMA_TINY, "350m": LLAMA_350M, "1b": LLAMA_1B, "7b": LLAMA_7B}
 BEAMS = ((1, 3), (1, 5), (2, 5), (4, 5))  # narrow beams; each is a 1.3 GB (350M) convert
@@ -565,7 +569,7 @@ def main() -> None:
         "--shapes-record",
         type=Path,
         nargs="+",
-        default=[Path("bench/results/pycode_shapes.json")],
+        default=[Path("bench/results/pycode_shapes_d8192.json")],
         help="Fixture bench records (tokens per step by beam shape and draft vocabulary)",
     )
     parser.add_argument(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from redcompile.benchmark import _category, kernel_events
+from redcompile.benchmarking.step_split import kernel_events, node_category
 from redcompile.generation import GenerationConfig
 from redcompile.runtime.loading import open_artifact
 
@@ -59,7 +59,7 @@ def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
     for event in kernel_events(events):
         if event["ts"] < start:
             continue
-        category = _category(event["name"])
+        category = node_category(event["name"])
         by_category[category] += event["dur"]
         node_micros += event["dur"]
         op = event["args"].get("op_name", "?")

@@ -10,7 +10,7 @@ WORK=${2:?usage: bench/pycode_recipe.sh PATH/pycode-lm WORK_DIR}
 cd "$(dirname "$0")/.."
 mkdir -p "$WORK" bench/results
 
-python bench/build_corpus.py --fixture "$FIXTURE" --out "$WORK/corpus.jsonl"
+python bench/fixtures/build_corpus.py --fixture "$FIXTURE" --out "$WORK/corpus.jsonl"
 
 # 1. Drafter: Apple's recipe with self-distillation, default settings (timed).
 start=$(date +%s)
@@ -78,27 +78,27 @@ redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifact
     --json bench/results/pycode_int8_w1_b1.json
 
 # 8. The same single chains on a second, disjoint prompt set: one function opening from each
-#    held-out file that is not a dev prompt's source (bench/build_prompts.py wrote
-#    bench/held_out_prompts.jsonl from this Python's stdlib), then tokens per step by the kind
-#    of file each prompt came from (codec modules, tests, library), on both prompt sets.
+#    held-out file that is not a dev prompt's source (bench/fixtures/build_prompts.py wrote
+#    bench/fixtures/held_out_prompts.jsonl from this Python's stdlib), then tokens per step by
+#    the kind of file each prompt came from (codec modules, tests, library), on both prompt sets.
 for drafter in drafter drafter-e256; do
     name=${drafter#drafter}; name=${name#-}
     redcompile bench "$FIXTURE" --drafter "$WORK/$drafter" --work-dir "$WORK/artifacts${name:+-$name}" \
-        --drafter-weights int4 --prompts-file bench/held_out_prompts.jsonl \
+        --drafter-weights int4 --prompts-file bench/fixtures/held_out_prompts.jsonl \
         --beam-width 1 --beam-length 3,4,5 --batch-size 8 --repeats 1 --max-new-tokens 128 \
         --json "bench/results/pycode_${name:+${name}_}int4_w1_held_out.json"
 done
 redcompile bench "$FIXTURE" --drafter "$WORK/drafter" --work-dir "$WORK/artifacts" \
-    --prompts-file bench/held_out_prompts.jsonl --beam-width 1,16 --beam-length 4,5 \
+    --prompts-file bench/fixtures/held_out_prompts.jsonl --beam-width 1,16 --beam-length 4,5 \
     --batch-size 8 --repeats 1 --max-new-tokens 128 --json bench/results/pycode_shapes_held_out.json
-python bench/acceptance_by_source.py \
+python bench/studies/prompt_sets/acceptance_by_source.py \
     bench/results/pycode_int4_w1.json "$FIXTURE/dev_prompts.jsonl" \
-    bench/results/pycode_int4_w1_held_out.json bench/held_out_prompts.jsonl \
+    bench/results/pycode_int4_w1_held_out.json bench/fixtures/held_out_prompts.jsonl \
     bench/results/pycode_e256_int4_w1.json "$FIXTURE/dev_prompts.jsonl" \
-    bench/results/pycode_e256_int4_w1_held_out.json bench/held_out_prompts.jsonl \
+    bench/results/pycode_e256_int4_w1_held_out.json bench/fixtures/held_out_prompts.jsonl \
     bench/results/pycode_shapes.json "$FIXTURE/dev_prompts.jsonl" \
-    bench/results/pycode_shapes_held_out.json bench/held_out_prompts.jsonl \
-    --json bench/results/acceptance_by_source.json
+    bench/results/pycode_shapes_held_out.json bench/fixtures/held_out_prompts.jsonl \
+    --json bench/studies/prompt_sets/acceptance_by_source.json
 
 # 9. Lookup beams (ops/prompt_lookup.py): tokens per step of lookup-only trees (no drafter),
 #    of every drafter shape with 0, 1 and 2 lookup beams (greedy, dev prompts, batch 8), then

@@ -15,12 +15,12 @@ step, made of many small ops, would look dearer than it is).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from random_llama import transformers_config
 
 from redcompile.api import Generator
 from redcompile.config import BeamShape
@@ -35,6 +35,10 @@ from redcompile.models.weights import TORCH_DTYPES
 from redcompile.ops import OPS, register_torch_op
 from redcompile.runtime.torch_backend import TorchBackend
 from redcompile.tokenizer import TextCodec
+
+# random_llama.py is a fixture builder, in bench/fixtures/
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+from random_llama import transformers_config
 
 MAX_SEQ_LEN = 4096  # random_llama's max_position_embeddings
 

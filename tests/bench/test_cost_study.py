@@ -24,7 +24,8 @@ SHAPES_RECORD = REPO / "bench/results/pycode_shapes_d8192.json"  # 2 x hidden, 4
 
 @pytest.fixture
 def bench_path(monkeypatch):
-    """bench/ importable, as the scripts import each other."""
+    """bench/ importable, as the scripts import each other (random_llama from bench/fixtures/)."""
+    monkeypatch.syspath_prepend(str(BENCH / "fixtures"))
     monkeypatch.syspath_prepend(str(BENCH))
 
 

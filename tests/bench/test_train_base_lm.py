@@ -1,5 +1,5 @@
-"""bench/train_base_lm.py at a tiny size: it learns, and what it writes is a fixture redcompile
-loads (the GPU machine trains the ~100M one with the same code)."""
+"""bench/fixtures/train_base_lm.py at a tiny size: it learns, and what it writes is a fixture
+redcompile loads (the GPU machine trains the ~100M one with the same code)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_tiny_model_learns_and_is_a_fixture_redcompile_opens(pycode_lm, tmp_path
     out = tmp_path / "model"
     command = [
         sys.executable,
-        str(REPO / "bench/train_base_lm.py"),
+        str(REPO / "bench/fixtures/train_base_lm.py"),
         "--fixture",
         str(pycode_lm),
         "--data",
