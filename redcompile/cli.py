@@ -18,8 +18,8 @@ import click
 
 from redcompile.benchmarking.report import BENCH_RUNTIMES, BenchConfig
 from redcompile.cli_options import (
-    _BEAM,
-    _GEN,
+    DEFAULT_BEAM,
+    DEFAULT_GENERATION,
     base_weights_options,
     beam_options,
     debug_option,
@@ -153,8 +153,10 @@ def main() -> None:
     help="JSONL file, one object with a 'prompt' field per line.",
 )
 @drafter_options("SOURCE")
-@click.option("--max-new-tokens", type=int, default=_GEN.max_new_tokens, show_default=True)
-@click.option("--batch-size", type=int, default=_GEN.batch_size, show_default=True)
+@click.option(
+    "--max-new-tokens", type=int, default=DEFAULT_GENERATION.max_new_tokens, show_default=True
+)
+@click.option("--batch-size", type=int, default=DEFAULT_GENERATION.batch_size, show_default=True)
 @beam_options("choose")
 @click.option("--autoregressive", is_flag=True, help="Plain decoding, one token per step.")
 @lookup_options()
@@ -223,9 +225,9 @@ def generate(
     )
     if beam_width is not None or beam_length is not None or lookup_beams is not None:
         options["beam"] = BeamShape(
-            _BEAM.width if beam_width is None else beam_width,
-            _BEAM.length if beam_length is None else beam_length,
-            _BEAM.lookup if lookup_beams is None else lookup_beams,
+            DEFAULT_BEAM.width if beam_width is None else beam_width,
+            DEFAULT_BEAM.length if beam_length is None else beam_length,
+            DEFAULT_BEAM.lookup if lookup_beams is None else lookup_beams,
             parse_ngrams(lookup_ngram),
         ).validate()
     generator = open_generator(source, **options)
@@ -330,7 +332,7 @@ def convert(
         beam=BeamShape(
             beam_width,
             beam_length,
-            _BEAM.lookup if lookup_beams is None else lookup_beams,
+            DEFAULT_BEAM.lookup if lookup_beams is None else lookup_beams,
             parse_ngrams(lookup_ngram),
         ),
         dtype=dtype,

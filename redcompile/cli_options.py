@@ -13,8 +13,8 @@ from redcompile.config import DEVICES, BeamShape
 from redcompile.generation import GenerationConfig
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-_BEAM = BeamShape()
-_GEN = GenerationConfig()
+DEFAULT_BEAM = BeamShape()
+DEFAULT_GENERATION = GenerationConfig()
 
 
 def stack(*options: Decorator) -> Decorator:
@@ -73,7 +73,7 @@ def beam_options(kind: str) -> Decorator:
             click.option(
                 "--beam-width",
                 "widths",
-                default=str(_BEAM.width),
+                default=str(DEFAULT_BEAM.width),
                 callback=int_list,
                 show_default=True,
                 help="Comma-separated beam widths (model folders).",
@@ -81,7 +81,7 @@ def beam_options(kind: str) -> Decorator:
             click.option(
                 "--beam-length",
                 "lengths",
-                default=str(_BEAM.length),
+                default=str(DEFAULT_BEAM.length),
                 callback=int_list,
                 show_default=True,
                 help=f"Comma-separated beam lengths. {length_help}.",
@@ -93,14 +93,14 @@ def beam_options(kind: str) -> Decorator:
         click.option(
             "--beam-width",
             type=int,
-            default=_BEAM.width if compiled else None,
-            help=f"Beams drafted per step [default: {_BEAM.width}{as_compiled}].",
+            default=DEFAULT_BEAM.width if compiled else None,
+            help=f"Beams drafted per step [default: {DEFAULT_BEAM.width}{as_compiled}].",
         ),
         click.option(
             "--beam-length",
             type=int,
-            default=_BEAM.length if compiled else None,
-            help=f"{length_help} [default: {_BEAM.length}{as_compiled}].",
+            default=DEFAULT_BEAM.length if compiled else None,
+            help=f"{length_help} [default: {DEFAULT_BEAM.length}{as_compiled}].",
         ),
     )
 
@@ -112,7 +112,7 @@ def sampling_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--temperature",
             type=float,
-            default=_GEN.temperature,
+            default=DEFAULT_GENERATION.temperature,
             show_default=True,
             help="0 is greedy; above 0 samples exactly the model's distribution at this "
             "temperature.",
@@ -120,14 +120,14 @@ def sampling_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--top-k",
             type=int,
-            default=_GEN.top_k,
+            default=DEFAULT_GENERATION.top_k,
             show_default=True,
             help="Sample among the k most likely tokens (0: all).",
         ),
         click.option(
             "--top-p",
             type=float,
-            default=_GEN.top_p,
+            default=DEFAULT_GENERATION.top_p,
             show_default=True,
             help="Sample from the most likely tokens holding this probability mass, in (0, 1] "
             "(1: all).",
@@ -135,7 +135,7 @@ def sampling_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--seed",
             type=int,
-            default=_GEN.seed,
+            default=DEFAULT_GENERATION.seed,
             show_default=True,
             help="0 ... 2**63 - 1; prompt i of a run draws from the stream (seed, i).",
         ),
