@@ -326,7 +326,7 @@ def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
     write_model(folder, SIZES[args.size])
     ar = args.scratch / f"llama-{args.size}-ar.onnx"
     if not ar.exists():
-        convert(folder, ar, options=ConvertOptions(autoregressive=True))
+        convert(folder, ar, options=ConvertOptions.of(autoregressive=True))
     paths = {}
     for (width, length), draft_vocab, exit_dim in shapes_to_try(args):
         suffix = (f"-V{draft_vocab}" if draft_vocab else "") + drafter_suffix(exit_dim, args.layers)
@@ -334,12 +334,13 @@ def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
             suffix += f"-{args.drafter_weights}"
         path = args.scratch / f"llama-{args.size}-W{width}-L{length}{suffix}.onnx"
         if not path.exists():
-            options = ConvertOptions(
+            options = ConvertOptions.of(
+                drafter_dir=drafter_folder(folder, exit_dim, args.layers),
                 beam=BeamShape(width, length),
                 draft_vocab=draft_vocab,
                 drafter_weights=args.drafter_weights,
             )
-            convert(folder, path, drafter_folder(folder, exit_dim, args.layers), options=options)
+            convert(folder, path, options=options)
         paths[(width, length), draft_vocab, exit_dim] = path
     return ar, paths
 

@@ -41,6 +41,7 @@ from redcompile.config import (
     TOLERANCES,
     VERIFY_NEW_TOKENS,
     BeamShape,
+    ModelFolderOptions,
     parse_ngrams,
 )
 from redcompile.errors import EXIT_BAD_INPUT, RedcompileError
@@ -326,28 +327,26 @@ def convert(
 
     from redcompile.compiler import ConvertOptions
     from redcompile.compiler import convert as run_convert
+    from redcompile.models.weight_quant import parse_base_weights
 
-    options = ConvertOptions(
-        target=target,
+    folder = ModelFolderOptions(
+        drafter_dir=drafter_dir,
         beam=BeamShape(
             beam_width,
             beam_length,
             DEFAULT_BEAM.lookup if lookup_beams is None else lookup_beams,
             parse_ngrams(lookup_ngram),
         ),
-        dtype=dtype,
-        max_seq_len=max_seq_len,
         autoregressive=autoregressive,
-        draft_vocab=draft_vocab,
-        drafter_weights=drafter_weights,
-        weights=weights,
-        weight_block_size=weight_block_size,
-        accuracy_level=accuracy_level,
         random_drafter=random_drafter,
         allow_pickle=allow_pickle,
-        device=device,
-        dump_passes=Path(dump_passes) if dump_passes else None,
+        dtype=dtype,
+        max_seq_len=max_seq_len,
+        draft_vocab=draft_vocab,
+        drafter_weights=drafter_weights,
+        base_weights=parse_base_weights(weights, weight_block_size, accuracy_level),
     )
+    options = ConvertOptions(folder, target, device, Path(dump_passes) if dump_passes else None)
     with tqdm(
         total=9, desc="convert", unit="stage", file=sys.stderr, leave=False, disable=None
     ) as bar:
@@ -356,7 +355,7 @@ def convert(
             bar.set_description(stage)
             bar.update(1)
 
-        report = run_convert(model_dir, out, drafter_dir, options, progress)
+        report = run_convert(model_dir, out, options, progress)
     if as_json:
         emit_json(report.to_json())
         return

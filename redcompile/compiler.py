@@ -31,13 +31,10 @@ from redcompile.artifact import (
     with_tokenizer_hash,
     write_artifact,
 )
-from redcompile.config import DTYPE_NAMES, SUFFIX_TARGETS, BeamShape, ModelFolderOptions
+from redcompile.config import DTYPE_NAMES, SUFFIX_TARGETS, ModelFolderOptions
 from redcompile.errors import InputError, PassError, TargetUnavailableError
 from redcompile.models.weight_quant import (
-    DEFAULT_ACCURACY_LEVEL,
-    DEFAULT_BASE_BLOCK_SIZE,
     BaseWeights,
-    parse_base_weights,
 )
 from redcompile.output_guard import check_output_file
 from redcompile.scratch import scratch_folder
@@ -47,36 +44,29 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """Everything `redcompile convert` can set; defaults defined here once."""
+    """Everything `redcompile convert` can set: the model to build (`folder`, the options every
+    command that loads a model folder takes) and where to compile it; defaults defined once.
 
+    convert loads the folder with float weights and writes `folder.drafter_weights` and
+    `folder.base_weights` as quantize-drafter and quantize-weights passes, so the artifact
+    holds exactly the quantized weights the PyTorch reference of the same folder options uses.
+    """
+
+    folder: ModelFolderOptions = field(default_factory=ModelFolderOptions)
     target: str | None = None  # None: from OUT's suffix
-    beam: BeamShape = field(default_factory=BeamShape)
-    dtype: str | None = None  # None: the checkpoint's dtype
-    max_seq_len: int | None = None  # None: the model's max_position_embeddings
-    autoregressive: bool = False
-    random_drafter: bool = False
-    draft_vocab: int | None = None  # None: draft from the whole vocabulary
-    drafter_weights: str = "float"  # or int8 / int4 (models/weight_quant.py), ONNX targets
-    weights: str = "float"  # the base model's matrices: float, int8 or int4 (onnxruntime)
-    weight_block_size: int = DEFAULT_BASE_BLOCK_SIZE
-    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
-    allow_pickle: bool = False
-    dump_passes: Path | None = None
     device: str | None = None  # torch target only; None: CUDA when available, else the CPU
+    dump_passes: Path | None = None
 
-    def folder_options(self, drafter_dir: Path | None, dtype: str | None) -> ModelFolderOptions:
-        """How to load the model folder for this conversion (float weights: the base matrices
-        are quantized by a pass, from the exported graph)."""
-        return ModelFolderOptions(
-            drafter_dir=drafter_dir,
-            beam=self.beam,
-            autoregressive=self.autoregressive,
-            random_drafter=self.random_drafter,
-            allow_pickle=self.allow_pickle,
-            dtype=dtype,
-            max_seq_len=self.max_seq_len,
-            draft_vocab=None if self.autoregressive else self.draft_vocab,
-        )
+    @classmethod
+    def of(
+        cls,
+        target: str | None = None,
+        device: str | None = None,
+        dump_passes: Path | None = None,
+        **folder: Any,
+    ) -> ConvertOptions:
+        """From keyword options: the compile ones by name, the rest ModelFolderOptions fields."""
+        return cls(ModelFolderOptions.of(**folder), target, device, dump_passes)
 
 
 @dataclass
@@ -179,28 +169,36 @@ def command_line(
     the drafter beam width actually built (0 for a lookup-only tree). Folders appear by name
     (their contents by hash in `sources`), so the bytes of an artifact do not depend on how
     MODEL_DIR was spelled or where it lives."""
+    f = o.folder
     parts = ["redcompile", "convert", model_dir.resolve().name, "<out>", "--target", target]
     if drafter_dir is not None:
         parts += ["--drafter", drafter_dir.resolve().name]
-    if o.autoregressive:
+    if f.autoregressive:
         parts.append("--autoregressive")
     else:
-        beam = o.beam if width is None else replace(o.beam, width=width)
+        beam = f.beam if width is None else replace(f.beam, width=width)
         parts += ["--beam-width", str(beam.width), "--beam-length", str(beam.length)]
         if beam.lookup:
             ngrams = ",".join(map(str, sorted(set(beam.ngrams), reverse=True)))
             parts += ["--lookup-beams", str(beam.lookup), "--lookup-ngram", ngrams]
-    options = (("--dtype", o.dtype), ("--max-seq-len", o.max_seq_len))
-    if not o.autoregressive:
-        options += (("--draft-vocab", o.draft_vocab),)
-        if o.drafter_weights != "float":
-            options += (("--drafter-weights", o.drafter_weights),)
+    options = (("--dtype", f.dtype), ("--max-seq-len", f.max_seq_len))
+    if not f.autoregressive:
+        options += (("--draft-vocab", f.draft_vocab),)
+        if f.drafter_weights != "float":
+            options += (("--drafter-weights", f.drafter_weights),)
+    base = f.base_weights
+    if base is not None and base.fmt is not None:
+        options += (
+            ("--weights", base.name),
+            ("--weight-block-size", base.fmt.block_size),
+            ("--accuracy-level", base.accuracy_level),
+        )
     for flag, value in options:
         if value is not None:
             parts += [flag, str(value)]
     if target == "torch" and o.device is not None:
         parts += ["--device", o.device]
-    for flag, on in (("--random-drafter", o.random_drafter), ("--allow-pickle", o.allow_pickle)):
+    for flag, on in (("--random-drafter", f.random_drafter), ("--allow-pickle", f.allow_pickle)):
         if on:
             parts.append(flag)
     return " ".join(parts)
@@ -209,17 +207,18 @@ def command_line(
 def convert(
     model_dir: Path | str,
     out: Path | str,
-    drafter_dir: Path | str | None = None,
     options: ConvertOptions | None = None,
     progress: Progress | None = None,
 ) -> ConvertReport:
-    """Compile `model_dir` (+ drafter) into the artifact `out`; see the module docstring."""
+    """Compile `model_dir` (+ drafter: `options.folder.drafter_dir`, default MODEL_DIR/drafter)
+    into the artifact `out`; see the module docstring."""
     from redcompile.models.loader import check_model_dir
     from redcompile.step_builder import check_lookup_only
 
     o = options or ConvertOptions()
+    f = o.folder
     model_dir, out = Path(model_dir), Path(out)
-    drafter_path = Path(drafter_dir) if drafter_dir else None
+    drafter_path = Path(f.drafter_dir) if f.drafter_dir else None
     target = resolve_target(out, o.target)  # before any work
     if target == "torch":
         from redcompile.torch_target import resolve_device
@@ -227,15 +226,15 @@ def convert(
         device = resolve_device(o.device)
     elif o.device is not None:
         raise InputError(f"--device applies to the torch (.pt2) target, not to {target}")
-    if not o.autoregressive:
-        o.beam.validate()
-    dtype = DTYPE_NAMES.get(o.dtype) if o.dtype else None
-    if o.dtype and dtype is None:
-        raise InputError(f"--dtype must be fp32, fp16 or bf16, got {o.dtype!r}")
-    _check_drafter_weights(o, target)
-    base_weights = _check_base_weights(o, target)
-    if o.max_seq_len is not None and o.max_seq_len < 2:
-        raise InputError(f"--max-seq-len must be at least 2, got {o.max_seq_len}")
+    if not f.autoregressive:
+        f.beam.validate()
+    dtype = DTYPE_NAMES.get(f.dtype) if f.dtype else None
+    if f.dtype and dtype is None:
+        raise InputError(f"--dtype must be fp32, fp16 or bf16, got {f.dtype!r}")
+    _check_drafter_weights(f, target)
+    base_weights = _check_base_weights(f, target)
+    if f.max_seq_len is not None and f.max_seq_len < 2:
+        raise InputError(f"--max-seq-len must be at least 2, got {f.max_seq_len}")
     if not out.parent.is_dir():
         raise InputError(f"convert: output folder {out.parent} does not exist")
     if out.is_dir():
@@ -253,12 +252,12 @@ def convert(
     with scratch_folder(out.parent) as workdir:
         start = time.perf_counter()
         say("loading model and drafter")
-        step, codec, manifest = _load(model_dir, drafter_path, o, dtype)
+        step, codec, manifest = _load(model_dir, o, dtype)
         manifest["target"] = target
         times["load"] = time.perf_counter() - start
         if manifest["mode"] == "lookup":
-            check_lookup_only(None, False, None, o.drafter_weights)
-        if o.drafter_weights != "float" and manifest["dtype"] == "bfloat16":
+            check_lookup_only(None, False, None, f.drafter_weights)
+        if f.drafter_weights != "float" and manifest["dtype"] == "bfloat16":
             raise InputError(
                 "--drafter-weights quantizes fp32 and fp16 weights, and this model loads as "
                 "bf16; add --dtype fp16 or --dtype fp32"
@@ -280,14 +279,14 @@ def convert(
         times["export"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        if manifest["drafter"] is not None and o.drafter_weights != "float":
+        if manifest["drafter"] is not None and f.drafter_weights != "float":
             from redcompile.models.weight_quant import weight_format
 
             # written by quantize-drafter; the block size tells other runtimes and `verify`
             # exactly which quantization the artifact carries
-            manifest["drafter"]["quantized"] = o.drafter_weights
+            manifest["drafter"]["quantized"] = f.drafter_weights
             manifest["drafter"]["quantized_block_size"] = weight_format(
-                o.drafter_weights
+                f.drafter_weights
             ).block_size
         model, records = _run_passes(
             exported, workdir, signature, manifest, target, o, say, rope, base_weights
@@ -328,13 +327,14 @@ def _min_onnxruntime(model: onnx.ModelProto) -> str:
     return min_onnxruntime({n.domain for n in model.graph.node})
 
 
-def _check_base_weights(o: ConvertOptions, target: str) -> BaseWeights:
-    """--weights / --weight-block-size / --accuracy-level: valid values, and quantized weights
-    only where MatMulNBits runs (ONNX Runtime)."""
+def _check_base_weights(f: ModelFolderOptions, target: str) -> BaseWeights:
+    """--weights / --weight-block-size / --accuracy-level (parsed by parse_base_weights):
+    int8 activations only without a tree, and quantized weights only where MatMulNBits runs
+    (ONNX Runtime)."""
     from redcompile.models.weight_quant import INT8_ACTIVATIONS
 
-    base = parse_base_weights(o.weights, o.weight_block_size, o.accuracy_level)
-    if base.fmt is not None and base.accuracy_level == INT8_ACTIVATIONS and not o.autoregressive:
+    base = f.base_weights or BaseWeights(None)
+    if base.fmt is not None and base.accuracy_level == INT8_ACTIVATIONS and not f.autoregressive:
         raise InputError(
             "--accuracy-level 4 rounds activations to int8, and ONNX Runtime's rounding then "
             "depends on how many tokens a step verifies, so ReDrafter would not decode exactly "
@@ -342,7 +342,7 @@ def _check_base_weights(o: ConvertOptions, target: str) -> BaseWeights:
         )
     if base.fmt is not None and target != "onnxruntime":
         raise InputError(
-            f"--weights {o.weights} writes ONNX Runtime's MatMulNBits and applies to .onnx "
+            f"--weights {base.name} writes ONNX Runtime's MatMulNBits and applies to .onnx "
             f"artifacts for onnxruntime, not to the {target} target"
         )
     return base
@@ -370,14 +370,14 @@ def _check_weight_blocks(base: BaseWeights, cfg, dtype: str) -> None:
             )
 
 
-def _check_drafter_weights(o: ConvertOptions, target: str) -> None:
+def _check_drafter_weights(f: ModelFolderOptions, target: str) -> None:
     """--drafter-weights int8/int4: ONNX targets with a drafter (the dtype is checked after
     loading: a checkpoint's own dtype is known only then)."""
     from redcompile.models.weight_quant import parse_drafter_weights
 
-    if parse_drafter_weights(o.drafter_weights) is None:
+    if parse_drafter_weights(f.drafter_weights) is None:
         return
-    if o.autoregressive:
+    if f.autoregressive:
         raise InputError("--drafter-weights needs a drafter; --autoregressive compiles none")
     if target == "torch":
         raise InputError(
@@ -394,7 +394,7 @@ def _record_sources(
     target: str,
 ) -> None:
     manifest["sources"] = {"model": source_hashes(model_dir)}
-    if manifest["drafter"] is not None and not o.random_drafter:
+    if manifest["drafter"] is not None and not o.folder.random_drafter:
         manifest["sources"]["drafter"] = source_hashes(drafter_path or model_dir / "drafter")
     manifest["command"] = command_line(
         model_dir, drafter_path, o, target, manifest["beam"]["width"]
@@ -489,11 +489,15 @@ def _weight_bytes(tensor: onnx.TensorProto, workdir: Path) -> int:
     return len(tensor.raw_data) or tensor.ByteSize()
 
 
-def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: str | None):
+def _load(model_dir: Path, o: ConvertOptions, dtype: str | None):
     """The step module, tokenizer and the manifest's model part."""
     from redcompile.step_builder import build_step
 
-    built = build_step(model_dir, o.folder_options(drafter_dir, dtype))
+    # float weights: quantize-weights and quantize-drafter write the quantized ones
+    f = replace(o.folder, dtype=dtype, base_weights=None, drafter_weights="float")
+    if f.autoregressive:
+        f = replace(f, draft_vocab=None)
+    built = build_step(model_dir, f)
     step = built.step
     base_cfg = step.base.config
     manifest = {
@@ -503,7 +507,7 @@ def _load(model_dir: Path, drafter_dir: Path | None, o: ConvertOptions, dtype: s
         "mode": built.info["mode"],
         "target": "onnxruntime",
         "model": base_cfg.to_dict(),
-        "drafter": None if step.drafter is None else step.drafter.describe(o.random_drafter),
+        "drafter": None if step.drafter is None else step.drafter.describe(f.random_drafter),
         "beam": {
             "width": step.beam_width,
             "length": step.beam_length,
@@ -573,6 +577,8 @@ def _run_passes(path, workdir, signature, manifest, target, o, say, rope, base_w
 
     model = onnx.load(str(path), load_external_data=False)
     _inline_index_tables(model, workdir)
-    passes = pipeline(target, signature, manifest["dtype"], o.drafter_weights, rope, base_weights)
+    passes = pipeline(
+        target, signature, manifest["dtype"], o.folder.drafter_weights, rope, base_weights
+    )
     manager = PassManager(passes, dump_dir=o.dump_passes, on_pass=lambda n: say(f"pass {n}"))
     return manager.run(model, PassContext(target=target, weights_dir=workdir))

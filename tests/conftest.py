@@ -37,7 +37,7 @@ def converted(tmp_path_factory):
     made = {}
 
     def get(model_dir, options=None, suffix=".onnx"):
-        options = options or ConvertOptions()
+        options = options or ConvertOptions.of()
         key = (str(model_dir), repr(options), suffix)
         if key not in made:
             made[key] = convert(model_dir, root / f"artifact{len(made)}{suffix}", options=options)

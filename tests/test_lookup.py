@@ -49,7 +49,7 @@ def expected(tiny_llama):
 def artifacts(tiny_llama, converted):
     out = {}
     for name, beam, random in (("lookup", LOOKUP_ONLY, False), ("mixed", MIXED, True)):
-        options = ConvertOptions(beam=beam, random_drafter=random, max_seq_len=128)
+        options = ConvertOptions.of(beam=beam, random_drafter=random, max_seq_len=128)
         out[name] = converted(tiny_llama, options)
     return out
 

@@ -100,12 +100,12 @@ def artifacts(peaked_model, lens_drafter, tmp_path_factory):
     def artifact(width):
         if width not in built:
             options = (
-                ConvertOptions(autoregressive=True)
+                ConvertOptions.of(autoregressive=True, drafter_dir=lens_drafter)
                 if width == 0
-                else ConvertOptions(beam=BeamShape(width, LENGTH))
+                else ConvertOptions.of(beam=BeamShape(width, LENGTH), drafter_dir=lens_drafter)
             )
             out = root / f"w{width}.onnx"
-            convert(peaked_model, out, drafter_dir=lens_drafter, options=options)
+            convert(peaked_model, out, options=options)
             built[width] = open_generator(out)
         return built[width]
 

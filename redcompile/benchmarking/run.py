@@ -77,8 +77,8 @@ def model_folder_engines(
     work.mkdir(parents=True, exist_ok=True)
     engines = {}
     weights = options.get("drafter_weights", "float")
-    base = options.get("base_convert", {})
-    base_tag = "" if base.get("weights", "float") == "float" else f"-base{base['weights']}"
+    base = options.get("base_weights")
+    base_tag = "" if base is None or base.fmt is None else f"-base{base.name}"
     for beam, draft_vocab in [(None, None), *shapes]:
         name = engine_name(beam, draft_vocab)
         own = _for_shape(beam, options)
@@ -87,20 +87,17 @@ def model_folder_engines(
         path = work / f"{name}{ngrams}{f'-{weights}' if quantized else ''}{base_tag}.onnx"
         if not path.exists():
             progress(f"converting {name}")
-            convert(
-                model_dir,
-                path,
-                own.get("drafter_dir"),
-                ConvertOptions(
-                    beam=beam or BeamShape(),
-                    autoregressive=beam is None,
-                    random_drafter=own.get("random_drafter", False) and beam is not None,
-                    allow_pickle=options.get("allow_pickle", False),
-                    draft_vocab=draft_vocab,
-                    drafter_weights=own.get("drafter_weights", "float") if beam else "float",
-                    **base,
-                ),
+            folder = ModelFolderOptions(
+                drafter_dir=own.get("drafter_dir"),
+                beam=beam or BeamShape(),
+                autoregressive=beam is None,
+                random_drafter=own.get("random_drafter", False) and beam is not None,
+                allow_pickle=options.get("allow_pickle", False),
+                draft_vocab=draft_vocab,
+                drafter_weights=own.get("drafter_weights", "float") if beam else "float",
+                base_weights=base,
             )
+            convert(model_dir, path, ConvertOptions(folder))
         engines[name] = open_artifact(path, threads=options.get("threads"))
     return engines
 
@@ -113,31 +110,32 @@ def _for_shape(beam: BeamShape | None, options: dict[str, Any]) -> dict[str, Any
     return {k: v for k, v in options.items() if k not in drafter_keys}
 
 
-def _split_base_weights(source: Path | str, cfg: BenchConfig, options: dict) -> dict:
-    """`weights`, `weight_block_size`, `accuracy_level` (bench --weights) as what each kind of
-    source takes: convert options for ONNX Runtime, the reference's BaseWeights for PyTorch;
-    an artifact has its own weights."""
-    from redcompile.models.weight_quant import FLOAT, parse_base_weights
+def _split_base_weights(source: Path | str, options: dict) -> dict:
+    """`weights`, `weight_block_size`, `accuracy_level` (bench --weights) as one BaseWeights
+    under `base_weights`, which the PyTorch reference and every converted artifact decode
+    with; an artifact source has its own weights."""
+    from redcompile.models.weight_quant import (
+        DEFAULT_ACCURACY_LEVEL,
+        DEFAULT_BASE_BLOCK_SIZE,
+        FLOAT,
+        parse_base_weights,
+    )
 
     options = dict(options)
-    convert_options = {
+    given = {
         key: options.pop(key)
         for key in ("weights", "weight_block_size", "accuracy_level")
         if key in options
     }
-    if convert_options.get("weights", FLOAT) == FLOAT:
+    if given.get("weights", FLOAT) == FLOAT:
         return options
     if not Path(source).is_dir():
         raise InputError("--weights applies to model folders; an artifact has its own weights")
-    parsed = parse_base_weights(
-        convert_options["weights"],
-        convert_options["weight_block_size"],
-        convert_options["accuracy_level"],
+    options["base_weights"] = parse_base_weights(
+        given["weights"],
+        given.get("weight_block_size", DEFAULT_BASE_BLOCK_SIZE),
+        given.get("accuracy_level", DEFAULT_ACCURACY_LEVEL),
     )
-    if cfg.runtime == "torch":
-        options["base_weights"] = parsed
-    else:
-        options["base_convert"] = convert_options
     return options
 
 
@@ -165,7 +163,7 @@ def bench(
     cfg = cfg or BenchConfig()
     cfg.validate()
     say = progress or (lambda _m: None)
-    options = _split_base_weights(source, cfg, options)
+    options = _split_base_weights(source, options)
     source = Path(source)
     if not source.exists():
         raise InputError(f"bench: {source} does not exist")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from redcompile.compiler import ConvertOptions
+from redcompile.models.weight_quant import parse_base_weights
 from support import PROMPTS
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -22,9 +23,10 @@ def peers(monkeypatch):
 
 
 def test_two_artifacts_side_by_side(peers, tiny_llama, converted):
-    ar = converted(tiny_llama, ConvertOptions(autoregressive=True))
+    ar = converted(tiny_llama, ConvertOptions.of(autoregressive=True))
     int8 = converted(
-        tiny_llama, ConvertOptions(autoregressive=True, weights="int8", weight_block_size=16)
+        tiny_llama,
+        ConvertOptions.of(autoregressive=True, base_weights=parse_base_weights("int8", 16)),
     )
     systems = [
         peers.redcompile_system("ar", ar.out, "1", 8),

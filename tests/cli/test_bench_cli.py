@@ -49,8 +49,8 @@ def prompts(tmp_path):
 
 
 def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, converted, tmp_path):
-    spec = converted(tiny_llama, ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)).out
-    ar = converted(tiny_llama, ConvertOptions(autoregressive=True)).out
+    spec = converted(tiny_llama, ConvertOptions.of(beam=BeamShape(2, 3), random_drafter=True)).out
+    ar = converted(tiny_llama, ConvertOptions.of(autoregressive=True)).out
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = CliRunner().invoke(
         main,
@@ -135,7 +135,7 @@ def test_bench_of_a_model_folder_in_torch(tiny_llama, tmp_path):
 
 
 def test_an_artifact_without_baseline_is_refused(tiny_llama, converted, tmp_path):
-    spec = converted(tiny_llama, ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)).out
+    spec = converted(tiny_llama, ConvertOptions.of(beam=BeamShape(2, 3), random_drafter=True)).out
     result = CliRunner().invoke(
         main, ["bench", str(spec), "--prompts-file", str(prompts(tmp_path))]
     )

@@ -116,7 +116,7 @@ def artifact(tiny_llama, converted):
     from redcompile.compiler import ConvertOptions
     from redcompile.config import BeamShape
 
-    return converted(tiny_llama, ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)).out
+    return converted(tiny_llama, ConvertOptions.of(beam=BeamShape(2, 3), random_drafter=True)).out
 
 
 @settings(max_examples=40, **QUICK)

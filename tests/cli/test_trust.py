@@ -52,7 +52,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-GOOD = ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)
+GOOD = ConvertOptions.of(beam=BeamShape(2, 3), random_drafter=True)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def drafted_elsewhere(tiny_llama, tmp_path_factory):
     work = tmp_path_factory.mktemp("elsewhere")
     drafter = drafter_folder(tiny_llama, work)
     out = work / "drafted.onnx"
-    convert(tiny_llama, out, drafter, ConvertOptions(beam=BeamShape(2, 3)))
+    convert(tiny_llama, out, ConvertOptions.of(beam=BeamShape(2, 3), drafter_dir=drafter))
     shutil.rmtree(drafter)
     return out
 
@@ -212,7 +212,7 @@ def test_a_killed_convert_leaves_nothing_at_out_and_the_next_one_cleans_up(tiny_
     # The next convert removes the killed one's scratch folder on its way in (this one then
     # fails cheaply at loading: the tiny model has no drafter) and leaves nothing itself.
     with pytest.raises(InputError, match="no drafter at"):
-        convert(tiny_llama, out, options=ConvertOptions(beam=BeamShape(4, 5, lookup=0)))
+        convert(tiny_llama, out, options=ConvertOptions.of(beam=BeamShape(4, 5, lookup=0)))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -258,7 +258,7 @@ def test_a_failing_pass_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ShareWeights, "match", explode)
     with pytest.raises(RuntimeError, match="injected"):
-        convert(tiny_llama, tmp_path / "m.onnx", options=ConvertOptions(random_drafter=True))
+        convert(tiny_llama, tmp_path / "m.onnx", options=ConvertOptions.of(random_drafter=True))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -27,9 +27,11 @@ def artifacts(tiny_models, tmp_path_factory):
     spec = convert(
         tiny_models["qwen3"],
         out / "spec.onnx",
-        options=ConvertOptions(beam=BeamShape(3, 4), random_drafter=True),
+        options=ConvertOptions.of(beam=BeamShape(3, 4), random_drafter=True),
     )
-    ar = convert(tiny_models["qwen3"], out / "ar.onnx", options=ConvertOptions(autoregressive=True))
+    ar = convert(
+        tiny_models["qwen3"], out / "ar.onnx", options=ConvertOptions.of(autoregressive=True)
+    )
     return {"spec": spec, "ar": ar, "model": tiny_models["qwen3"]}
 
 
@@ -152,7 +154,7 @@ def test_a_draft_vocabulary_drafts_the_same_in_the_artifact_and_stays_lossless(a
     # 48 ids (384 bytes) exceed the exporter's 256-byte inline limit: the index table is
     # written as external data, which shape inference cannot read inside a function body
     shape = dict(beam=BeamShape(3, 4), random_drafter=True, draft_vocab=48)
-    report = convert(model, tmp_path / "v.onnx", options=ConvertOptions(**shape))
+    report = convert(model, tmp_path / "v.onnx", options=ConvertOptions.of(**shape))
     assert report.manifest["drafter"]["draft_vocab"] == 48
     assert "--draft-vocab 48" in report.manifest["command"]
     artifact = open_generator(report.out)
@@ -207,7 +209,7 @@ def test_a_quantized_drafter_stays_lossless_and_verifies(artifacts, converted):
 
     model = artifacts["model"]
     shape = dict(beam=BeamShape(3, 4), random_drafter=True)
-    report = converted(model, ConvertOptions(**shape, drafter_weights="int4"))
+    report = converted(model, ConvertOptions.of(**shape, drafter_weights="int4"))
     assert report.manifest["drafter"]["quantized"] == "int4"
     assert report.manifest["drafter"]["quantized_block_size"] == WEIGHT_FORMATS["int4"].block_size
     assert "--drafter-weights int4" in report.manifest["command"]
@@ -241,8 +243,10 @@ def test_drafter_weights_are_refused_for_the_torch_target():
     from redcompile.errors import InputError
 
     with pytest.raises(InputError, match="applies to ONNX artifacts"):
-        _check_drafter_weights(ConvertOptions(drafter_weights="int4"), "torch")
-    _check_drafter_weights(ConvertOptions(drafter_weights="int4"), "tensorrt")  # ONNX: fine
+        _check_drafter_weights(ConvertOptions.of(drafter_weights="int4").folder, "torch")
+    _check_drafter_weights(
+        ConvertOptions.of(drafter_weights="int4").folder, "tensorrt"
+    )  # ONNX: fine
 
 
 def test_cli_generate_refuses_drafter_weights_for_an_artifact(artifacts):
@@ -261,9 +265,9 @@ def test_an_fp16_speculative_artifact_loads_and_decodes_like_the_fp16_autoregres
     spec = convert(
         tiny_models["llama"],
         tmp_path / "spec16.onnx",
-        options=ConvertOptions(beam=BeamShape(3, 4), random_drafter=True, **half),
+        options=ConvertOptions.of(beam=BeamShape(3, 4), random_drafter=True, **half),
     ).out
-    ar_options = ConvertOptions(autoregressive=True, **half)
+    ar_options = ConvertOptions.of(autoregressive=True, **half)
     ar = convert(tiny_models["llama"], tmp_path / "ar16.onnx", options=ar_options).out
     greedy = GenerationConfig(max_new_tokens=12, batch_size=2)
     spec_ids = ids(open_generator(spec).generate_ids(PROMPTS[:4], greedy))

@@ -30,10 +30,10 @@ def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("fixture")
     opts = dict(beam=BeamShape(4, 5), random_drafter=True)
     return {
-        "fp32": convert(FIXTURE, out / "spec.onnx", options=ConvertOptions(**opts)).out,
-        "ar": convert(FIXTURE, out / "ar.onnx", options=ConvertOptions(autoregressive=True)).out,
+        "fp32": convert(FIXTURE, out / "spec.onnx", options=ConvertOptions.of(**opts)).out,
+        "ar": convert(FIXTURE, out / "ar.onnx", options=ConvertOptions.of(autoregressive=True)).out,
         "fp16": convert(
-            FIXTURE, out / "spec16.onnx", options=ConvertOptions(dtype="fp16", **opts)
+            FIXTURE, out / "spec16.onnx", options=ConvertOptions.of(dtype="fp16", **opts)
         ).out,
     }
 

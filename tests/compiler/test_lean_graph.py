@@ -40,18 +40,20 @@ def lean(tiny_models, converted):
     llama = tiny_models["llama"]
     made = {}
     for arch in ("llama", "qwen3", "llama_tied"):
-        made[f"{arch}-ar"] = converted(tiny_models[arch], ConvertOptions(autoregressive=True)).out
-    w1 = ConvertOptions(beam=BeamShape(1, 4, lookup=0), random_drafter=True)
+        made[f"{arch}-ar"] = converted(
+            tiny_models[arch], ConvertOptions.of(autoregressive=True)
+        ).out
+    w1 = ConvertOptions.of(beam=BeamShape(1, 4, lookup=0), random_drafter=True)
     made["llama-w1"] = converted(llama, w1).out
-    w2 = ConvertOptions(beam=BeamShape(2, 3, lookup=0), random_drafter=True)
+    w2 = ConvertOptions.of(beam=BeamShape(2, 3, lookup=0), random_drafter=True)
     made["llama-w2"] = converted(llama, w2).out
-    int4_l4 = ConvertOptions(autoregressive=True, weights="int4", accuracy_level=4)
+    int4_l4 = ConvertOptions.of(autoregressive=True, base_weights=parse_base_weights("int4", 32, 4))
     made["llama-ar-int4-l4"] = converted(llama, int4_l4).out
     for name, block in (("int4", 32), ("int8", 16)):
-        ar = ConvertOptions(autoregressive=True, weights=name, weight_block_size=block)
-        made[f"llama-ar-{name}"] = converted(llama, replace(ar, accuracy_level=1)).out
+        ar = ConvertOptions.of(autoregressive=True, base_weights=parse_base_weights(name, block, 1))
+        made[f"llama-ar-{name}"] = converted(llama, ar).out
     # one speculative quantized artifact: MatMulNBits computes int8 and int4 alike
-    int4_w1 = replace(w1, weights="int4", weight_block_size=32, accuracy_level=1)
+    int4_w1 = replace(w1, folder=replace(w1.folder, base_weights=parse_base_weights("int4", 32, 1)))
     made["llama-w1-int4"] = converted(llama, int4_w1).out
     return made
 
@@ -85,7 +87,7 @@ def test_trees_keep_tree_attention(lean):
 
 def test_head_sizes_the_cpu_kernel_refuses_keep_tree_attention(tmp_path):
     folder = save_tiny_model(tmp_path / "d8", "llama", head_dim=8, num_attention_heads=8)
-    report = convert(folder, tmp_path / "ar.onnx", options=ConvertOptions(autoregressive=True))
+    report = convert(folder, tmp_path / "ar.onnx", options=ConvertOptions.of(autoregressive=True))
     types = set(op_types(report.out))
     assert "TreeAttention" in types and "GroupQueryAttention" not in types
     reference = open_model_folder(folder, autoregressive=True)
@@ -112,7 +114,7 @@ def test_speculation_on_quantized_weights_stays_exact(lean):
 
 
 def test_a_tied_head_is_quantized_with_the_rest(tiny_models, tmp_path):
-    options = ConvertOptions(autoregressive=True, weights="int8", weight_block_size=16)
+    options = ConvertOptions.of(autoregressive=True, base_weights=parse_base_weights("int8", 16))
     report = convert(tiny_models["llama_tied"], tmp_path / "tied.onnx", options=options)
     assert op_types(report.out)["MatMulNBits"] == 2 * 5 + 1
     assert verify(report.out, tiny_models["llama_tied"]).passed
@@ -204,3 +206,9 @@ def test_bench_converts_both_engines_with_the_same_base_weights(tiny_models, tmp
             weight_block_size=32,
             accuracy_level=4,
         )
+
+
+def test_the_manifest_command_names_the_base_weights(lean):
+    command = read_artifact(lean["llama-ar-int8"]).manifest["command"]
+    assert "--weights int8 --weight-block-size 16 --accuracy-level 1" in command
+    assert "--weights" not in read_artifact(lean["llama-ar"]).manifest["command"]

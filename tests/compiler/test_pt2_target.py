@@ -29,7 +29,7 @@ from redcompile.pt2_artifact import EXTRA_DIR, read_pt2_artifact
 from support import PROMPTS
 
 BEAM = BeamShape(3, 4, lookup=1)  # drafter beams and a lookup beam: both state kinds
-OPTIONS = ConvertOptions(beam=BEAM, random_drafter=True, max_seq_len=64, target="torch")
+OPTIONS = ConvertOptions.of(beam=BEAM, random_drafter=True, max_seq_len=64, target="torch")
 
 
 @pytest.fixture(scope="module")
@@ -342,11 +342,11 @@ def test_options_that_do_not_fit_the_package_are_refused(pt2):
 def test_device_option_is_checked_before_any_work(tiny_llama, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(TargetUnavailableError, match="no CUDA device"):
-            convert(tiny_llama, tmp_path / "m.pt2", options=ConvertOptions(device="cuda"))
+            convert(tiny_llama, tmp_path / "m.pt2", options=ConvertOptions.of(device="cuda"))
     with pytest.raises(InputError, match="--device must be cpu or cuda"):
-        convert(tiny_llama, tmp_path / "m.pt2", options=ConvertOptions(device="tpu"))
+        convert(tiny_llama, tmp_path / "m.pt2", options=ConvertOptions.of(device="tpu"))
     with pytest.raises(InputError, match="applies to the torch"):
-        convert(tiny_llama, tmp_path / "m.onnx", options=ConvertOptions(device="cpu"))
+        convert(tiny_llama, tmp_path / "m.onnx", options=ConvertOptions.of(device="cpu"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -401,7 +401,7 @@ def test_check_run_catches_a_package_that_differs_from_eager(pt2, tiny_models):
 @pytest.mark.slow  # a second AOTInductor compile; the module's package has a lookup beam too
 def test_lookup_only_pt2_equals_autoregressive_alone_and_in_flight(tiny_models, tmp_path):
     """A second package, lookup only (no drafter): the token history is the only tree state."""
-    options = ConvertOptions(beam=BeamShape(0, 5, lookup=1), max_seq_len=64, target="torch")
+    options = ConvertOptions.of(beam=BeamShape(0, 5, lookup=1), max_seq_len=64, target="torch")
     report = convert(tiny_models["llama"], tmp_path / "lookup.pt2", options=options)
     assert report.manifest["mode"] == "lookup"
     generator = open_generator(report.out)

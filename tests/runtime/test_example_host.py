@@ -27,18 +27,18 @@ RUNNER = (
 )
 PROMPTS = ["def f(x):", "ab ab ab ab", "import os", "x = 1\ny = 2\nx", "The ", "class A:"]
 KINDS = {
-    "redrafter": ("llama", ConvertOptions(beam=BeamShape(2, 3), random_drafter=True)),
-    "autoregressive": ("llama", ConvertOptions(autoregressive=True)),
-    "lookup-only": ("llama", ConvertOptions(beam=BeamShape(0, 5, lookup=1), max_seq_len=128)),
+    "redrafter": ("llama", ConvertOptions.of(beam=BeamShape(2, 3), random_drafter=True)),
+    "autoregressive": ("llama", ConvertOptions.of(autoregressive=True)),
+    "lookup-only": ("llama", ConvertOptions.of(beam=BeamShape(0, 5, lookup=1), max_seq_len=128)),
     "drafter-and-lookup": (
         "llama",
-        ConvertOptions(
+        ConvertOptions.of(
             beam=BeamShape(2, 4, lookup=2, ngrams=(2, 1)), random_drafter=True, max_seq_len=128
         ),
     ),
     "quantized-drafter": (
         "qwen3",
-        ConvertOptions(beam=BeamShape(3, 4), random_drafter=True, drafter_weights="int4"),
+        ConvertOptions.of(beam=BeamShape(3, 4), random_drafter=True, drafter_weights="int4"),
     ),
 }
 
