@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 NUMPY = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
 FILL = {"input_ids": 0, "parent_ids": -1, "depths": 0}  # pad value of packed tensors
 ROW_STATE = ("num_tokens", "forced", "cache_lengths")  # all zero: an idle row
+LEVELS = {"off": 0, "chain": 1, "full": 2}  # the `speculation` input ("Speculation levels")
 
 
 class Artifact:
@@ -49,6 +50,9 @@ class Artifact:
             shape = [dims.get(d, d) for d in spec["dims"]]
             state[spec["name"]] = np.full(shape, FILL.get(spec["name"], 0), self.dtype(spec))
         return state
+
+    def batched(self, name: str) -> bool:  # a slice per row (`speculation` is one scalar)
+        return next(s["dims"][:1] == ["batch"] for s in self.inputs if s["name"] == name)
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
@@ -97,7 +101,7 @@ def admit(art: Artifact, state: dict, b: int, row: Row, args: argparse.Namespace
     """Prefill `row` into batch row b as a batch of one over b's cache slice (rows are
     independent); b's state becomes the step's next_* row. Returns the first token(s)."""
     p = len(row.prompt)
-    feeds = {name: value[b : b + 1] for name, value in state.items()}
+    feeds = {n: v[b : b + 1] if art.batched(n) else v for n, v in state.items()}
     feeds.update(
         input_ids=np.array([row.prompt], np.int64),
         parent_ids=np.arange(-1, p - 1, dtype=np.int64)[None],
@@ -112,9 +116,22 @@ def admit(art: Artifact, state: dict, b: int, row: Row, args: argparse.Namespace
     feeds.update(controls([row], args, art.length))
     out = art.step(feeds)
     for output, name in art.feedback.items():
-        state[name][b] = out[output][0]
+        put_row(state, name, b, out[output][0])
     return out["new_tokens"][0, : out["num_new_tokens"][0]].tolist()
 
+
+def put_row(state: dict, name: str, b: int, value: np.ndarray) -> None:
+    """Row b of input `name` becomes `value`; packed rows vary in width: pad with FILL."""
+    held = state[name]
+    if name not in FILL:
+        held[b] = value
+        return
+    if value.shape[0] > held.shape[1]:  # widen the batch's packed tensor, pad values
+        wider = np.full((held.shape[0], value.shape[0]), FILL[name], held.dtype)
+        wider[:, : held.shape[1]] = held
+        state[name] = held = wider
+    held[b] = FILL[name]
+    held[b, : value.shape[0]] = value
 
 def generate(art: Artifact, prompts: list[str], args: argparse.Namespace) -> list[Row]:
     """The loop of docs/artifact.md: admit, step, emit, stop or admit the next prompt."""
@@ -123,6 +140,8 @@ def generate(art: Artifact, prompts: list[str], args: argparse.Namespace) -> lis
     cache = longest + args.max_new_tokens + art.length + max(art.tree, longest)
     batch = min(args.batch_size, len(prompts))
     state = art.zeros(batch, art.tree, cache)  # every row idle until admitted
+    if "speculation" in state:  # what each step drafts for the next one
+        state["speculation"] = np.array(LEVELS[args.speculation], np.int64)
     waiting = [Row(i, ids, args) for i, ids in enumerate(encoded)]
     done, slots = [], [None] * batch
 
@@ -165,6 +184,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speculation", choices=list(LEVELS), default="full")
     args = parser.parse_args()
     with open(args.prompts_file, encoding="utf-8") as handle:
         prompts = [json.loads(line)["prompt"] for line in handle if line.strip()]

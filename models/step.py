@@ -19,7 +19,7 @@ import contextlib
 import torch
 from torch import nn
 
-from redcompile.io_contract import HISTORY, step_signature
+from redcompile.io_contract import HISTORY, SPECULATION, SPECULATION_LEVELS, step_signature
 from redcompile.models.drafter import Drafter
 from redcompile.models.llama import Decoder
 from redcompile.ops import ACCEPT, ANCESTOR_MASK, BUILD_TREE, KV_COMPACTION, PROMPT_LOOKUP, call
@@ -42,6 +42,10 @@ class SpeculativeStep(nn.Module):
 
     The tree holds `beam_width` drafter beams (0 without a drafter) and `lookup_beams` beams
     copied from each row's history (`lookup_ngrams`: the n-gram sizes matched, longest first).
+    A speculative step reads its speculation level (io_contract.SPECULATION): `full` drafts the
+    whole tree, `chain` only its first beam, `none` no tree (the next step verifies the root
+    alone). `keep_history` gives an autoregressive step the token history of an artifact with
+    lookup beams (the autoregressive branch of such an artifact, passes/speculation_levels.py).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class SpeculativeStep(nn.Module):
         draft_top_k: int = 50,
         lookup_beams: int = 0,
         lookup_ngrams: tuple[int, ...] = (),
+        keep_history: bool = False,
     ) -> None:
         super().__init__()
         if drafter is None and beam_length > 1 and lookup_beams == 0:
@@ -62,14 +67,17 @@ class SpeculativeStep(nn.Module):
             raise ValueError("drafting needs beam_length > 1")
         if lookup_beams > 0 and not lookup_ngrams:
             raise ValueError("lookup beams need at least one n-gram size")
+        if keep_history and beam_length > 1:
+            raise ValueError("keep_history is for autoregressive steps; lookup beams keep it")
         self.base, self.drafter = base, drafter
         self.beam_width = 0 if drafter is None and lookup_beams else beam_width
         self.beam_length = beam_length
         self.lookup_beams, self.lookup_ngrams = lookup_beams, tuple(lookup_ngrams)
         self.max_seq_len, self.draft_top_k = max_seq_len, draft_top_k
         self.lifting_steps = lifting_steps(max_seq_len)
+        self.keep_history = keep_history or lookup_beams > 0
         self.signature = step_signature(
-            base.config.num_layers, self.tree_beams, beam_length, history=lookup_beams > 0
+            base.config.num_layers, self.tree_beams, beam_length, history=self.keep_history
         )
 
     @property
@@ -122,6 +130,18 @@ class SpeculativeStep(nn.Module):
         if not self.speculative:
             # One token per row: new_tokens is the next root ([B, 1]; 0 for idle rows), and a
             # row is active next step exactly when it emitted a token (num_new is 1 or 0).
+            history = ()
+            if self.keep_history:
+                tokens_so_far, _ = self._append_history(
+                    named[HISTORY],
+                    input_ids,
+                    keep_idx,
+                    keep_len,
+                    cache_lengths,
+                    new_tokens,
+                    num_new > 0,
+                )
+                history = (tokens_so_far,)
             return (
                 new_tokens,
                 num_new,
@@ -131,11 +151,13 @@ class SpeculativeStep(nn.Module):
                 num_new,
                 num_new,
                 cache_lengths + keep_len,
+                *history,
                 *present,
             )
         b = input_ids.shape[0]
         next_token = torch.gather(new_tokens, 1, (num_new - 1).clamp(min=0).unsqueeze(1))
         active = num_new > 0
+        level = named[SPECULATION]
         beams, history = [], ()
         if self.drafter is not None:
             h = torch.gather(hidden, 1, last_idx.view(b, 1, 1).expand(b, 1, hidden.shape[-1]))
@@ -166,17 +188,22 @@ class SpeculativeStep(nn.Module):
             beams.append(looked_up)
             history = (tokens_so_far,)
         beams = beams[0] if len(beams) == 1 else torch.cat(beams, dim=1)
+        # chain: every beam becomes the first one, and the tree deduplicates them into a chain
+        chain = level == SPECULATION_LEVELS["chain"]
+        beams = torch.where(chain, beams[:, :1].expand_as(beams), beams)
         with section("tree"):
             tokens, parents, depths, tree_size, paths = call(BUILD_TREE, beams)
         zero = torch.zeros_like(num_new)
+        root_only = torch.ones_like(num_new)  # none: the next tree is its root, forced
+        drafted = torch.where(level == SPECULATION_LEVELS["none"], root_only, tree_size)
         return (
             new_tokens,
             num_new,
             tokens,
             parents,
             depths,
-            torch.where(active, tree_size, zero),
-            torch.where(active, torch.ones_like(num_new), zero),
+            torch.where(active, drafted, zero),
+            torch.where(active, root_only, zero),
             cache_lengths + keep_len,
             paths,
             *history,

@@ -138,13 +138,29 @@ def constant_digest(tensor: gs.Constant, ctx: PassContext) -> str:
     if proto is None:
         digest.update(np.ascontiguousarray(np.asarray(tensor.values)).tobytes())
         return digest.hexdigest()
+    _digest_external(digest, proto, ctx.weights_dir)
+    return digest.hexdigest()
+
+
+def tensor_digest(proto: onnx.TensorProto, weights_dir: Path | None) -> str:
+    """sha256 of an initializer's element type, shape and bytes, whether they are in the
+    proto or in external data under `weights_dir` (read in chunks, not loaded whole)."""
+    digest = hashlib.sha256(f"{proto.data_type}{tuple(proto.dims)}".encode())
+    if proto.data_location == onnx.TensorProto.EXTERNAL:
+        _digest_external(digest, proto, weights_dir)
+    else:
+        array = onnx.numpy_helper.to_array(proto)
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _digest_external(digest, proto: onnx.TensorProto, weights_dir: Path | None) -> None:
     info = {entry.key: entry.value for entry in proto.external_data}
     offset, length = int(info.get("offset", 0)), int(info["length"])
-    with open(Path(ctx.weights_dir or ".") / info["location"], "rb") as handle:
+    with open(Path(weights_dir or ".") / info["location"], "rb") as handle:
         handle.seek(offset)
         remaining = length
         while remaining:
             chunk = handle.read(min(remaining, 1 << 24))
             digest.update(chunk)
             remaining -= len(chunk)
-    return digest.hexdigest()

@@ -38,7 +38,7 @@ from redcompile.manifest import TOKENIZER_HASH, check_manifest
 from redcompile.scratch import scratch_folder
 
 FORMAT = "redcompile-artifact"
-FORMAT_VERSION = 3  # 3: the manifest holds the tokenizer's sha256 (and a .pt2's record hashes)
+FORMAT_VERSION = 4  # 4: a speculative step reads its speculation level; 3: the tokenizer sha256
 KEY_FORMAT = "redcompile.format"
 KEY_VERSION = "redcompile.format_version"
 KEY_MANIFEST = "redcompile.manifest"
@@ -74,6 +74,12 @@ def _sha256(text: str) -> str:
 def manifest_json(manifest: dict[str, Any]) -> str:
     """Canonical manifest text: sorted keys, so equal manifests are equal bytes."""
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical text: what the artifact records as its tamper check,
+    and what binds a tuning file (redcompile/speculation.py) to the artifact it measured."""
+    return _sha256(manifest_json(manifest))
 
 
 def with_tokenizer_hash(manifest: dict[str, Any], tokenizer_json: str) -> dict[str, Any]:
@@ -135,6 +141,22 @@ def _initializer_chunks(model: onnx.ModelProto, weights_dir: Path | None) -> Ite
         yield chunk.SerializeToString()
 
 
+def _inline_subgraph_weights(graph: onnx.GraphProto, weights_dir: Path | None) -> None:
+    """Bring the initializers of `graph`'s subgraphs (a branch's own weights, a few MB: a
+    quantized drafter's blocks) into the file, their bytes inline: only the main graph's
+    weights are streamed one by one or into the data file."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                for tensor in sub.initializer:
+                    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                        raw = tensor_bytes(tensor, weights_dir)
+                        tensor.ClearField("external_data")
+                        tensor.data_location = onnx.TensorProto.DEFAULT
+                        tensor.raw_data = raw
+                _inline_subgraph_weights(sub, weights_dir)
+
+
 def _external_bytes(model: onnx.ModelProto) -> int:
     total = 0
     for tensor in model.graph.initializer:
@@ -169,6 +191,7 @@ def write_artifact(
     header = onnx.ModelProto()
     header.CopyFrom(model)
     del header.graph.initializer[:]
+    _inline_subgraph_weights(header.graph, weights_dir)
     _set_metadata(header, manifest, tokenizer_json)
     external = _external_bytes(model) > INLINE_LIMIT
     try:

@@ -33,6 +33,7 @@ from redcompile.artifact import (
 )
 from redcompile.config import DTYPE_NAMES, SUFFIX_TARGETS, ModelFolderOptions
 from redcompile.errors import InputError, PassError, TargetUnavailableError
+from redcompile.io_contract import SPECULATION_LEVELS
 from redcompile.models.weight_quant import (
     BaseWeights,
 )
@@ -274,6 +275,15 @@ def convert(
         exported = _export_to(workdir, step)
         signature = step.signature
         rope = _chain_rope_tables(step)
+        lean = None
+        if step.speculative:  # its autoregressive branch (passes/speculation_levels.py)
+            say("exporting its autoregressive branch")
+            lean = autoregressive_step(step)
+            lean = (
+                _export_to(workdir, lean, "autoregressive_step"),
+                lean.signature,
+                _chain_rope_tables(lean),
+            )
         del step
         gc.collect()
         times["export"] = time.perf_counter() - start
@@ -291,6 +301,11 @@ def convert(
         model, records = _run_passes(
             exported, workdir, signature, manifest, target, o, say, rope, base_weights
         )
+        if lean is not None:
+            model, shared = _merge_autoregressive_branch(
+                model, lean, workdir, signature, manifest, target, o, say, base_weights
+            )
+            manifest["autoregressive_branch"] = shared
         times["passes"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -519,16 +534,18 @@ def _load(model_dir: Path, o: ConvertOptions, dtype: str | None):
         "dtype": base_cfg.dtype,
         "stop_token_ids": list(built.stop_tokens),
         "io": step.signature.to_dict(),
+        # what the step's `speculation` input can ask for (docs/artifact.md, "Speculation levels")
+        "speculation_levels": list(SPECULATION_LEVELS) if step.speculative else [],
     }
     return step, built.codec, manifest
 
 
-def _export_to(workdir: Path, step) -> Path:
-    """Export and save with every weight in workdir/step.onnx.data; returns the model path."""
+def _export_to(workdir: Path, step, name: str = "step") -> Path:
+    """Export and save with every weight in workdir/NAME.onnx.data; returns the model path."""
     from redcompile.export import export_program
 
     program = export_program(step)
-    path = workdir / "step.onnx"
+    path = workdir / f"{name}.onnx"
     program.save(str(path), external_data=True)
     del program
     return path
@@ -570,7 +587,66 @@ def _chain_rope_tables(step):
     return cos.numpy(), sin.numpy()
 
 
-def _run_passes(path, workdir, signature, manifest, target, o, say, rope, base_weights):
+def autoregressive_step(step):
+    """The autoregressive step of `step`'s base model (no drafter; the token history kept
+    when `step`'s lookup beams read it): the branch a speculative artifact steps with when
+    nothing is drafted."""
+    from redcompile.models.step import SpeculativeStep
+
+    return SpeculativeStep(
+        step.base, None, 1, 1, step.max_seq_len, keep_history=step.lookup_beams > 0
+    )
+
+
+def _merge_autoregressive_branch(
+    model, lean, workdir, signature, manifest, target, o, say, base_weights
+):
+    """The speculative step `model` with the autoregressive step `lean` (path, signature,
+    RoPE tables) compiled by the same pipeline as its level-`none` branch; returns the merged
+    model (checked) and the manifest's record of what the branch shares."""
+    from redcompile.passes.manager import check_model
+    from redcompile.passes.speculation_levels import with_autoregressive_branch
+
+    path, lean_signature, lean_rope = lean
+    # the same pipeline packs q/k/v alike in both (fuse-chain-attention, pack-qkv), so the
+    # branch reads the very matrices the tree step reads
+    lean_model, _ = _run_passes(
+        path,
+        workdir,
+        lean_signature,
+        manifest,
+        target,
+        o,
+        say,
+        lean_rope,
+        base_weights,
+        dump_name="autoregressive",
+        drafter_weights="float",
+    )
+    say("merging the autoregressive branch")
+    merged, shared = with_autoregressive_branch(
+        model, lean_model, signature, manifest["beam"]["length"], workdir
+    )
+    total = len(lean_model.graph.initializer)
+    return check_model(merged, "the merged speculation levels", workdir), {
+        "weights": total,
+        "shared_weights": shared,
+    }
+
+
+def _run_passes(
+    path,
+    workdir,
+    signature,
+    manifest,
+    target,
+    o,
+    say,
+    rope,
+    base_weights,
+    dump_name=None,
+    drafter_weights=None,
+):
     from redcompile.passes.base import PassContext
     from redcompile.passes.manager import PassManager
     from redcompile.passes.pipelines import pipeline
@@ -578,7 +654,15 @@ def _run_passes(path, workdir, signature, manifest, target, o, say, rope, base_w
     model = onnx.load(str(path), load_external_data=False)
     _inline_index_tables(model, workdir)
     passes = pipeline(
-        target, signature, manifest["dtype"], o.folder.drafter_weights, rope, base_weights
+        target,
+        signature,
+        manifest["dtype"],
+        drafter_weights or o.folder.drafter_weights,
+        rope,
+        base_weights,
     )
-    manager = PassManager(passes, dump_dir=o.dump_passes, on_pass=lambda n: say(f"pass {n}"))
+    dump = o.dump_passes
+    if dump is not None and dump_name is not None:
+        dump = dump / dump_name
+    manager = PassManager(passes, dump_dir=dump, on_pass=lambda n: say(f"pass {n}"))
     return manager.run(model, PassContext(target=target, weights_dir=workdir))

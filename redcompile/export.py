@@ -17,7 +17,7 @@ import warnings
 import onnx
 import torch
 
-from redcompile.io_contract import HISTORY
+from redcompile.io_contract import FULL_SPECULATION, HISTORY, SPECULATION
 from redcompile.models.step import SpeculativeStep
 from redcompile.ops.opdef import ONNX_IR_VERSION, ONNX_OPSET
 
@@ -47,7 +47,8 @@ def example_inputs(step: SpeculativeStep) -> tuple[torch.Tensor, ...]:
     if step.speculative:
         w, length = step.tree_beams, step.beam_length
         values["beam_paths"] = torch.zeros(b, w, length, dtype=torch.int64)
-    if step.lookup_beams:
+        values[SPECULATION] = torch.tensor(FULL_SPECULATION, dtype=torch.int64)
+    if step.keep_history:
         values[HISTORY] = torch.zeros(b, s, dtype=torch.int64)
     kv_shape = (b, cfg.num_kv_heads, s, cfg.head_dim)
     # One tensor per cache input: torch.export treats a tensor passed twice as one input.

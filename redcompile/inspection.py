@@ -55,9 +55,26 @@ def _manifest_fields(manifest: dict[str, Any]) -> dict[str, Any]:
     return {key: manifest[key] for key in MANIFEST_FIELDS}
 
 
+def _levels(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's speculation levels (older artifacts: none) and the branch they share."""
+    return {
+        "speculation_levels": manifest.get("speculation_levels", []),
+        "autoregressive_branch": manifest.get("autoregressive_branch"),
+    }
+
+
 def _base_weights(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's `base_weights` (older artifacts: float)."""
     return manifest.get("base_weights") or {"format": "float"}
+
+
+def _graphs(graph: onnx.GraphProto):
+    """`graph` and every subgraph of its nodes, depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _graphs(sub)
 
 
 def describe_artifact(path: Path | str) -> dict[str, Any]:
@@ -68,10 +85,12 @@ def describe_artifact(path: Path | str) -> dict[str, Any]:
         return describe_pt2_artifact(path)
     artifact = read_artifact(path)
     model, manifest = artifact.model, artifact.manifest
-    domains = Counter(n.domain or "ai.onnx" for n in model.graph.node)
+    graphs = list(_graphs(model.graph))  # the step's branches too (speculation levels)
+    nodes = [n for g in graphs for n in g.node]
+    domains = Counter(n.domain or "ai.onnx" for n in nodes)
     bodies = {(f.domain, f.name) for f in model.functions}
-    custom = Counter(n.op_type for n in model.graph.node if n.domain == "redcompile")
-    weights = list(model.graph.initializer)
+    custom = Counter(n.op_type for n in nodes if n.domain == "redcompile")
+    weights = [t for g in graphs for t in g.initializer]
     external = [t for t in weights if t.data_location == onnx.TensorProto.EXTERNAL]
     return {
         "path": str(artifact.path),
@@ -96,6 +115,7 @@ def describe_artifact(path: Path | str) -> dict[str, Any]:
         "sources": manifest["sources"],
         "command": manifest["command"],
         "base_weights": _base_weights(manifest),
+        **_levels(manifest),
     }
 
 
@@ -148,6 +168,7 @@ def describe_pt2_artifact(path: Path | str) -> dict[str, Any]:
         "sources": manifest["sources"],
         "command": manifest["command"],
         "base_weights": _base_weights(manifest),
+        **_levels(manifest),
         "aoti": {
             "device": artifact.aoti.get("AOTI_DEVICE_KEY", manifest.get("device")),
             "platform": artifact.aoti.get("AOTI_PLATFORM"),
@@ -179,6 +200,16 @@ def format_description(info: dict[str, Any]) -> str:
             + (f", drafts from {d['draft_vocab']} tokens" if d.get("draft_vocab") else "")
             + (f", {_quantized(d)} (beam search inlined)" if d.get("quantized") else "")
         )
+    if info.get("speculation_levels"):
+        branch = info.get("autoregressive_branch")
+        shared = (
+            f"; autoregressive branch shares {branch['shared_weights']} of its "
+            f"{branch['weights']} initializers"
+            if branch
+            else ""
+        )
+        levels = ", ".join(info["speculation_levels"])
+        lines.append(f"  speculation levels (input `speculation`): {levels}{shared}")
     base = info.get("base_weights") or {"format": "float"}
     if base["format"] != "float":
         lines.append(

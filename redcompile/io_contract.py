@@ -31,6 +31,11 @@ class TensorSpec:
         """JSON form for the manifest."""
         return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
 
+    @property
+    def batched(self) -> bool:
+        """Whether the tensor holds one slice per batch row (its first dim is the batch)."""
+        return bool(self.dims) and self.dims[0] == "batch"
+
 
 @dataclass(frozen=True)
 class StepSignature:
@@ -64,6 +69,11 @@ class StepSignature:
         }
         return [(t.name, [sizes.get(d, d) for d in t.dims], t.dtype) for t in self.inputs]
 
+    def initial_value(self, name: str) -> int:
+        """The value every element of input `name` starts at: 0, but the speculation level,
+        which starts at full speculation (a host that never writes it drafts the whole tree)."""
+        return FULL_SPECULATION if name == SPECULATION else 0
+
     def to_dict(self) -> dict:
         """JSON form for the manifest."""
         return {
@@ -81,13 +91,25 @@ HOST_INPUTS = ("temperature", "top_k", "top_p", "sample_uniforms")
 # Each row's tokens (prompt, accepted tokens, then the next root), written by the step itself;
 # present when the tree has lookup beams (ops/prompt_lookup.py).
 HISTORY = "token_history"
+# The speculation level of a step (a speculative step's scalar input, docs/artifact.md,
+# "Speculation levels"): what the step drafts for the next one. `none` drafts nothing (the next
+# tree is the root alone: the next step is an autoregressive step), `chain` drafts one beam
+# (the tree's first), `full` the compiled tree.
+SPECULATION = "speculation"
+SPECULATION_LEVELS = {"none": 0, "chain": 1, "full": 2}
+FULL_SPECULATION = SPECULATION_LEVELS["full"]
+# The packed width of the next tree: at most W * (L - 1) + 1, the widest row's tree (ONNX
+# artifacts trim the padding no row uses; a .pt2 keeps the full width).
+NEXT_TOKENS = "next_tokens"
 
 
 def step_signature(
     num_layers: int, beam_width: int, beam_length: int, history: bool = False
 ) -> StepSignature:
     """The contract of a step graph (speculative when beam_length > 1); `beam_width` counts
-    every beam of the tree, `history` adds the token history lookup beams read."""
+    every beam of the tree, `history` adds the token history lookup beams read (an
+    autoregressive step with `history` writes it too: the autoregressive branch of a
+    speculative artifact keeps the history its lookup beams read later)."""
     w, length = beam_width, beam_length
     n = beam_width * (beam_length - 1) + 1
     speculative = length > 1
@@ -108,16 +130,18 @@ def step_signature(
     ]
     if speculative:
         inputs.append(TensorSpec("beam_paths", INT64, ("batch", w, length)))
+        inputs.append(TensorSpec(SPECULATION, INT64, ()))
     if history:
         inputs.append(TensorSpec(HISTORY, INT64, ("batch", "cache")))
     outputs = [
         TensorSpec("new_tokens", INT64, ("batch", length)),
         TensorSpec("num_new_tokens", INT64, ("batch",)),
     ]
+    width = NEXT_TOKENS if speculative else n
     next_dims = {
-        "input_ids": ("batch", n),
-        "parent_ids": ("batch", n),
-        "depths": ("batch", n),
+        "input_ids": ("batch", width),
+        "parent_ids": ("batch", width),
+        "depths": ("batch", width),
         "num_tokens": ("batch",),
         "forced": ("batch",),
         "cache_lengths": ("batch",),

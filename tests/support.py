@@ -180,3 +180,16 @@ def chi_square_p_value(observed, expected_probs, min_expected=5.0):
         torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)
     )
     return float(tail)
+
+
+def branch_graphs(model: onnx.ModelProto) -> dict[str, onnx.GraphProto]:
+    """The step graphs of an artifact: `tree` (the speculative step: the levels If's else
+    branch, or the main graph of an artifact without levels) and, with levels, `autoregressive`
+    (its then branch)."""
+    from redcompile.passes.speculation_levels import CHOOSE_NODE
+
+    for node in model.graph.node:
+        if node.op_type == "If" and node.name == CHOOSE_NODE:
+            branches = {a.name: a.g for a in node.attribute}
+            return {"tree": branches["else_branch"], "autoregressive": branches["then_branch"]}
+    return {"tree": model.graph}

@@ -79,13 +79,17 @@ def test_without_a_drafter_lookup_beams_make_a_lookup_only_tree(tiny_llama):
 @pytest.mark.parametrize("name", ["lookup", "mixed"])
 @pytest.mark.parametrize("batch_size", [1, 8, 3])
 def test_onnx_runtime_is_lossless(artifacts, expected, name, batch_size):
-    result = open_generator(artifacts[name].out).generate_ids(REPEATING, cfg(batch_size))
+    result = open_generator(artifacts[name].out, speculation="full").generate_ids(
+        REPEATING, cfg(batch_size)
+    )
     assert ids(result) == expected
     assert result.tokens_per_step > 1.2
 
 
 def test_onnx_lookup_only_steps_equal_the_pytorch_reference(tiny_llama, artifacts):
-    ours = open_generator(artifacts["lookup"].out).generate_ids(REPEATING, cfg(3))
+    ours = open_generator(artifacts["lookup"].out, speculation="full").generate_ids(
+        REPEATING, cfg(3)
+    )
     reference = open_model_folder(tiny_llama, beam=LOOKUP_ONLY).generate_ids(REPEATING, cfg(3))
     assert [c.steps for c in ours.completions] == [c.steps for c in reference.completions]
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from redcompile.benchmarking.report import SPLIT_KEYS
 from redcompile.generation import GenerationConfig, GenerationResult, StepBackend, StepObserver
+from redcompile.passes.speculation_levels import CHOOSE_NODE
 from redcompile.runtime.generator import Generator
 
 # Inlined ONNX function nodes are named _inlfunc_<Op>_...: the op tells the split category.
@@ -216,6 +217,9 @@ def decoding_step_totals(events: list[dict], decodes: Sequence[bool]) -> tuple[d
 
 
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+# The If that chooses a step's branch (passes/speculation_levels.py): its nested nodes are the
+# step's own, split like any step's; the If's overhead is left to the scaling to the step time.
+LEVELS_IF = CHOOSE_NODE
 
 
 def kernel_events(events: list[dict]) -> list[dict]:
@@ -223,7 +227,8 @@ def kernel_events(events: list[dict]) -> list[dict]:
 
     A control-flow node's event (the If of Accept or AncestorMask) spans the branch it ran,
     whose nodes are recorded as well; those nested events are dropped and the If's own event,
-    which belongs to the same op, stands for them (branch time plus the If's overhead).
+    which belongs to the same op, stands for them (branch time plus the If's overhead). The
+    speculation levels' If is the exception: its branch is the whole step.
     """
     kernels = sorted(
         (e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
@@ -232,6 +237,8 @@ def kernel_events(events: list[dict]) -> list[dict]:
     kept, inside_until = [], -1
     for event in kernels:
         if event["ts"] < inside_until:
+            continue
+        if event["name"].startswith(LEVELS_IF):  # the whole step: its nodes are what counts
             continue
         kept.append(event)
         if event["args"].get("op_name") in CONTROL_FLOW_OPS:

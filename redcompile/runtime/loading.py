@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from redcompile.artifact import read_artifact
+from redcompile.artifact import manifest_sha256, read_artifact
 from redcompile.config import BeamShape, ModelFolderOptions
 from redcompile.errors import ArtifactError, InputError, TargetUnavailableError
 from redcompile.io_contract import StepSignature, TensorSpec
@@ -71,6 +71,8 @@ def _info(path: Path, manifest: dict[str, Any], runtime: str) -> dict[str, Any]:
         "lookup_ngrams": manifest["beam"].get("lookup_ngrams", []),
         "draft_vocab": (manifest["drafter"] or {}).get("draft_vocab"),
         "drafter": manifest["drafter"],
+        "speculation_levels": manifest.get("speculation_levels", []),
+        "manifest_sha256": manifest_sha256(manifest),
     }
 
 

@@ -62,7 +62,8 @@ class Pt2Backend(StepBackend):
             self.manifest["model"], batch_size, capacity
         ):
             torch_dtype = self.model_dtype if dtype == "model" else TORCH_DTYPES[dtype]
-            self.state[name] = torch.zeros(shape, dtype=torch_dtype, device=self.device)
+            value = self.signature.initial_value(name)
+            self.state[name] = torch.full(shape, value, dtype=torch_dtype, device=self.device)
 
     def write(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the named inputs with host arrays (copied to the device)."""

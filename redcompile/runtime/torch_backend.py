@@ -44,7 +44,8 @@ class TorchBackend(StepBackend):
                     }.get(dim, dim)
                 )
             torch_dtype = {"int64": torch.int64, "float32": torch.float32}.get(spec.dtype, dtype)
-            self.state[spec.name] = torch.zeros(dims, dtype=torch_dtype, device=self.device)
+            value = self.signature.initial_value(spec.name)
+            self.state[spec.name] = torch.full(dims, value, dtype=torch_dtype, device=self.device)
 
     def write(self, arrays: dict[str, np.ndarray]) -> None:
         """Copy host arrays into the named inputs."""

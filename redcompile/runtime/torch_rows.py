@@ -22,12 +22,13 @@ def step_row(
     cache from `state`; the row's cache slice is overwritten with the step's, and host copies
     of every other output are returned."""
     args = []
-    for name in signature.input_names():
+    for spec in signature.inputs:
+        name = spec.name
         if name in inputs:
             dtype = state[name].dtype
             args.append(torch.from_numpy(np.ascontiguousarray(inputs[name])).to(device, dtype))
         else:
-            args.append(state[name][row : row + 1])
+            args.append(state[name][row : row + 1] if spec.batched else state[name])
     host = {}
     with torch.inference_mode():  # the state tensors are inference tensors
         outputs = dict(zip(signature.output_names(), run(args)))

@@ -45,6 +45,8 @@ INSPECT_KEYS = [
     "sources",
     "command",
     "base_weights",
+    "speculation_levels",
+    "autoregressive_branch",
 ]
 
 

@@ -18,7 +18,7 @@ from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig
 from redcompile.models.weight_quant import WEIGHT_FORMATS
-from support import PROMPTS
+from support import PROMPTS, branch_graphs
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,15 @@ def test_artifact_is_one_file_of_standard_ops_and_redcompile_ops_with_bodies(art
     report = artifacts["spec"]
     assert report.files == [report.out]
     model = onnx.load(str(report.out))
-    domains = Counter(n.domain or "ai.onnx" for n in model.graph.node)
+    assert [n.op_type for n in model.graph.node][-1] == "If"  # the speculation levels
+    tree = branch_graphs(model)["tree"]
+    domains = Counter(n.domain or "ai.onnx" for n in tree.node)
     assert set(domains) == {"ai.onnx", "redcompile", "com.microsoft"}  # fused residual norms
-    assert {n.op_type for n in model.graph.node if n.domain == "com.microsoft"} == {
+    assert {n.op_type for n in tree.node if n.domain == "com.microsoft"} == {
         "SkipSimplifiedLayerNormalization"
     }
     bodies = {f.name for f in model.functions}
-    assert {n.op_type for n in model.graph.node if n.domain == "redcompile"} == bodies
+    assert {n.op_type for n in tree.node if n.domain == "redcompile"} == bodies
     assert bodies == {
         "TreeAttention",
         "DrafterBeamSearch",
@@ -157,7 +159,7 @@ def test_a_draft_vocabulary_drafts_the_same_in_the_artifact_and_stays_lossless(a
     report = convert(model, tmp_path / "v.onnx", options=ConvertOptions.of(**shape))
     assert report.manifest["drafter"]["draft_vocab"] == 48
     assert "--draft-vocab 48" in report.manifest["command"]
-    artifact = open_generator(report.out)
+    artifact = open_generator(report.out, speculation="full")
     reference = open_model_folder(model, **shape)
     cfg = GenerationConfig(max_new_tokens=24, batch_size=4, stop_token_ids=())
     expected = open_model_folder(model, autoregressive=True).generate_ids(PROMPTS, cfg)
@@ -194,13 +196,17 @@ def test_cli_convert_json_and_dump_passes(tiny_llama, tmp_path):
     assert [p["name"] for p in report["passes"]] == [
         "fuse-tree-attention",
         "share-weights",
+        "pack-qkv",
         "fuse-skip-rms-norm",
         "fold-constants",
+        "trim-next-tree",
         "attach-function-bodies",
         "check-graph",
     ]
     assert report["passes"][0]["matches"] == 2  # one Attention per layer
     assert (tmp_path / "dump" / "01_fuse-tree-attention.txt").is_file()
+    # the autoregressive branch's pipeline dumps beside it
+    assert (tmp_path / "dump" / "autoregressive" / "01_fuse-tree-attention.txt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "m.onnx"]  # no temp files
 
 
@@ -216,7 +222,7 @@ def test_a_quantized_drafter_stays_lossless_and_verifies(artifacts, converted):
     assert "quantize-drafter" in [p["name"] for p in report.passes]
     described = CliRunner().invoke(main, ["inspect", str(report.out)])
     assert "int4 weights in blocks of 128 (beam search inlined)" in described.output
-    graph_ops = Counter(n.op_type for n in onnx.load(str(report.out)).graph.node)
+    graph_ops = Counter(n.op_type for n in branch_graphs(onnx.load(str(report.out)))["tree"].node)
     assert graph_ops["DrafterBeamSearch"] == 0 and graph_ops["DequantizeLinear"] > 0
     cfg = GenerationConfig(max_new_tokens=24, batch_size=4, stop_token_ids=())
     expected = open_model_folder(model, autoregressive=True).generate_ids(PROMPTS, cfg)

@@ -20,14 +20,16 @@ from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig
 from redcompile.models.weight_quant import parse_base_weights
 from redcompile.verification import verify
-from support import PROMPTS, save_tiny_model
+from support import PROMPTS, branch_graphs, save_tiny_model
 
 CHAIN_OPS = {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"}
 TREE_OPS = {"TreeAttention", "KVCompaction", "AncestorMask"}
 
 
 def op_types(path) -> Counter:
-    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    """Op types of the artifact's tree step (its autoregressive branch is tested apart)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return Counter(n.op_type for n in branch_graphs(model)["tree"].node)
 
 
 def tokens(source, batch: int, new_tokens: int = 12) -> list[list[int]]:
@@ -195,7 +197,11 @@ def test_bench_converts_both_engines_with_the_same_base_weights(tiny_models, tmp
     assert all(
         read_artifact(tmp_path / m).manifest["base_weights"]["format"] == "int4" for m in made
     )
-    assert {m.engine for m in report.measurements} == {"autoregressive", "W1-L3"}
+    assert {m.engine for m in report.measurements} == {
+        "autoregressive",
+        "W1-L3",
+        "W1-L3 adaptive",
+    }
     with pytest.raises(InputError, match="model folders"):
         bench(
             lean["llama-ar"],

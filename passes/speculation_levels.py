@@ -1,0 +1,246 @@
+"""speculation-levels: one graph that steps autoregressively or speculatively, one weight copy.
+
+Before: two finished step graphs of one base model.
+
+    speculative step  (verifies any tree, drafts at the level `speculation` asks for)
+    autoregressive step (verifies forced tokens only: prefill chunks and roots; drafts nothing)
+
+After: the speculative step's inputs and outputs, and
+
+    pending = ReduceMax(num_tokens - forced) > 0          # some row holds drafted tokens
+    If(speculation == none AND NOT pending)
+      then: the autoregressive step (functions whose bodies differ from the tree step's
+            inlined), outputs padded to the contract:
+            new_tokens [B, 1] -> [B, L]; the next tree is the root alone, beam_paths pass through
+      else: the speculative step
+
+Every initializer lives in the outer graph; the two branches read the same tensor wherever their
+weights are equal byte for byte (every matrix of the same base model), so the file holds one copy.
+
+Why: a step at level `none` whose rows hold no drafts is an autoregressive step, and the
+autoregressive graph is the lean one (no tree masks, acceptance over one token, no beam search):
+a full batch that speculation cannot speed up then pays the autoregressive step, plus what ONNX
+Runtime's If and the branch's padding cost (on the fixture's CPU 3-11% of a step; the figures
+are in docs/benchmarks.md, "Speculation levels").
+Exactness: the branch taken for a row state computes what the autoregressive artifact computes
+for it, and a step that has drafts to verify always runs the speculative branch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import helper, inliner
+
+from redcompile.io_contract import SPECULATION, SPECULATION_LEVELS, StepSignature
+from redcompile.passes.base import tensor_digest
+
+LEAN = "autoregressive/"
+CHOOSE_NODE = "levels/If"  # the If that picks the branch (profiles name its kernel after it)
+FULL = "speculative/"
+INT64 = onnx.TensorProto.INT64
+
+
+def _rename(graph: onnx.GraphProto, names: dict[str, str], outer: bool = True) -> None:
+    """Apply `names` to every value `graph` reads or writes; in subgraphs only to the values
+    they read from outside (a subgraph may not redefine an outer name, so those are exact)."""
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) if n else n for n in node.input]
+        if outer:
+            node.output[:] = [names.get(n, n) if n else n for n in node.output]
+        for attribute in node.attribute:
+            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                _rename(sub, names, outer=False)
+    if outer:
+        for value in graph.output:
+            value.name = names.get(value.name, value.name)
+
+
+def _constant(name: str, values: list[int], scalar: bool = False) -> onnx.NodeProto:
+    dims = [] if scalar else [len(values)]
+    return helper.make_node(
+        "Constant", [], [name], value=helper.make_tensor(name, INT64, dims, values)
+    )
+
+
+def _lean_branch(
+    lean: onnx.ModelProto,
+    weight_names: dict[str, str],
+    signature: StepSignature,
+    beam_length: int,
+) -> onnx.GraphProto:
+    """The autoregressive step as the `then` branch: its values prefixed, its weights renamed
+    to the outer graph's, its outputs the speculative contract's (prefixed)."""
+    graph = lean.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in graph.output}
+    types["next_beam_paths"] = INT64
+    outer_inputs = {v.name for v in graph.input}
+    missing = outer_inputs - set(signature.input_names())
+    if missing:
+        raise ValueError(f"the autoregressive step reads {sorted(missing)}, not step inputs")
+    produced = {name for node in graph.node for name in node.output if name}
+    own_outputs = {v.name for v in graph.output}
+    names = {}
+    for name in produced:
+        # a step output leaves the branch under its contract name, prefixed; new_tokens is
+        # padded to the tree's L columns first
+        direct = name in own_outputs and name != "new_tokens"
+        names[name] = LEAN + ("out/" if direct else "") + name
+    names.update(weight_names)
+    # the autoregressive step reads one uniform per row: the first of the row's L
+    names["sample_uniforms"] = LEAN + "sample_uniforms"
+    _rename(graph, names)
+    head = [
+        _constant(LEAN + "c/zero", [0]),
+        _constant(LEAN + "c/one", [1]),
+        _constant(LEAN + "c/pads", [0, 0, 0, beam_length - 1]),
+        helper.make_node(
+            "Slice",
+            ["sample_uniforms", LEAN + "c/zero", LEAN + "c/one", LEAN + "c/one"],
+            [LEAN + "sample_uniforms"],
+            name=LEAN + "first_uniform",
+        ),
+    ]
+    tail, outputs = [], []
+    for spec in signature.outputs:
+        out = LEAN + "out/" + spec.name
+        if spec.name == "new_tokens":
+            tail.append(helper.make_node("Pad", [LEAN + "new_tokens", LEAN + "c/pads"], [out]))
+        elif spec.name == "next_beam_paths":  # never read: the next tree is a forced root
+            tail.append(helper.make_node("Identity", ["beam_paths"], [out]))
+        elif spec.name not in own_outputs:
+            raise ValueError(f"the autoregressive step has no output {spec.name}")
+        elif spec.name not in produced:  # an input or weight passed through
+            tail.append(helper.make_node("Identity", [names.get(spec.name, spec.name)], [out]))
+        outputs.append(helper.make_tensor_value_info(out, types[spec.name], None))
+    return helper.make_graph(head + list(graph.node) + tail, "autoregressive_step", [], outputs)
+
+
+def _full_branch(spec: onnx.ModelProto) -> tuple[onnx.GraphProto, list[onnx.ValueInfoProto]]:
+    """The speculative step as the `else` branch (its outputs renamed apart from the outer
+    graph's), and the outer graph's outputs (the step's, as they were)."""
+    graph = spec.graph
+    outer_outputs = [onnx.ValueInfoProto.FromString(v.SerializeToString()) for v in graph.output]
+    produced = {name for node in graph.node for name in node.output if name}
+    names = {v.name: FULL + "out/" + v.name for v in graph.output}
+    passed = [v.name for v in graph.output if v.name not in produced]
+    _rename(graph, names)
+    nodes = list(graph.node)
+    nodes += [helper.make_node("Identity", [n], [names[n]]) for n in passed]
+    outputs = [
+        helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type, None)
+        for v in graph.output
+    ]
+    branch = helper.make_graph(nodes, "speculative_step", [], outputs)
+    branch.value_info.extend(graph.value_info)
+    return branch, outer_outputs
+
+
+def _functions(spec: onnx.ModelProto, lean: onnx.ModelProto) -> onnx.ModelProto:
+    """`lean` with its local functions that `spec` defines differently (bodies specialised to
+    other shapes) inlined, so one function per domain and name serves both; the rest stay
+    calls, so a runtime with a kernel for the op still runs its kernel."""
+    defined = {(f.domain, f.name): f.SerializeToString(deterministic=True) for f in spec.functions}
+    clashes = [
+        (f.domain, f.name)
+        for f in lean.functions
+        if defined.get((f.domain, f.name), f.SerializeToString(deterministic=True))
+        != f.SerializeToString(deterministic=True)
+    ]
+    return inliner.inline_selected_functions(lean, clashes) if clashes else lean
+
+
+def _dequantized_alone(spec: onnx.ModelProto, lean_reads: set[str]) -> set[str]:
+    """The initializers of `spec` that DequantizeLinear nodes read and the autoregressive
+    branch does not (a quantized drafter's blocks): they move into the tree branch, because
+    ONNX Runtime's DequantizeLinear + MatMul -> MatMulNBits fusion looks for its weights in
+    the node's own graph and refuses to load a subgraph whose weights are outer-scope."""
+    weights = {t.name for t in spec.graph.initializer}
+    dequantized = {
+        name
+        for node in spec.graph.node
+        if node.op_type == "DequantizeLinear"
+        for name in node.input
+        if name in weights
+    }
+    elsewhere = {
+        name
+        for node in spec.graph.node
+        if node.op_type != "DequantizeLinear"
+        for name in node.input
+    }
+    return dequantized - lean_reads - elsewhere
+
+
+def _choose(outputs: list[str], then_branch, else_branch) -> list[onnx.NodeProto]:
+    """If(speculation == none AND no row holds drafted tokens) -> then, else -> else."""
+    return [
+        _constant("levels/none", [SPECULATION_LEVELS["none"]], scalar=True),
+        _constant("levels/zero", [0], scalar=True),
+        helper.make_node("Sub", ["num_tokens", "forced"], ["levels/drafted"]),
+        helper.make_node("ReduceMax", ["levels/drafted"], ["levels/most_drafted"], keepdims=0),
+        helper.make_node("Greater", ["levels/most_drafted", "levels/zero"], ["levels/pending"]),
+        helper.make_node("Not", ["levels/pending"], ["levels/no_drafts"]),
+        helper.make_node("Equal", [SPECULATION, "levels/none"], ["levels/asks_none"]),
+        helper.make_node(
+            "And", ["levels/asks_none", "levels/no_drafts"], ["levels/autoregressive"]
+        ),
+        helper.make_node(
+            "If",
+            ["levels/autoregressive"],
+            outputs,
+            name=CHOOSE_NODE,
+            then_branch=then_branch,
+            else_branch=else_branch,
+        ),
+    ]
+
+
+def with_autoregressive_branch(
+    spec: onnx.ModelProto,
+    lean: onnx.ModelProto,
+    signature: StepSignature,
+    beam_length: int,
+    weights_dir: Path | None,
+) -> tuple[onnx.ModelProto, int]:
+    """The speculative step `spec` with `lean` (the autoregressive step of the same base model)
+    as the branch a level-`none` step without drafts takes; see the module docstring.
+    `signature` is the speculative step's contract; both models' external data is in
+    `weights_dir`. Returns the model and how many of `lean`'s weights it shares with `spec`.
+    Neither input model is usable afterwards."""
+    if SPECULATION not in signature.input_names():
+        raise ValueError("the step has no speculation input")
+    lean = _functions(spec, lean)
+    by_digest = {tensor_digest(t, weights_dir): t.name for t in spec.graph.initializer}
+    weight_names, extra = {}, []
+    for tensor in lean.graph.initializer:
+        shared = by_digest.get(tensor_digest(tensor, weights_dir))
+        weight_names[tensor.name] = shared if shared is not None else LEAN + tensor.name
+        if shared is None:
+            tensor.name = LEAN + tensor.name
+            extra.append(tensor)
+    then_branch = _lean_branch(lean, weight_names, signature, beam_length)
+    own = _dequantized_alone(spec, set(weight_names.values()))
+    else_branch, outputs = _full_branch(spec)
+    else_branch.initializer.extend(t for t in spec.graph.initializer if t.name in own)
+    graph = helper.make_graph(
+        _choose([o.name for o in outputs], then_branch, else_branch),
+        spec.graph.name,
+        list(spec.graph.input),
+        outputs,
+        [t for t in spec.graph.initializer if t.name not in own] + extra,
+    )
+    opsets = {o.domain: o.version for o in lean.opset_import}
+    opsets.update({o.domain: o.version for o in spec.opset_import})
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        ir_version=spec.ir_version,
+        producer_name=spec.producer_name,
+        producer_version=spec.producer_version,
+    )
+    own = {(f.domain, f.name) for f in spec.functions}
+    model.functions.extend(spec.functions)
+    model.functions.extend(f for f in lean.functions if (f.domain, f.name) not in own)
+    return model, len(lean.graph.initializer) - len(extra)
