@@ -33,13 +33,32 @@ def open_model_folder(
     return reference_generator(model_dir, ModelFolderOptions.of(**options), threads)
 
 
-def open_generator(source: Path | str, **options: Any) -> Generator:
-    """Open a model folder or an artifact file (by suffix) as a Generator."""
+def open_generator(
+    source: Path | str,
+    speculation: str = "auto",
+    tuning: Path | str | None = None,
+    **options: Any,
+) -> Generator:
+    """Open a model folder or an artifact file (by suffix) as a Generator that drafts at the
+    levels `speculation` (--speculation: auto, off, chain, full) and `tuning` (a tuning file;
+    None: the artifact's sidecar when there is one) choose (redcompile/speculation.py)."""
+    from redcompile.speculation import check_mode, choose_policy
+
+    check_mode(speculation)
     path = Path(source)
     if not path.exists():
         raise InputError(f"source: {path} does not exist (give a model folder or an artifact)")
     if path.is_dir():
-        return open_model_folder(path, **options)
-    from redcompile.runtime.loading import open_artifact
+        generator = open_model_folder(path, **options)
+    else:
+        from redcompile.runtime.loading import open_artifact
 
-    return open_artifact(path, **options)
+        generator = open_artifact(path, **options)
+    generator.speculation = choose_policy(
+        speculation,
+        None if path.is_dir() else path,
+        generator.info.get("manifest_sha256"),
+        None if tuning is None else Path(tuning),
+    )
+    generator.info["speculation"] = generator.speculation.to_json()
+    return generator

@@ -31,6 +31,7 @@ from redcompile.cli_options import (
     json_flag,
     lookup_options,
     sampling_options,
+    speculation_options,
     threads_option,
 )
 from redcompile.config import (
@@ -165,6 +166,7 @@ def main() -> None:
 @drafter_weights_option
 @sampling_options
 @threads_option
+@speculation_options
 @json_flag("Print a JSON report instead of text.")
 @debug_option
 @handle_errors
@@ -189,6 +191,8 @@ def generate(
     top_p: float,
     seed: int,
     threads: int | None,
+    speculation: str,
+    tuning: str | None,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -231,7 +235,7 @@ def generate(
             DEFAULT_BEAM.lookup if lookup_beams is None else lookup_beams,
             parse_ngrams(lookup_ngram),
         ).validate()
-    generator = open_generator(source, **options)
+    generator = open_generator(source, speculation=speculation, tuning=tuning, **options)
 
     streaming = not as_json and len(prompts) == 1
 
@@ -253,6 +257,90 @@ def generate(
         f"{summary['tokens_per_second']:.1f} tokens/s ({summary['mode']}, {summary['runtime']})",
         err=True,
     )
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=str))
+@click.option(
+    "--prompts-file",
+    type=click.Path(path_type=str),
+    help="JSONL prompts to decode while timing [default: a few generic code and text openings].",
+)
+@click.option(
+    "--batch-size",
+    "batch_sizes",
+    callback=int_list,
+    default="1,2,4,8,16",
+    show_default=True,
+    help="Batch sizes to time every level at (comma-separated).",
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Timed rounds per level and batch size, after one warm-up round.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Where the tuning goes [default: ARTIFACT.tuning.json, which generate and bench read].",
+)
+@threads_option
+@json_flag("Print the tuning record as JSON.")
+@debug_option
+@handle_errors
+def tune(
+    artifact: str,
+    prompts_file: str | None,
+    batch_sizes: tuple[int, ...],
+    max_new_tokens: int,
+    repeats: int,
+    out: str | None,
+    threads: int | None,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Time ARTIFACT's speculation levels at each batch size on this machine and write the
+    level each batch size decodes fastest at: the policy of --speculation auto."""
+    from pathlib import Path
+
+    from redcompile.errors import InputError
+    from redcompile.output_guard import check_output_file
+    from redcompile.prompts import read_prompts_file
+    from redcompile.runtime.loading import open_artifact
+    from redcompile.speculation import tuning_path
+    from redcompile.tuning import DEFAULT_TUNING_PROMPTS, write_tuning
+    from redcompile.tuning import tune as run_tune
+
+    path = Path(artifact)
+    if path.is_dir() or not path.exists():
+        raise InputError(f"tune: {path} is not an artifact file (give a .onnx or .pt2)")
+    target = Path(out) if out else tuning_path(path)
+    if target.is_dir():
+        raise InputError(f"--out {target} is a folder; name a file")
+    if not target.parent.is_dir():
+        raise InputError(f"--out: folder {target.parent} does not exist")
+    check_output_file("tune", target, [path] + ([Path(prompts_file)] if prompts_file else []))
+    prompts = read_prompts_file(prompts_file) if prompts_file else list(DEFAULT_TUNING_PROMPTS)
+    generator = open_artifact(path, threads=threads)
+    generator.info["threads"] = threads
+    record = run_tune(
+        generator,
+        prompts,
+        batch_sizes,
+        max_new_tokens,
+        repeats,
+        progress=lambda m: click.echo(m, err=True),
+    )
+    write_tuning(record, target)
+    if as_json:
+        emit_json(record)
+    else:
+        levels = ", ".join(f"{rows} rows: {level}" for rows, level in record["levels"].items())
+        click.echo(f"wrote {target}: {levels}")
 
 
 @main.command()
@@ -672,6 +760,7 @@ def train_drafter(
 @drafter_weights_option
 @base_weights_options
 @threads_option
+@speculation_options
 @click.option(
     "--json",
     "json_out",
@@ -708,6 +797,8 @@ def bench(
     weight_block_size: int,
     accuracy_level: int,
     threads: int | None,
+    speculation: str,
+    tuning: str | None,
     json_out: str | None,
     plot_out: str | None,
     debug: bool,
@@ -717,6 +808,8 @@ def bench(
     For each batch size, the baseline and every beam shape decode the same prompts in turn,
     alternating, after a warm-up round; medians of --repeats rounds. Reports tokens per second,
     tokens per step, tokens verified per step, step latency and its split, and the speedup.
+    An artifact with speculation levels runs twice: at full speculation, and as "adaptive"
+    at the levels --speculation / --tuning choose per step (the steps per level are reported).
     """
     from pathlib import Path
 
@@ -756,6 +849,8 @@ def bench(
         weights=weights,
         weight_block_size=weight_block_size,
         accuracy_level=accuracy_level,
+        speculation=speculation,
+        tuning=tuning,
     )
     report.command = "redcompile bench " + " ".join(sys.argv[2:])
     click.echo(report.table())

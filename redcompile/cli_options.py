@@ -294,3 +294,25 @@ def int_list(_ctx: Any, param: click.Parameter, value: str | None) -> tuple[int,
     if not numbers:
         raise click.BadParameter("expected at least one integer")
     return numbers
+
+
+def speculation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--speculation MODE and --tuning FILE: the level each step drafts at
+    (redcompile/speculation.py; docs/artifact.md, "Speculation levels")."""
+    from redcompile.speculation import MODES
+
+    command = click.option(
+        "--tuning",
+        type=click.Path(path_type=str),
+        default=None,
+        help="Tuning file of `redcompile tune` for --speculation auto [default: "
+        "ARTIFACT.tuning.json when it exists].",
+    )(command)
+    return click.option(
+        "--speculation",
+        type=click.Choice(MODES),
+        default="auto",
+        show_default=True,
+        help="Speculation level per step: auto follows the tuned (or default) policy by the "
+        "rows decoding; off never drafts; chain drafts one beam; full the compiled tree.",
+    )(command)

@@ -25,9 +25,11 @@ from redcompile.io_contract import (
     HISTORY,
     MAX_SEED,
     ROW_STATE,
+    SPECULATION,
     TREE_STATE,
     StepSignature,
 )
+from redcompile.speculation import SpeculationPolicy
 
 StreamCallback = Callable[[int, list[int]], None]  # (prompt index, new token ids)
 
@@ -94,6 +96,7 @@ class GenerationResult:
     steps: int  # step calls
     seconds: float
     step_seconds: list[float] = field(default_factory=list)
+    level_steps: dict[str, int] = field(default_factory=dict)  # batched steps per level
 
     @property
     def generated_tokens(self) -> int:
@@ -296,12 +299,42 @@ class _Rows:
         self.backend.write(self.arrays)
 
 
+class _Levels:
+    """The speculation level the policy picks for each step, written to the backend only when
+    it changes; a step without the input (autoregressive, older artifacts) ignores it."""
+
+    def __init__(self, backend: StepBackend, policy: SpeculationPolicy | None) -> None:
+        self.backend = backend
+        self.policy = policy or SpeculationPolicy.fixed("full")
+        self.active = SPECULATION in backend.signature.input_names()
+        self.current: int | None = None
+        self.steps: dict[str, int] = {}
+
+    def set_for(self, rows: int) -> None:
+        """Make the next step's level the policy's for `rows` decoding rows."""
+        if not self.active:
+            return
+        code = self.policy.code(rows)
+        if code != self.current:
+            self.backend.write({SPECULATION: np.array(code, dtype=np.int64)})
+            self.current = code
+        level = self.policy.level(rows)
+        self.steps[level] = self.steps.get(level, 0) + 1
+
+    def row_inputs(self) -> dict[str, np.ndarray]:
+        """The level input of a batch of one (`StepBackend.step_row`): the batch's."""
+        if not self.active or self.current is None:
+            return {}
+        return {SPECULATION: np.array(self.current, dtype=np.int64)}
+
+
 def generate_ids(
     backend: StepBackend,
     prompts: Sequence[Sequence[int]],
     cfg: GenerationConfig,
     on_tokens: StreamCallback | None = None,
     temperatures: Sequence[float] | None = None,
+    speculation: SpeculationPolicy | None = None,
 ) -> GenerationResult:
     """Generate for every prompt (token ids), `cfg.batch_size` rows at a time.
 
@@ -309,6 +342,8 @@ def generate_ids(
     later enters its row through a step of its own (`StepBackend.step_row`, a batch of one over
     the row's cache slice), so the batched steps carry decoding rows only and their packed
     width stays the tree's: admitting a prompt costs its own tokens, not every row padded to it.
+    A speculative step drafts at the level `speculation` picks for the rows it decodes
+    (redcompile/speculation.py; None: full speculation, the compiled tree, every step).
     """
     cfg.validate()
     temps = list(temperatures) if temperatures is not None else [cfg.temperature] * len(prompts)
@@ -326,6 +361,7 @@ def generate_ids(
     rows = _Rows(backend)
     slot_of: list[int | None] = [None] * batch  # prompt index per row
     queue = list(range(len(prompts)))
+    levels = _Levels(backend, speculation)
 
     def fill(row: int) -> None:
         """Prefill queued prompts into `row` until one is still generating (or none is left)."""
@@ -334,6 +370,7 @@ def generate_ids(
             inputs = rows.prefill_inputs(prompts[index])
             inputs.update(sampling.controls([index]))
             inputs["sample_uniforms"] = sampling.uniforms([index], completions)
+            inputs.update(levels.row_inputs())
             t0 = time.perf_counter()
             outputs = backend.step_row(row, inputs)
             step_seconds.append(time.perf_counter() - t0)
@@ -361,6 +398,7 @@ def generate_ids(
     prefilling = True
 
     while any(index is not None for index in slot_of):
+        levels.set_for(sum(index is not None for index in slot_of))
         t0 = time.perf_counter()
         new_tokens, num_new = backend.observed_step()
         step_seconds.append(time.perf_counter() - t0)
@@ -389,7 +427,9 @@ def generate_ids(
         if sampling.any:
             backend.write({"sample_uniforms": sampling.uniforms(slot_of, completions)})
     seconds = time.perf_counter() - start
-    return GenerationResult(completions, len(step_seconds), seconds, step_seconds)
+    return GenerationResult(
+        completions, len(step_seconds), seconds, step_seconds, dict(levels.steps)
+    )
 
 
 class UniformStream:

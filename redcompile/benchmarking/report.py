@@ -66,6 +66,9 @@ class Measurement:
     # accepted drafted tokens per decoding step by the beams that proposed them: drafter
     # beams only, lookup beams only, or both (trees with lookup beams; None otherwise)
     draft_sources: dict[str, float] | None = None
+    # batched decoding steps per speculation level (adaptive engines: the levels their policy
+    # chose; None for engines without levels and in records made before them)
+    level_steps: dict[str, int] | None = None
 
 
 @dataclass
@@ -114,27 +117,40 @@ class BenchReport:
     def table(self) -> str:
         """A fixed-width summary, one line per engine and batch size."""
         head = (
-            f"{'engine':<16}{'batch':>6}{'tok/s':>10}{'tok/step':>10}{'(95%)':>12}"
+            f"{'engine':<22}{'batch':>6}{'tok/s':>10}{'tok/step':>10}{'(95%)':>12}"
             f"{'verified':>10}{'step ms':>10}{'speedup':>9}"
         )
         rows = [head]
         for m in self.measurements:
             low, high = m.tokens_per_step_ci95 or (m.tokens_per_step, m.tokens_per_step)
             rows.append(
-                f"{m.engine:<16}{m.batch_size:>6}{m.tokens_per_second:>10.1f}"
+                f"{m.engine:<22}{m.batch_size:>6}{m.tokens_per_second:>10.1f}"
                 f"{m.tokens_per_step:>10.2f}{f'{low:.2f}-{high:.2f}':>12}"
                 f"{m.verified_tokens_per_step:>10.1f}{m.step_ms:>10.2f}{m.speedup:>8.2f}x"
             )
+        leveled = [
+            m
+            for m in self.measurements
+            if m.level_steps and (len(m.level_steps) > 1 or m.engine.endswith(ADAPTIVE_SUFFIX))
+        ]
+        if leveled:
+            rows.append("steps per speculation level (adaptive engines):")
+            for m in leveled:
+                levels = ", ".join(f"{k} {v}" for k, v in sorted(m.level_steps.items()))
+                rows.append(f"  {m.engine:<22}batch {m.batch_size}: {levels}")
         sourced = [m for m in self.measurements if m.draft_sources]
         if sourced:
             rows.append("accepted drafts per step by source (drafter only / lookup only / both):")
             for m in sourced:
                 d = m.draft_sources
                 rows.append(
-                    f"  {m.engine:<16}batch {m.batch_size}: {d['drafter']:.2f} / "
+                    f"  {m.engine:<22}batch {m.batch_size}: {d['drafter']:.2f} / "
                     f"{d['lookup']:.2f} / {d['both']:.2f}"
                 )
         return "\n".join(rows)
+
+
+ADAPTIVE_SUFFIX = " adaptive"  # an engine that follows its artifact's speculation policy
 
 
 def engine_name(beam: BeamShape | None, draft_vocab: int | None = None) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from redcompile.benchmarking.intervals import prompt_counts, tokens_per_step_interval
 from redcompile.benchmarking.report import (
+    ADAPTIVE_SUFFIX,
     BASELINE,
     BenchConfig,
     BenchReport,
@@ -139,6 +140,35 @@ def _split_base_weights(source: Path | str, options: dict) -> dict:
     return options
 
 
+def with_adaptive_engines(
+    engines: dict[str, Generator], speculation: str, tuning: Path | None
+) -> dict[str, Generator]:
+    """Every engine with speculation levels twice: at fixed full speculation under its own
+    name, and following the policy of `--speculation` / `--tuning` (redcompile/speculation.py)
+    as NAME adaptive, on the same loaded step."""
+    from dataclasses import replace
+
+    from redcompile.speculation import SpeculationPolicy, choose_policy
+
+    out: dict[str, Generator] = {}
+    for name, engine in engines.items():
+        if name == BASELINE or not engine.info.get("speculation_levels"):
+            out[name] = engine
+            continue
+        full = SpeculationPolicy.fixed("full")
+        out[name] = replace(engine, speculation=full, info={**engine.info})
+        source = Path(str(engine.info.get("source")))
+        policy = choose_policy(
+            speculation,
+            source if source.is_file() else None,
+            engine.info.get("manifest_sha256"),
+            tuning,
+        )
+        info = {**engine.info, "speculation": policy.to_json()}
+        out[name + ADAPTIVE_SUFFIX] = replace(engine, speculation=policy, info=info)
+    return out
+
+
 def run_engine(
     engine: Generator, prompts: Sequence[Sequence[int]], batch: int, new_tokens: int
 ) -> GenerationResult:
@@ -155,9 +185,12 @@ def bench(
     baseline: Path | str | None = None,
     work_dir: Path | str | None = None,
     progress: Progress | None = None,
+    speculation: str = "auto",
+    tuning: Path | str | None = None,
     **options: Any,
 ) -> BenchReport:
-    """Measure; see the module docstring."""
+    """Measure; see the module docstring. Engines with speculation levels run at full
+    speculation and, as NAME adaptive, at the levels `speculation` / `tuning` choose."""
     from redcompile.runtime.loading import open_artifact
 
     cfg = cfg or BenchConfig()
@@ -194,6 +227,7 @@ def bench(
                 f"{spec.info['runtime']}; compare within one runtime"
             )
         runtime = spec.info["runtime"]
+    engines = with_adaptive_engines(engines, speculation, Path(tuning) if tuning else None)
     ids = [engines[BASELINE].codec.encode(p) for p in prompts]
     measurements = []
     for batch in cfg.batch_sizes:
@@ -239,6 +273,7 @@ def bench(
                     prompt_counts=counts,
                     lookup_beams=lookup,
                     draft_sources=sources,
+                    level_steps=result.level_steps or None,
                 )
             )
         reference = next(m for m in measurements if m.engine == BASELINE and m.batch_size == batch)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redcompile.generation import GenerationConfig, GenerationResult, StepBackend, generate_ids
+from redcompile.speculation import SpeculationPolicy
 from redcompile.tokenizer import StreamDecoder, TextCodec
 
 TextCallback = Callable[[int, str], None]  # (prompt index, text delta)
@@ -25,6 +26,7 @@ class Generator:
     codec: TextCodec
     stop_token_ids: tuple[int, ...]
     info: dict[str, Any] = field(default_factory=dict)
+    speculation: SpeculationPolicy | None = None  # None: full speculation every step
 
     def generate_ids(
         self,
@@ -35,7 +37,7 @@ class Generator:
         """Generate from token ids; the model's stop tokens apply unless cfg names others."""
         if not cfg.stop_token_ids:
             cfg = GenerationConfig(**{**cfg.__dict__, "stop_token_ids": self.stop_token_ids})
-        return generate_ids(self.backend, prompts, cfg, on_tokens)
+        return generate_ids(self.backend, prompts, cfg, on_tokens, speculation=self.speculation)
 
     def generate(
         self, prompts: Sequence[str], cfg: GenerationConfig, on_text: TextCallback | None = None

@@ -22,6 +22,7 @@ from redcompile.generation import GenerationConfig
 
 FIELDS = {
     "engine",
+    "level_steps",
     "batch_size",
     "beam_width",
     "beam_length",
@@ -77,7 +78,10 @@ def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, converte
     record = json.loads(out.read_text())
     assert {"source", "runtime", "prompts", "machine", "results", "command"} <= set(record)
     assert record["drafter"]["exit_dim"] == 128 and record["drafter"]["random"] is True
-    assert len(record["results"]) == 4  # 2 engines x 2 batch sizes
+    # the baseline, the tree at full speculation and adaptive, x 2 batch sizes
+    assert len(record["results"]) == 6
+    adaptive = [r for r in record["results"] if r["engine"].endswith(" adaptive")]
+    assert [r["level_steps"].keys() for r in adaptive] == [{"full"}, {"full"}]  # <= 2 rows
     for row in record["results"]:
         assert set(row) == FIELDS and set(row["split_ms"]) == SPLIT
         assert row["tokens_per_second"] > 0 and row["step_ms"] > 0
