@@ -116,22 +116,9 @@ def admit(art: Artifact, state: dict, b: int, row: Row, args: argparse.Namespace
     feeds.update(controls([row], args, art.length))
     out = art.step(feeds)
     for output, name in art.feedback.items():
-        put_row(state, name, b, out[output][0])
+        state[name][b] = out[output][0]
     return out["new_tokens"][0, : out["num_new_tokens"][0]].tolist()
 
-
-def put_row(state: dict, name: str, b: int, value: np.ndarray) -> None:
-    """Row b of input `name` becomes `value`; packed rows vary in width: pad with FILL."""
-    held = state[name]
-    if name not in FILL:
-        held[b] = value
-        return
-    if value.shape[0] > held.shape[1]:  # widen the batch's packed tensor, pad values
-        wider = np.full((held.shape[0], value.shape[0]), FILL[name], held.dtype)
-        wider[:, : held.shape[1]] = held
-        state[name] = held = wider
-    held[b] = FILL[name]
-    held[b, : value.shape[0]] = value
 
 def generate(art: Artifact, prompts: list[str], args: argparse.Namespace) -> list[Row]:
     """The loop of docs/artifact.md: admit, step, emit, stop or admit the next prompt."""

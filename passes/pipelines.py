@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from redcompile.io_contract import SPECULATION, StepSignature
+from redcompile.io_contract import StepSignature
 from redcompile.models.weight_quant import BaseWeights, weight_format
 from redcompile.passes.attach_function_bodies import AttachFunctionBodies
 from redcompile.passes.base import GraphPass
@@ -22,7 +22,6 @@ from redcompile.passes.pack_qkv import PackQkv
 from redcompile.passes.quantize_drafter import QuantizeDrafter
 from redcompile.passes.quantize_weights import QuantizeWeights
 from redcompile.passes.share_weights import ShareWeights
-from redcompile.passes.trim_next_tree import TrimNextTree
 
 
 def pipeline(
@@ -42,7 +41,6 @@ def pipeline(
         raise ValueError(f"no ONNX pipeline for target {target!r}")
     fmt = weight_format(drafter_weights)
     chain_attention = target == "onnxruntime" and rope_tables is not None
-    speculative = SPECULATION in signature.input_names()
     return [
         FuseTreeAttention(),  # first: later passes see TreeAttention, not Attention + Concat
         ShareWeights(),  # after fusion: the cache Concats are gone, weights are final
@@ -51,7 +49,6 @@ def pipeline(
         PackQkv(),  # after fuse-chain-attention: the attention it left; the same packed matrix
         *([FuseSkipRmsNorm()] if target == "onnxruntime" else []),
         FoldConstants(),  # after rewrites that may leave constant shape arithmetic
-        *([TrimNextTree()] if speculative else []),  # after folding: its width is data
         # After fold-constants (a tied lm_head's transposed table is then an initializer) and
         # fuse-chain-attention (the concatenated q/k/v weight is quantized as one matrix).
         *(

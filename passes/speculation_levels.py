@@ -7,12 +7,18 @@ Before: two finished step graphs of one base model.
 
 After: the speculative step's inputs and outputs, and
 
+    width = Max(ReduceMax(num_tokens), 1)                   # the widest row's tokens
+    input_ids, parent_ids, depths -> [:, :width]           # padding no row reads, dropped
     pending = ReduceMax(num_tokens - forced) > 0          # some row holds drafted tokens
     If(speculation == none AND NOT pending)
       then: the autoregressive step (functions whose bodies differ from the tree step's
-            inlined), outputs padded to the contract:
-            new_tokens [B, 1] -> [B, L]; the next tree is the root alone, beam_paths pass through
+            inlined), outputs padded to the contract: new_tokens [B, 1] -> [B, L], the next
+            tree [B, 1] -> [B, N] (the root alone, pad values after it), beam_paths passed on
       else: the speculative step
+
+The trimmed inputs make a step verify only the columns some row uses: a root-only step (after
+level none) verifies one token, a chain (level chain) L, whatever N the artifact was compiled
+for; every output keeps its contract width, so hosts bind fixed buffers.
 
 Every initializer lives in the outer graph; the two branches read the same tensor wherever their
 weights are equal byte for byte (every matrix of the same base model), so the file holds one copy.
@@ -20,8 +26,8 @@ weights are equal byte for byte (every matrix of the same base model), so the fi
 Why: a step at level `none` whose rows hold no drafts is an autoregressive step, and the
 autoregressive graph is the lean one (no tree masks, acceptance over one token, no beam search):
 a full batch that speculation cannot speed up then pays the autoregressive step, plus what ONNX
-Runtime's If and the branch's padding cost (on the fixture's CPU 3-11% of a step; the figures
-are in docs/benchmarks.md, "Speculation levels").
+Runtime's If, the token history (with lookup beams) and the padding cost; docs/benchmarks.md,
+"Speculation levels", has the figures.
 Exactness: the branch taken for a row state computes what the autoregressive artifact computes
 for it, and a step that has drafts to verify always runs the speculative branch.
 """
@@ -37,7 +43,15 @@ from redcompile.io_contract import SPECULATION, SPECULATION_LEVELS, StepSignatur
 from redcompile.passes.base import tensor_digest
 
 LEAN = "autoregressive/"
-CHOOSE_NODE = "levels/If"  # the If that picks the branch (profiles name its kernel after it)
+CHOOSE_NODE = "levels/If"
+TRIMMED = "levels/trimmed/"
+TRIMMED_INPUTS = ("input_ids", "parent_ids", "depths")  # packed inputs, read trimmed
+# the next packed tree's outputs and the values that pad them (docs/artifact.md, "Inputs")
+PACKED_FILL = {
+    "next_input_ids": 0,
+    "next_parent_ids": -1,
+    "next_depths": 0,
+}  # the If that picks the branch (profiles name its kernel after it)
 FULL = "speculative/"
 INT64 = onnx.TensorProto.INT64
 
@@ -70,6 +84,7 @@ def _lean_branch(
     signature: StepSignature,
     beam_length: int,
 ) -> onnx.GraphProto:
+    tree_width = _tree_width(signature)
     """The autoregressive step as the `then` branch: its values prefixed, its weights renamed
     to the outer graph's, its outputs the speculative contract's (prefixed)."""
     graph = lean.graph
@@ -83,11 +98,12 @@ def _lean_branch(
     own_outputs = {v.name for v in graph.output}
     names = {}
     for name in produced:
-        # a step output leaves the branch under its contract name, prefixed; new_tokens is
-        # padded to the tree's L columns first
-        direct = name in own_outputs and name != "new_tokens"
+        # a step output leaves the branch under its contract name, prefixed; new_tokens and
+        # the next packed tree are padded to the tree's widths first
+        direct = name in own_outputs and name != "new_tokens" and name not in PACKED_FILL
         names[name] = LEAN + ("out/" if direct else "") + name
     names.update(weight_names)
+    names.update({name: TRIMMED + name for name in TRIMMED_INPUTS})
     # the autoregressive step reads one uniform per row: the first of the row's L
     names["sample_uniforms"] = LEAN + "sample_uniforms"
     _rename(graph, names)
@@ -95,6 +111,11 @@ def _lean_branch(
         _constant(LEAN + "c/zero", [0]),
         _constant(LEAN + "c/one", [1]),
         _constant(LEAN + "c/pads", [0, 0, 0, beam_length - 1]),
+        _constant(LEAN + "c/tree_pads", [0, 0, 0, tree_width - 1]),
+        *[
+            _constant(LEAN + f"c/fill/{name}", [fill], scalar=True)
+            for name, fill in PACKED_FILL.items()
+        ],
         helper.make_node(
             "Slice",
             ["sample_uniforms", LEAN + "c/zero", LEAN + "c/one", LEAN + "c/one"],
@@ -107,6 +128,9 @@ def _lean_branch(
         out = LEAN + "out/" + spec.name
         if spec.name == "new_tokens":
             tail.append(helper.make_node("Pad", [LEAN + "new_tokens", LEAN + "c/pads"], [out]))
+        elif spec.name in PACKED_FILL:  # [B, 1] -> [B, N], padded as the contract pads
+            pad = [LEAN + spec.name, LEAN + "c/tree_pads", LEAN + f"c/fill/{spec.name}"]
+            tail.append(helper.make_node("Pad", pad, [out]))
         elif spec.name == "next_beam_paths":  # never read: the next tree is a forced root
             tail.append(helper.make_node("Identity", ["beam_paths"], [out]))
         elif spec.name not in own_outputs:
@@ -117,6 +141,12 @@ def _lean_branch(
     return helper.make_graph(head + list(graph.node) + tail, "autoregressive_step", [], outputs)
 
 
+def _tree_width(signature: StepSignature) -> int:
+    """N: the packed width of the next tree, from the contract."""
+    (spec,) = [t for t in signature.outputs if t.name == "next_input_ids"]
+    return int(spec.dims[1])
+
+
 def _full_branch(spec: onnx.ModelProto) -> tuple[onnx.GraphProto, list[onnx.ValueInfoProto]]:
     """The speculative step as the `else` branch (its outputs renamed apart from the outer
     graph's), and the outer graph's outputs (the step's, as they were)."""
@@ -125,7 +155,7 @@ def _full_branch(spec: onnx.ModelProto) -> tuple[onnx.GraphProto, list[onnx.Valu
     produced = {name for node in graph.node for name in node.output if name}
     names = {v.name: FULL + "out/" + v.name for v in graph.output}
     passed = [v.name for v in graph.output if v.name not in produced]
-    _rename(graph, names)
+    _rename(graph, {**names, **{name: TRIMMED + name for name in TRIMMED_INPUTS}})
     nodes = list(graph.node)
     nodes += [helper.make_node("Identity", [n], [names[n]]) for n in passed]
     outputs = [
@@ -174,8 +204,21 @@ def _dequantized_alone(spec: onnx.ModelProto, lean_reads: set[str]) -> set[str]:
 
 
 def _choose(outputs: list[str], then_branch, else_branch) -> list[onnx.NodeProto]:
-    """If(speculation == none AND no row holds drafted tokens) -> then, else -> else."""
-    return [
+    """The packed inputs trimmed to the widest row (both branches read them so), then
+    If(speculation == none AND no row holds drafted tokens) -> then, else -> else."""
+    trim = [
+        helper.make_node("ReduceMax", ["num_tokens"], ["levels/widest"], keepdims=1),
+        _constant("levels/one", [1]),
+        _constant("levels/start", [0]),
+        helper.make_node("Max", ["levels/widest", "levels/one"], ["levels/width"]),
+        *[
+            helper.make_node(
+                "Slice", [name, "levels/start", "levels/width", "levels/one"], [TRIMMED + name]
+            )
+            for name in TRIMMED_INPUTS
+        ],
+    ]
+    return trim + [
         _constant("levels/none", [SPECULATION_LEVELS["none"]], scalar=True),
         _constant("levels/zero", [0], scalar=True),
         helper.make_node("Sub", ["num_tokens", "forced"], ["levels/drafted"]),

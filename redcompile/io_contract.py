@@ -98,9 +98,6 @@ HISTORY = "token_history"
 SPECULATION = "speculation"
 SPECULATION_LEVELS = {"none": 0, "chain": 1, "full": 2}
 FULL_SPECULATION = SPECULATION_LEVELS["full"]
-# The packed width of the next tree: at most W * (L - 1) + 1, the widest row's tree (ONNX
-# artifacts trim the padding no row uses; a .pt2 keeps the full width).
-NEXT_TOKENS = "next_tokens"
 
 
 def step_signature(
@@ -137,11 +134,10 @@ def step_signature(
         TensorSpec("new_tokens", INT64, ("batch", length)),
         TensorSpec("num_new_tokens", INT64, ("batch",)),
     ]
-    width = NEXT_TOKENS if speculative else n
     next_dims = {
-        "input_ids": ("batch", width),
-        "parent_ids": ("batch", width),
-        "depths": ("batch", width),
+        "input_ids": ("batch", n),
+        "parent_ids": ("batch", n),
+        "depths": ("batch", n),
         "num_tokens": ("batch",),
         "forced": ("batch",),
         "cache_lengths": ("batch",),

@@ -1,11 +1,11 @@
 """`redcompile tune`: time an artifact's speculation levels on this machine, write the policy.
 
-For each batch size, every level decodes the same prompts greedily (token-identical by
-construction, and checked), alternating level by level over `repeats` rounds; the level with
-the highest median tokens per second is that batch size's. The record (a tuning file,
-ARTIFACT.tuning.json beside the artifact) holds the levels the policy follows, every median it
-chose from, and how it was measured; it is bound to the artifact by the sha256 of its manifest
-(redcompile/speculation.py reads it back).
+For each batch size, every level decodes the same prompts greedily (all of them, cycled to
+fill the batch; token-identical by construction, and checked), alternating level by level over
+`repeats` rounds; the level with the highest median tokens per second is that batch size's.
+The record (a tuning file, ARTIFACT.tuning.json beside the artifact) holds the levels the
+policy follows, every median it chose from, and how it was measured; it is bound to the
+artifact by the sha256 of its manifest (redcompile/speculation.py reads it back).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ LEVEL_MODES = {"none": "off", "chain": "chain", "full": "full"}
 
 
 def _batch_prompts(prompts: Sequence[list[int]], batch: int) -> list[list[int]]:
-    """`batch` prompts (cycled): every row decodes from the first step to the last."""
-    return [list(prompts[i % len(prompts)]) for i in range(batch)]
+    """Every prompt, cycled to at least `batch`: each row decodes from the first step, and a
+    row that finishes takes the next prompt (the in-flight batching generate does)."""
+    return [list(prompts[i % len(prompts)]) for i in range(max(batch, len(prompts)))]
 
 
 def tune(

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from redcompile.artifact import tree_beams
 from redcompile.generation import StepBackend
-from redcompile.io_contract import NEXT_TOKENS, StepSignature
+from redcompile.io_contract import StepSignature
 
 NUMPY_TYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
 
@@ -50,9 +50,6 @@ class OrtBackend(StepBackend):
         self.fed_back = [
             (o, i) for o, i in signature.feedback.items() if o not in self.cache_outputs
         ]
-        # outputs whose shape only the step knows (the trimmed next tree): bound by device,
-        # allocated by ONNX Runtime at each run
-        self.sized_by_step = [s.name for s in signature.outputs if NEXT_TOKENS in s.dims]
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
@@ -62,9 +59,8 @@ class OrtBackend(StepBackend):
 
         Steps alternate between two IO bindings. Each binds the cache buffers once, as inputs
         and as the outputs that alias them, and every other output to a preallocated buffer of
-        its own (the shapes are fixed by the batch size; the trimmed next tree, whose width
-        the step decides, is allocated by ONNX Runtime): a step never writes the buffers it
-        reads and rebinds only the inputs that changed."""
+        its own (the shapes are fixed by the batch size): a step never writes the buffers it
+        reads, never waits for an allocation, and rebinds only the inputs that changed."""
         self.state = {}
         self.bindings = [self.session.io_binding(), self.session.io_binding()]
         self._bound: list[dict[str, ort.OrtValue]] = [{}, {}]
@@ -80,7 +76,6 @@ class OrtBackend(StepBackend):
             buffers.update(self._output_buffers(batch_size, capacity))
             for name, buffer in buffers.items():
                 binding.bind_ortvalue_output(name, buffer)
-            self._bind_sized_by_step(binding)
         self._turn = 0  # the binding (and output buffers) of the next step
         self._last: dict[str, ort.OrtValue] = {}
 
@@ -89,24 +84,11 @@ class OrtBackend(StepBackend):
         sizes = {"batch": batch_size, "vocab": self.vocab_size, "cache": capacity}
         buffers = {}
         for spec in self.signature.outputs:
-            if spec.name not in self.cache_outputs and spec.name not in self.sized_by_step:
+            if spec.name not in self.cache_outputs:
                 shape = [sizes.get(d, d) for d in spec.dims]
                 dtype = self.model_dtype if spec.dtype == "model" else NUMPY_TYPES[spec.dtype]
                 buffers[spec.name] = self._to_device(np.zeros(shape, dtype=dtype))
         return buffers
-
-    def _bind_sized_by_step(self, binding: ort.IOBinding) -> None:
-        """Bind every output the step sizes by device, after the preallocated ones: they are
-        the last of `binding.get_outputs()`, in `sized_by_step` order."""
-        for name in self.sized_by_step:
-            binding.bind_output(name, self.device)
-
-    def _sized_outputs(self, binding: ort.IOBinding) -> dict[str, ort.OrtValue]:
-        """The outputs ONNX Runtime allocated in the last run of `binding`."""
-        if not self.sized_by_step:
-            return {}
-        values = binding.get_outputs()[-len(self.sized_by_step) :]
-        return dict(zip(self.sized_by_step, values))
 
     def _set(self, name: str, value: ort.OrtValue) -> None:
         self.state[name] = value
@@ -132,13 +114,9 @@ class OrtBackend(StepBackend):
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One step; outputs become the next inputs, the cache is updated in place."""
         outputs = self._outputs[self._turn]
-        binding = self.bindings[self._turn]
         start = time.perf_counter()
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(self.bindings[self._turn])
         self.run_seconds = time.perf_counter() - start
-        if self.sized_by_step:
-            outputs.update(self._sized_outputs(binding))
-            self._bind_sized_by_step(binding)  # a fresh allocation next run: its width may change
         self._turn = 1 - self._turn
         self._last = outputs
         for out_name, in_name in self.fed_back:  # only the next step's binding reads them now
@@ -176,9 +154,7 @@ class OrtBackend(StepBackend):
         outputs = self._output_buffers(1, capacity)
         for name, buffer in outputs.items():
             binding.bind_ortvalue_output(name, buffer)
-        self._bind_sized_by_step(binding)
         self.session.run_with_iobinding(binding)
-        outputs.update(self._sized_outputs(binding))
         return {name: value.numpy().copy() for name, value in outputs.items()}
 
     def last_outputs(self) -> dict[str, np.ndarray]:

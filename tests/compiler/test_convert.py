@@ -199,7 +199,6 @@ def test_cli_convert_json_and_dump_passes(tiny_llama, tmp_path):
         "pack-qkv",
         "fuse-skip-rms-norm",
         "fold-constants",
-        "trim-next-tree",
         "attach-function-bodies",
         "check-graph",
     ]
