@@ -22,8 +22,9 @@ from redcompile.io_contract import SPECULATION_LEVELS
 
 MODES = ("auto", "off", "chain", "full")  # --speculation: auto follows the policy
 MODE_LEVELS = {"off": "none", "chain": "chain", "full": "full"}
-# Never tuned: full speculation while at most this many rows decode, none above (on the
-# fixture's CPU measurements speculation stopped paying between 2 and 4 rows; docs/benchmarks.md).
+# Never tuned: full speculation while at most this many rows decode, none above. On the
+# fixture's CPU the best drafter shapes ran 1.19x autoregressive at batch 1 and 0.60x at batch 8
+# (docs/benchmarks.md): the break-even lies between, and 2 keeps the batch-1 gain.
 DEFAULT_FULL_ROWS = 2
 TUNING_FORMAT = "redcompile-tuning"
 TUNING_VERSION = 1
