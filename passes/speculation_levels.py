@@ -40,6 +40,7 @@ import onnx
 from onnx import helper, inliner
 
 from redcompile.io_contract import SPECULATION, SPECULATION_LEVELS, StepSignature
+from redcompile.onnx_graphs import subgraphs
 from redcompile.passes.base import tensor_digest
 
 LEAN = "autoregressive/"
@@ -63,9 +64,8 @@ def _rename(graph: onnx.GraphProto, names: dict[str, str], outer: bool = True) -
         node.input[:] = [names.get(n, n) if n else n for n in node.input]
         if outer:
             node.output[:] = [names.get(n, n) if n else n for n in node.output]
-        for attribute in node.attribute:
-            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                _rename(sub, names, outer=False)
+        for sub in subgraphs(node):
+            _rename(sub, names, outer=False)
     if outer:
         for value in graph.output:
             value.name = names.get(value.name, value.name)

@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 
 from redcompile.errors import ArtifactError
 from redcompile.manifest import TOKENIZER_HASH, check_manifest
+from redcompile.onnx_graphs import all_graphs
 from redcompile.scratch import scratch_folder
 
 FORMAT = "redcompile-artifact"
@@ -145,16 +146,15 @@ def _inline_subgraph_weights(graph: onnx.GraphProto, weights_dir: Path | None) -
     """Bring the initializers of `graph`'s subgraphs (a branch's own weights, a few MB: a
     quantized drafter's blocks) into the file, their bytes inline: only the main graph's
     weights are streamed one by one or into the data file."""
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                for tensor in sub.initializer:
-                    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                        raw = tensor_bytes(tensor, weights_dir)
-                        tensor.ClearField("external_data")
-                        tensor.data_location = onnx.TensorProto.DEFAULT
-                        tensor.raw_data = raw
-                _inline_subgraph_weights(sub, weights_dir)
+    for sub in all_graphs(graph):
+        if sub is graph:
+            continue
+        for tensor in sub.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                raw = tensor_bytes(tensor, weights_dir)
+                tensor.ClearField("external_data")
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                tensor.raw_data = raw
 
 
 def _external_bytes(model: onnx.ModelProto) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import onnx
 
 from redcompile.artifact import read_artifact
+from redcompile.onnx_graphs import all_graphs
 
 # ONNX element types under the manifest's names (float32, not ONNX's FLOAT), so inspect, the
 # manifest and docs/artifact.md name dtypes alike.
@@ -68,15 +69,6 @@ def _base_weights(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest.get("base_weights") or {"format": "float"}
 
 
-def _graphs(graph: onnx.GraphProto):
-    """`graph` and every subgraph of its nodes, depth first."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                yield from _graphs(sub)
-
-
 def describe_artifact(path: Path | str) -> dict[str, Any]:
     """A JSON-ready description of an artifact (see docs/cli.md, `inspect --json`)."""
     from redcompile.pt2_artifact import is_pt2_file
@@ -85,7 +77,7 @@ def describe_artifact(path: Path | str) -> dict[str, Any]:
         return describe_pt2_artifact(path)
     artifact = read_artifact(path)
     model, manifest = artifact.model, artifact.manifest
-    graphs = list(_graphs(model.graph))  # the step's branches too (speculation levels)
+    graphs = list(all_graphs(model.graph))  # the step's branches too (speculation levels)
     nodes = [n for g in graphs for n in g.node]
     domains = Counter(n.domain or "ai.onnx" for n in nodes)
     bodies = {(f.domain, f.name) for f in model.functions}
