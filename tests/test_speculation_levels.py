@@ -11,18 +11,18 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from test_lookup import REPEATING, cfg, ids
+from test_lookup import LOOKUP_ONLY, MIXED, REPEATING, cfg, ids
 
 from redcompile.api import open_generator, open_model_folder
 from redcompile.cli import main
 from redcompile.compiler import ConvertOptions
-from redcompile.config import BeamShape
 from redcompile.errors import InputError
 from redcompile.io_contract import SPECULATION_LEVELS
 from redcompile.speculation import SpeculationPolicy, choose_policy, read_tuning, tuning_path
 
-LOOKUP_ONLY = BeamShape(0, 5, lookup=1)  # a chain: its branches attend with packed q/k/v
-TREE = BeamShape(2, 4, lookup=1)  # a tree: its autoregressive branch reads q, k, v apart
+# the artifacts of test_lookup (the session converts each once): a chain, whose branches both
+# attend with GroupQueryAttention, and a tree of drafter and lookup beams
+TREE = MIXED
 
 
 class Cycling:
