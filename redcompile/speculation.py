@@ -22,9 +22,11 @@ from redcompile.io_contract import SPECULATION_LEVELS
 
 MODES = ("auto", "off", "chain", "full")  # --speculation: auto follows the policy
 MODE_LEVELS = {"off": "none", "chain": "chain", "full": "full"}
-# Never tuned: full speculation while at most this many rows decode, none above. On the
-# fixture's CPU the best drafter shapes ran 1.19x autoregressive at batch 1 and 0.60x at batch 8
-# (docs/benchmarks.md): the break-even lies between, and 2 keeps the batch-1 gain.
+# Never tuned: full speculation while at most this many rows decode, none above. A guess, not a
+# measurement of your machine: speculation pays at small batches where a step is costly (the
+# 350M cost study projects 1.68x at batch 1) and stops paying as the batch fills; on the
+# fixture's 2-core CPU, against today's lean autoregressive step, it paid at no batch size
+# (docs/benchmarks.md, "Speculation levels"). `redcompile tune` replaces the guess.
 DEFAULT_FULL_ROWS = 2
 TUNING_FORMAT = "redcompile-tuning"
 TUNING_VERSION = 1
