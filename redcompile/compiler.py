@@ -275,15 +275,16 @@ def convert(
         exported = _export_to(workdir, step)
         signature = step.signature
         rope = _chain_rope_tables(step)
-        lean = None
-        if step.speculative:  # its autoregressive branch (passes/speculation_levels.py)
+        lean = None  # its autoregressive branch (passes/speculation_levels.py)
+        if step.speculative:
             say("exporting its autoregressive branch")
-            lean = autoregressive_step(step)
+            ar_step = autoregressive_step(step)
             lean = (
-                _export_to(workdir, lean, "autoregressive_step"),
-                lean.signature,
-                _chain_rope_tables(lean),
+                _export_to(workdir, ar_step, "autoregressive_step"),
+                ar_step.signature,
+                _chain_rope_tables(ar_step),
             )
+            del ar_step
         del step
         gc.collect()
         times["export"] = time.perf_counter() - start

@@ -26,6 +26,7 @@ from redcompile.io_contract import (
     MAX_SEED,
     ROW_STATE,
     SPECULATION,
+    SPECULATION_LEVELS,
     TREE_STATE,
     StepSignature,
 )
@@ -307,25 +308,27 @@ class _Levels:
         self.backend = backend
         self.policy = policy or SpeculationPolicy.fixed("full")
         self.active = SPECULATION in backend.signature.input_names()
-        self.current: int | None = None
+        self.current: str | None = None  # the level the backend holds
         self.steps: dict[str, int] = {}
+
+    def _input(self) -> dict[str, np.ndarray]:
+        return {SPECULATION: np.array(SPECULATION_LEVELS[self.current], dtype=np.int64)}
 
     def set_for(self, rows: int) -> None:
         """Make the next step's level the policy's for `rows` decoding rows."""
         if not self.active:
             return
-        code = self.policy.code(rows)
-        if code != self.current:
-            self.backend.write({SPECULATION: np.array(code, dtype=np.int64)})
-            self.current = code
         level = self.policy.level(rows)
+        if level != self.current:
+            self.current = level
+            self.backend.write(self._input())
         self.steps[level] = self.steps.get(level, 0) + 1
 
     def row_inputs(self) -> dict[str, np.ndarray]:
         """The level input of a batch of one (`StepBackend.step_row`): the batch's."""
         if not self.active or self.current is None:
             return {}
-        return {SPECULATION: np.array(self.current, dtype=np.int64)}
+        return self._input()
 
 
 def generate_ids(

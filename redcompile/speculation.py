@@ -70,10 +70,6 @@ class SpeculationPolicy:
                 chosen = level
         return chosen
 
-    def code(self, rows: int) -> int:
-        """The `speculation` input value of a step that decodes `rows` rows."""
-        return SPECULATION_LEVELS[self.level(rows)]
-
     def to_json(self) -> dict[str, Any]:
         """{"source": ..., "levels": {"rows": level}} (the tuning file's `levels` form)."""
         return {"source": self.source, "levels": {str(r): level for r, level in self.levels}}

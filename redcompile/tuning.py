@@ -59,7 +59,7 @@ def tune(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The tuning record of the artifact `generator` runs: see the module docstring."""
-    levels = [level for level in generator.info.get("speculation_levels", [])]
+    levels = list(generator.info.get("speculation_levels", []))
     if not levels:
         raise InputError(
             f"{generator.info.get('source')}: this artifact has no speculation levels to tune "

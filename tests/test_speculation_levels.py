@@ -17,7 +17,6 @@ from redcompile.api import open_generator, open_model_folder
 from redcompile.cli import main
 from redcompile.compiler import ConvertOptions
 from redcompile.errors import InputError
-from redcompile.io_contract import SPECULATION_LEVELS
 from redcompile.speculation import SpeculationPolicy, choose_policy, read_tuning, tuning_path
 
 # the artifacts of test_lookup (the session converts each once): a chain, whose branches both
@@ -30,14 +29,9 @@ class Cycling:
 
     def __init__(self, levels):
         self.levels = itertools.cycle(levels)
-        self.last = None
-
-    def code(self, rows):
-        self.last = next(self.levels)
-        return SPECULATION_LEVELS[self.last]
 
     def level(self, rows):
-        return self.last
+        return next(self.levels)
 
 
 ALTERNATIONS = (["none", "full"], ["full", "chain", "none", "none", "full", "full", "chain"])
