@@ -137,15 +137,15 @@ class _Rows:
         self.forced = b.input("forced")
         self.logits = self.as_float("logits")
         self.sampler = OnnxSampler(
-            b,
-            self.as_float("temperature"),
-            b.input("top_k"),
-            self.as_float("top_p"),
-            b.dim(self.logits, 2),
+            b, self.as_float("temperature"), b.input("top_k"), self.as_float("top_p")
         )
-        self.uniforms = self.as_float("sample_uniforms")  # [B, L]
         self.active = b.Greater(self.num_tokens, b.const(0))  # [B]
         self.last_forced = b.Max(b.Sub(self.forced, b.const(1)), b.const(0))  # [B]
+
+    def uniforms(self) -> str:
+        """sample_uniforms [B, L] as float32; called where sampling reads them (inside the
+        sampler's If), so a greedy step never converts them."""
+        return self.as_float("sample_uniforms")
 
     def as_float(self, name: str) -> str:
         """Input `name` as float32 (no Cast when it already is)."""
@@ -182,7 +182,12 @@ def _kept_indices(b: FunctionBuilder, rows: _Rows, keep_len: str, path: str | No
 def _autoregressive_body(b: FunctionBuilder, rows: _Rows) -> dict[str, str]:
     """No tree: the token the last forced position picks."""
     last_col = b.Unsqueeze(rows.last_forced, b.const([1]))  # [B, 1]
-    next_col = rows.sampler.node_tokens(rows.logits, last_col, rows.uniforms)  # [B, 1]
+    # The row's first uniform: an autoregressive step reads one, whatever L its host feeds
+    # (an artifact's autoregressive branch is fed its tree step's [B, L]).
+    first = b.const([0]), b.const([1]), b.const([1])
+    next_col = rows.sampler.node_tokens(
+        rows.logits, last_col, lambda: b.Slice(rows.uniforms(), *first)
+    )  # [B, 1]
     num_new = b.Cast(rows.active, to=INT64)  # 1 per active row
     keep_len = b.Mul(rows.forced, num_new)
     outputs = {
@@ -216,7 +221,10 @@ def _tree_body(b: FunctionBuilder, rows: _Rows) -> dict[str, str]:
         nodes_bn, uniforms_bn = b.Squeeze(nodes, b.const([1])), rows.uniforms  # [B, L]
     else:
         nodes_bn = b.Reshape(nodes, b.const([0, -1]))  # [B, W * L]
-        uniforms_bn = b.Tile(rows.uniforms, b.Concat(b.const([1]), b.dim(nodes, 1), axis=0))
+
+        def uniforms_bn() -> str:  # every beam's node at depth d reads the row's uniform d
+            return b.Tile(rows.uniforms(), b.Concat(b.const([1]), b.dim(nodes, 1), axis=0))
+
     picked_bn = rows.sampler.node_tokens(rows.logits, nodes_bn, uniforms_bn)
     tokens_bn = b.GatherElements(rows.tokens, nodes_bn, axis=1)
     shape = b.Shape(nodes) if width != 1 else None

@@ -113,12 +113,20 @@ class FunctionBuilder:
                 raise ValueError(
                     f"{kind} branch returns {len(results)} values, not {len(output_types)}"
                 )
-            # A branch output must be produced inside the branch.
-            outputs = [self._fresh(f"{kind}_out") for _ in results]
-            inner += [
-                helper.make_node("Identity", [r], [o], name=f"{self.op.onnx_name}.{o}")
-                for r, o in zip(results, outputs)
-            ]
+            # A branch output must be produced inside the branch: an outer value leaves it
+            # through an Identity (a kernel every time the branch runs, so emit the value
+            # inside the branch where that costs nothing).
+            made_inside = {name for node in inner for name in node.output}
+            outputs = []
+            for result in results:
+                if result in made_inside and result not in outputs:
+                    outputs.append(result)
+                    continue
+                out = self._fresh(f"{kind}_out")
+                inner.append(
+                    helper.make_node("Identity", [result], [out], name=f"{self.op.onnx_name}.{out}")
+                )
+                outputs.append(out)
             branches.append(
                 helper.make_graph(
                     inner,

@@ -21,6 +21,8 @@ which is what makes speculative sampling emit the autoregressive distribution.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from redcompile.io_contract import GREEDY_BELOW
@@ -88,30 +90,34 @@ class OnnxSampler:
     """The same definitions in standard ONNX ops, for rows [B] of one function body; the
     sorting for top-k/top-p runs only when some sampling row warps (an If)."""
 
-    def __init__(
-        self, b: FunctionBuilder, temperature: str, top_k: str, top_p: str, vocab: str
-    ) -> None:
+    def __init__(self, b: FunctionBuilder, temperature: str, top_k: str, top_p: str) -> None:
         self.b = b
-        self.temperature, self.top_k, self.top_p, self.vocab = temperature, top_k, top_p, vocab
-        self.greedy = b.Less(temperature, b.const(GREEDY_BELOW, "float32"))  # [B]
-        # Some row samples (0-d; the host refuses NaN temperatures).
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        # Some row samples (0-d; the host refuses NaN temperatures). Everything else the
+        # sampler needs is made inside the If this guards, so a greedy step runs only these two
+        # nodes, the argmax and its gather.
         self.any_sampling = b.GreaterOrEqual(
             b.ReduceMax(temperature, keepdims=0), b.const(GREEDY_BELOW, "float32")
         )
+
+    def _greedy_rows(self) -> str:
+        """[B] bool: the rows that decode greedily (made where it is read, inside the If)."""
+        return self.b.Less(self.temperature, self.b.const(GREEDY_BELOW, "float32"))
 
     def _col(self, x: str) -> str:
         """[B] -> [B, 1, 1]."""
         return self.b.Unsqueeze(x, self.b.const([1, 2]))
 
-    def weights(self, logits_bnv: str) -> str:
-        """Unnormalised weights [B, N, V] of each row's distribution at each of its nodes."""
+    def weights(self, logits_bnv: str, greedy_b: str) -> str:
+        """Unnormalised weights [B, N, V] of each row's distribution at each of its nodes
+        (`greedy_b`: the rows that decode greedily)."""
         b = self.b
-        safe_t = b.Where(self.greedy, b.const(1.0, "float32"), self.temperature)
+        safe_t = b.Where(greedy_b, b.const(1.0, "float32"), self.temperature)
         scaled = b.Mul(logits_bnv, self._col(b.Reciprocal(safe_t)))
-        v0 = b.Squeeze(self.vocab, b.const([0]))  # 0-d
+        v0 = b.Squeeze(b.dim(logits_bnv, 2), b.const([0]))  # 0-d: V
         k_on = b.And(b.Greater(self.top_k, b.const(0)), b.Less(self.top_k, v0))  # [B]
         p_on = b.Less(self.top_p, b.const(1.0, "float32"))  # [B]
-        warps = b.And(b.Not(self.greedy), b.Or(k_on, p_on))  # [B]
+        warps = b.And(b.Not(greedy_b), b.Or(k_on, p_on))  # [B]
         any_warp = b.Cast(b.ReduceMax(b.Cast(warps, to=INT64), keepdims=0), to=BOOL)  # 0-d bool
 
         def warped() -> list[str]:
@@ -154,15 +160,19 @@ class OnnxSampler:
         below = b.And(b.LessOrEqual(cdf, threshold), b.Less(cdf, total))
         return b.ReduceSum(b.Cast(below, to=INT64), b.const([-1]), keepdims=0)
 
-    def node_tokens(self, logits_btv: str, nodes_bn: str, uniforms_bn: str) -> str:
+    def node_tokens(self, logits_btv: str, nodes_bn: str, uniforms_bn: Callable[[], str]) -> str:
         """The token each node picks [B, N] (argmax for greedy rows, else a draw); the
-        sampling work runs only when some row samples."""
+        sampling work, and `uniforms_bn()` that makes the nodes' uniforms [B, N], runs only
+        when some row samples."""
         b = self.b
-        greedy_bn = b.GatherElements(b.ArgMax(logits_btv, axis=-1, keepdims=0), nodes_bn, axis=1)
+
+        def argmax_bn() -> str:  # made in each branch, so neither ends in an Identity
+            return b.GatherElements(b.ArgMax(logits_btv, axis=-1, keepdims=0), nodes_bn, axis=1)
 
         def sampled() -> list[str]:
+            greedy_b, greedy_bn = self._greedy_rows(), argmax_bn()
             logits_bnv = b.GatherND(logits_btv, b.Unsqueeze(nodes_bn, b.const([-1])), batch_dims=1)
-            drawn = self.draw(self.weights(logits_bnv), uniforms_bn)
-            return [b.Where(b.Unsqueeze(self.greedy, b.const([1])), greedy_bn, drawn)]
+            drawn = self.draw(self.weights(logits_bnv, greedy_b), uniforms_bn())
+            return [b.Where(b.Unsqueeze(greedy_b, b.const([1])), greedy_bn, drawn)]
 
-        return b.If(self.any_sampling, sampled, lambda: [greedy_bn], [INT64])
+        return b.If(self.any_sampling, sampled, lambda: [argmax_bn()], [INT64])

@@ -264,9 +264,9 @@ class FuseChainAttention(GraphPass):
         zero = const("zero", np.array(0, dtype=np.int64))
         total_b = node("Add", "total_b", cache_lengths, num_tokens)
         seqlens = node("Max", "seqlens_b", node("Sub", "last_b", total_b, one), zero)
-        widest = node("ReduceMax", "widest", total_b, keepdims=0)
-        tokens = node("Squeeze", "tokens", node("Shape", "tokens_1", input_ids, start=1, end=2))
-        total = node("Max", "total64", widest, tokens)
+        # [1]: GroupQueryAttention takes a one-element total_sequence_length as a scalar
+        widest = node("ReduceMax", "widest", total_b, keepdims=1)
+        total = node("Max", "total64", widest, node("Shape", "tokens", input_ids, start=1, end=2))
         self._shared_graph = id(graph)
         self._shared = {
             "seqlens_k": int32(seqlens, "seqlens_k"),
