@@ -100,6 +100,12 @@ class SpeculativeStep(nn.Module):
         ]
         input_ids, num_tokens, forced = named["input_ids"], named["num_tokens"], named["forced"]
         cache_lengths = named["cache_lengths"]
+        if self.speculative:
+            # Level none verifies the forced tokens alone: drafts a row still holds when the
+            # level drops are discarded unverified (exact; an ONNX artifact's autoregressive
+            # branch, passes/speculation_levels.py, does the same).
+            none = named[SPECULATION] == SPECULATION_LEVELS["none"]
+            num_tokens = torch.where(none, forced, num_tokens)
 
         with section("tree"):
             tree_mask = call(

@@ -7,18 +7,23 @@ Before: two finished step graphs of one base model.
 
 After: the speculative step's inputs and outputs, and
 
-    width = Max(ReduceMax(num_tokens), 1)                   # the widest row's tokens
-    input_ids, parent_ids, depths -> [:, :width]           # padding no row reads, dropped
-    pending = ReduceMax(num_tokens - forced) > 0          # some row holds drafted tokens
-    If(speculation == none AND NOT pending)
+    If(speculation == none)
       then: the autoregressive step (functions whose bodies differ from the tree step's
-            inlined), outputs padded to the contract: new_tokens [B, 1] -> [B, L], the next
-            tree [B, 1] -> [B, N] (the root alone, pad values after it), beam_paths passed on
-      else: the speculative step
+            inlined) over each row's forced tokens: num_tokens := forced, input_ids ->
+            [:, :max(ReduceMax(forced), 1)] (a row's drafted tokens, which level none drops,
+            and padding are never read); outputs padded to the contract: new_tokens [B, 1] ->
+            [B, L], next_input_ids [B, 1] -> [B, N]; next_parent_ids and next_depths are the
+            pad values throughout (an autoregressive root's parent and depth equal them);
+            beam_paths passed on
+      else: input_ids, parent_ids, depths -> [:, :max(ReduceMax(num_tokens), 1)]; the
+            speculative step
 
 The trimmed inputs make a step verify only the columns some row uses: a root-only step (after
 level none) verifies one token, a chain (level chain) L, whatever N the artifact was compiled
-for; every output keeps its contract width, so hosts bind fixed buffers.
+for; every output keeps its contract width, so hosts bind fixed buffers. Level none verifies
+forced tokens only in every runtime (models/step.py): the drafts a row holds when the level
+drops to none are discarded unverified, which is exact (an autoregressive step from the same
+row state) and costs only what those drafts could have saved, once per change of level.
 
 Every initializer lives in the outer graph; the two branches read the same tensor wherever their
 weights are equal byte for byte (every matrix of the same base model), so the file holds one copy.
@@ -27,7 +32,10 @@ Why: a step at level `none` whose rows hold no drafts is an autoregressive step,
 autoregressive graph is the lean one (no tree masks, acceptance over one token, no beam search):
 a full batch that speculation cannot speed up then pays the autoregressive step, plus what ONNX
 Runtime's If, the token history (with lookup beams) and the padding cost; docs/benchmarks.md,
-"Speculation levels", has the figures.
+"Speculation levels", has the figures. On a small model each kernel costs a few microseconds
+against a step of a few hundred, so the path to the branch is as short as the contract allows:
+the choice reads the level alone (one Equal), each branch trims what it reads, and the
+autoregressive branch's tail is two pads and two fills.
 Exactness: the branch taken for a row state computes what the autoregressive artifact computes
 for it, and a step that has drafts to verify always runs the speculative branch.
 """
@@ -44,15 +52,11 @@ from redcompile.onnx_graphs import subgraphs
 from redcompile.passes.base import tensor_digest
 
 LEAN = "autoregressive/"
-CHOOSE_NODE = "levels/If"
-TRIMMED = "levels/trimmed/"
+CHOOSE_NODE = "levels/If"  # the If that picks the branch (profiles name its kernel after it)
+TRIMMED = "trimmed/"  # + a packed input: cut to the columns the step uses
 TRIMMED_INPUTS = ("input_ids", "parent_ids", "depths")  # packed inputs, read trimmed
 # the next packed tree's outputs and the values that pad them (docs/artifact.md, "Inputs")
-PACKED_FILL = {
-    "next_input_ids": 0,
-    "next_parent_ids": -1,
-    "next_depths": 0,
-}  # the If that picks the branch (profiles name its kernel after it)
+PACKED_FILL = {"next_input_ids": 0, "next_depths": 0, "next_parent_ids": -1}
 FULL = "speculative/"
 INT64 = onnx.TensorProto.INT64
 
@@ -84,9 +88,9 @@ def _lean_branch(
     signature: StepSignature,
     beam_length: int,
 ) -> onnx.GraphProto:
-    tree_width = _tree_width(signature)
     """The autoregressive step as the `then` branch: its values prefixed, its weights renamed
     to the outer graph's, its outputs the speculative contract's (prefixed)."""
+    tree_width = _tree_width(signature)
     graph = lean.graph
     types = {v.name: v.type.tensor_type.elem_type for v in graph.output}
     types["next_beam_paths"] = INT64
@@ -103,34 +107,39 @@ def _lean_branch(
         direct = name in own_outputs and name != "new_tokens" and name not in PACKED_FILL
         names[name] = LEAN + ("out/" if direct else "") + name
     names.update(weight_names)
-    names.update({name: TRIMMED + name for name in TRIMMED_INPUTS})
-    # the autoregressive step reads one uniform per row: the first of the row's L
-    names["sample_uniforms"] = LEAN + "sample_uniforms"
+    names.update({name: LEAN + TRIMMED + name for name in TRIMMED_INPUTS})
+    names["num_tokens"] = "forced"  # level none verifies the forced tokens alone
+    # sample_uniforms stays the outer [B, L]: an autoregressive Accept reads a row's first
+    # uniform itself, and only when some row samples (ops/acceptance.py)
     _rename(graph, names)
     head = [
-        _constant(LEAN + "c/zero", [0]),
-        _constant(LEAN + "c/one", [1]),
         _constant(LEAN + "c/pads", [0, 0, 0, beam_length - 1]),
         _constant(LEAN + "c/tree_pads", [0, 0, 0, tree_width - 1]),
-        *[
-            _constant(LEAN + f"c/fill/{name}", [fill], scalar=True)
-            for name, fill in PACKED_FILL.items()
-        ],
-        helper.make_node(
-            "Slice",
-            ["sample_uniforms", LEAN + "c/zero", LEAN + "c/one", LEAN + "c/one"],
-            [LEAN + "sample_uniforms"],
-            name=LEAN + "first_uniform",
-        ),
+        _constant(LEAN + "c/fill/next_input_ids", [PACKED_FILL["next_input_ids"]], scalar=True),
+        _constant(LEAN + "c/zero", [0], scalar=True),
+        _constant(LEAN + "c/parent_fill", [PACKED_FILL["next_parent_ids"]], scalar=True),
     ]
-    tail, outputs = [], []
+    if PACKED_FILL["next_depths"] != 0:
+        raise ValueError("the depth fill below is a zero tensor")
+    ids, depths, parents = (LEAN + "out/" + name for name in PACKED_FILL)
+    # the next tree: the root [B, 1] -> [B, N], pad values after it; an autoregressive root's
+    # depth and parent are the pad values, so those two are the fill throughout
+    tail = [
+        helper.make_node(
+            "Pad",
+            [LEAN + "new_tokens", LEAN + "c/tree_pads", LEAN + "c/fill/next_input_ids"],
+            [ids],
+        ),
+        helper.make_node("Mul", [ids, LEAN + "c/zero"], [depths]),
+        helper.make_node("Add", [depths, LEAN + "c/parent_fill"], [parents]),
+    ]
+    outputs = []
     for spec in signature.outputs:
         out = LEAN + "out/" + spec.name
         if spec.name == "new_tokens":
             tail.append(helper.make_node("Pad", [LEAN + "new_tokens", LEAN + "c/pads"], [out]))
-        elif spec.name in PACKED_FILL:  # [B, 1] -> [B, N], padded as the contract pads
-            pad = [LEAN + spec.name, LEAN + "c/tree_pads", LEAN + f"c/fill/{spec.name}"]
-            tail.append(helper.make_node("Pad", pad, [out]))
+        elif spec.name in PACKED_FILL:
+            pass
         elif spec.name == "next_beam_paths":  # never read: the next tree is a forced root
             tail.append(helper.make_node("Identity", ["beam_paths"], [out]))
         elif spec.name not in own_outputs:
@@ -138,7 +147,31 @@ def _lean_branch(
         elif spec.name not in produced:  # an input or weight passed through
             tail.append(helper.make_node("Identity", [names.get(spec.name, spec.name)], [out]))
         outputs.append(helper.make_tensor_value_info(out, types[spec.name], None))
-    return helper.make_graph(head + list(graph.node) + tail, "autoregressive_step", [], outputs)
+    nodes = _live(head + list(graph.node) + tail, {o.name for o in outputs})
+    nodes = _trimmed(LEAN + TRIMMED, "forced", nodes) + nodes
+    return helper.make_graph(nodes, "autoregressive_step", [], outputs)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Every value `node` reads, its subgraphs' outer reads included (a superset: names a
+    subgraph makes itself are counted too, which only keeps more nodes alive)."""
+    names = {n for n in node.input if n}
+    for sub in subgraphs(node):
+        for inner in sub.node:
+            names |= _reads(inner)
+    return names
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """`nodes` (in order) without those whose outputs nothing reads: the autoregressive
+    step's own next-tree values, replaced by the contract-wide ones above. ONNX Runtime runs
+    every node of a graph, read or not."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed |= _reads(node)
+    return kept[::-1]
 
 
 def _tree_width(signature: StepSignature) -> int:
@@ -155,8 +188,8 @@ def _full_branch(spec: onnx.ModelProto) -> tuple[onnx.GraphProto, list[onnx.Valu
     produced = {name for node in graph.node for name in node.output if name}
     names = {v.name: FULL + "out/" + v.name for v in graph.output}
     passed = [v.name for v in graph.output if v.name not in produced]
-    _rename(graph, {**names, **{name: TRIMMED + name for name in TRIMMED_INPUTS}})
-    nodes = list(graph.node)
+    _rename(graph, {**names, **{name: FULL + TRIMMED + name for name in TRIMMED_INPUTS}})
+    nodes = _trimmed(FULL + TRIMMED, "num_tokens", list(graph.node)) + list(graph.node)
     nodes += [helper.make_node("Identity", [n], [names[n]]) for n in passed]
     outputs = [
         helper.make_tensor_value_info(v.name, v.type.tensor_type.elem_type, None)
@@ -203,32 +236,31 @@ def _dequantized_alone(spec: onnx.ModelProto, lean_reads: set[str]) -> set[str]:
     return dequantized - lean_reads - elsewhere
 
 
-def _choose(outputs: list[str], then_branch, else_branch) -> list[onnx.NodeProto]:
-    """The packed inputs trimmed to the widest row (both branches read them so), then
-    If(speculation == none AND no row holds drafted tokens) -> then, else -> else."""
-    trim = [
-        helper.make_node("ReduceMax", ["num_tokens"], ["levels/widest"], keepdims=1),
-        _constant("levels/one", [1]),
-        _constant("levels/start", [0]),
-        helper.make_node("Max", ["levels/widest", "levels/one"], ["levels/width"]),
+def _trimmed(prefix: str, counts: str, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes that make `prefix + name` for each packed input `nodes` read: the input
+    [B, T] cut to [B, width], width = max(ReduceMax(`counts`), 1), the columns some row uses."""
+    read = set().union(*(_reads(node) for node in nodes))
+    wanted = [name for name in TRIMMED_INPUTS if prefix + name in read]
+    if not wanted:
+        return []
+    width = prefix + "width"
+    return [
+        helper.make_node("ReduceMax", [counts], [prefix + "widest"], keepdims=1),
+        helper.make_node("Max", [prefix + "widest", "levels/one"], [width]),
         *[
-            helper.make_node(
-                "Slice", [name, "levels/start", "levels/width", "levels/one"], [TRIMMED + name]
-            )
-            for name in TRIMMED_INPUTS
+            helper.make_node("Slice", [name, "levels/start", width, "levels/one"], [prefix + name])
+            for name in wanted
         ],
     ]
-    return trim + [
+
+
+def _choose(outputs: list[str], then_branch, else_branch) -> list[onnx.NodeProto]:
+    """If(speculation == none) -> then, else -> else, and the constants both read."""
+    return [
+        _constant("levels/one", [1]),
+        _constant("levels/start", [0]),
         _constant("levels/none", [SPECULATION_LEVELS["none"]], scalar=True),
-        _constant("levels/zero", [0], scalar=True),
-        helper.make_node("Sub", ["num_tokens", "forced"], ["levels/drafted"]),
-        helper.make_node("ReduceMax", ["levels/drafted"], ["levels/most_drafted"], keepdims=0),
-        helper.make_node("Greater", ["levels/most_drafted", "levels/zero"], ["levels/pending"]),
-        helper.make_node("Not", ["levels/pending"], ["levels/no_drafts"]),
-        helper.make_node("Equal", [SPECULATION, "levels/none"], ["levels/asks_none"]),
-        helper.make_node(
-            "And", ["levels/asks_none", "levels/no_drafts"], ["levels/autoregressive"]
-        ),
+        helper.make_node("Equal", [SPECULATION, "levels/none"], ["levels/autoregressive"]),
         helper.make_node(
             "If",
             ["levels/autoregressive"],

@@ -92,6 +92,20 @@ def test_each_level_drafts_what_it_says(artifacts):
     assert per_step["chain"] == per_step["full"] > 1.2
 
 
+def test_level_none_drops_the_drafts_it_is_handed_in_every_runtime(tiny_llama, artifacts):
+    # full then none, repeatedly: each full step verifies a root-only tree (made at none) and
+    # drafts; the none step after it discards those drafts unverified. So one token per step,
+    # in ONNX Runtime and in the PyTorch reference alike, where full alone drafts well.
+    onnx_generator = open_generator(artifacts["lookup"].out)
+    reference = open_model_folder(tiny_llama, beam=LOOKUP_ONLY)
+    for generator in (onnx_generator, reference):
+        generator.speculation = Cycling(["full", "none"])
+        alternating = generator.generate_ids(REPEATING, cfg(2))
+        assert alternating.tokens_per_step == 1.0
+        generator.speculation = SpeculationPolicy.fixed("full")
+        assert generator.generate_ids(REPEATING, cfg(2)).tokens_per_step > 1.2
+
+
 def test_the_autoregressive_branch_shares_the_weights(artifacts, tmp_path):
     for name, report in artifacts.items():
         model = onnx.load(str(report.out), load_external_data=False)
