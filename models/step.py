@@ -148,12 +148,16 @@ class SpeculativeStep(nn.Module):
                     num_new > 0,
                 )
                 history = (tokens_so_far,)
+            # The next tree is the root: parent -1, depth 0. Made from new_tokens by two
+            # elementwise ops (full_like/zeros_like export as a Shape and two Expands: a
+            # kernel more in every autoregressive step).
+            depth_zero = new_tokens * 0
             return (
                 new_tokens,
                 num_new,
                 new_tokens,
-                torch.full_like(new_tokens, -1),
-                torch.zeros_like(new_tokens),
+                depth_zero - 1,
+                depth_zero,
                 num_new,
                 num_new,
                 cache_lengths + keep_len,
