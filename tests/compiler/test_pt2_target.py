@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -142,8 +143,10 @@ def test_cli_generate_verify_and_inspect_run_the_package(pt2):
     assert text.exit_code == 0 and "AOTInductor" in text.stdout
 
 
-def test_the_package_runs_in_plain_torch_once_redcompile_ops_is_imported(pt2):
-    """The compiled step calls the redcompile ops through torch: Python registration needed."""
+def test_the_package_runs_in_plain_torch_once_redcompile_ops_is_imported(pt2, tmp_path):
+    """The compiled step calls the redcompile ops through torch: Python registration needed.
+    (Plain torch extracts each load into an aotinductor_* folder of $TMPDIR and keeps it: the
+    subprocess's $TMPDIR is the test's own folder.)"""
     code = f"""
 import torch
 path = {str(pt2["out"])!r}
@@ -172,8 +175,9 @@ out = dict(zip([o["name"] for o in manifest["io"]["outputs"]],
                torch._inductor.aoti_load_package(path)(*inputs)))
 print(int(out["num_new_tokens"][0]), int(out["next_cache_lengths"][0]))
 """
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.split("\n")
