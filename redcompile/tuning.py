@@ -2,7 +2,10 @@
 
 For each batch size, every level decodes the same prompts greedily (all of them, cycled to
 fill the batch; token-identical by construction, and checked), alternating level by level over
-`repeats` rounds; the level with the highest median tokens per second is that batch size's.
+`repeats` rounds. A batch size decodes at `none` unless a drafting level is faster in every
+timed round than `none` is in any (`choose_level`); of the levels that are, the one with the
+highest median tokens per second. Drafting that wins by less than the rounds scatter is noise
+on a shared machine, and `none` is the level that costs least when it is mistaken.
 The record (a tuning file, ARTIFACT.tuning.json beside the artifact) holds the levels the
 policy follows, every median it chose from, and how it was measured; it is bound to the
 artifact by the sha256 of its manifest (redcompile/speculation.py reads it back).
@@ -48,6 +51,20 @@ def _batch_prompts(prompts: Sequence[list[int]], batch: int) -> list[list[int]]:
     """Every prompt, cycled to at least `batch`: each row decodes from the first step, and a
     row that finishes takes the next prompt (the in-flight batching generate does)."""
     return [list(prompts[i % len(prompts)]) for i in range(max(batch, len(prompts)))]
+
+
+def choose_level(rates: dict[str, list[float]]) -> str:
+    """The level a batch size decodes at, from each level's tokens per second per timed round:
+    `none` unless some drafting level's slowest round beats `none`'s fastest; then the fastest
+    such level by median (see the module docstring)."""
+    if "none" not in rates:
+        return max(rates, key=lambda level: statistics.median(rates[level]))
+    beats_none = [
+        level for level, r in rates.items() if level != "none" and min(r) > max(rates["none"])
+    ]
+    if not beats_none:
+        return "none"
+    return max(beats_none, key=lambda level: statistics.median(rates[level]))
 
 
 def tune(
@@ -97,7 +114,7 @@ def tune(
         medians = {level: round(statistics.median(v[1:]), 2) for level, v in rates.items()}
         measured[str(batch)] = medians
         tokens_per_step[str(batch)] = steps
-        chosen[str(batch)] = max(levels, key=lambda level: medians[level])
+        chosen[str(batch)] = choose_level({level: v[1:] for level, v in rates.items()})
         say(f"batch {batch}: {chosen[str(batch)]} ({medians})")
     if "1" not in chosen:  # the policy starts at one row: below the smallest tuned batch
         chosen = {"1": chosen[str(min(batch_sizes))], **chosen}

@@ -18,6 +18,7 @@ from redcompile.cli import main
 from redcompile.compiler import ConvertOptions
 from redcompile.errors import InputError
 from redcompile.speculation import SpeculationPolicy, choose_policy, read_tuning, tuning_path
+from redcompile.tuning import choose_level
 
 # the artifacts of test_lookup (the session converts each once): a chain, whose branches both
 # attend with GroupQueryAttention, and a tree of drafter and lookup beams
@@ -173,6 +174,14 @@ def test_a_tuning_file_reads_back_only_for_its_artifact(tmp_path):
         read_tuning(garbage, "abc")
     with pytest.raises(InputError, match="applies to --speculation auto"):
         choose_policy("full", None, None, garbage)
+
+
+def test_tune_drafts_only_where_drafting_wins_every_round():
+    # rounds that overlap none's are noise: none; a level faster in every round wins
+    assert choose_level({"none": [100, 110, 90], "full": [112, 95, 120]}) == "none"
+    assert choose_level({"none": [100, 110], "chain": [111, 120], "full": [115, 130]}) == "full"
+    assert choose_level({"none": [100], "chain": [90], "full": [100]}) == "none"
+    assert choose_level({"none": [100, 104], "chain": [120, 121], "full": [101, 200]}) == "chain"
 
 
 def invoke(*args):
