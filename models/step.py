@@ -141,7 +141,7 @@ class SpeculativeStep(nn.Module):
                 tokens_so_far, _ = self._append_history(
                     named[HISTORY],
                     input_ids,
-                    keep_idx,
+                    None,  # every kept token is forced, in order: no index to gather by
                     keep_len,
                     cache_lengths,
                     new_tokens,
@@ -224,7 +224,7 @@ class SpeculativeStep(nn.Module):
     def _append_history(
         history_bs: torch.Tensor,
         input_ids: torch.Tensor,
-        keep_idx: torch.Tensor,
+        keep_idx: torch.Tensor | None,
         keep_len: torch.Tensor,
         cache_lengths: torch.Tensor,
         next_token: torch.Tensor,
@@ -237,8 +237,10 @@ class SpeculativeStep(nn.Module):
         One scatter of T + 1 values per row, so the work is the step's tokens, not the
         history's length: slots past the root write the root again, an idle row writes back
         what it holds (equal values, so repeated indices are harmless)."""
-        s, t = history_bs.shape[1], keep_idx.shape[1]
-        kept_bt = torch.nn.functional.pad(torch.gather(input_ids, 1, keep_idx), (0, 1))
+        s, t = history_bs.shape[1], input_ids.shape[1]
+        # keep_idx None: the row's kept tokens are its first keep_len (an autoregressive step)
+        kept = input_ids if keep_idx is None else torch.gather(input_ids, 1, keep_idx)
+        kept_bt = torch.nn.functional.pad(kept, (0, 1))
         slot_1t = torch.arange(t + 1, device=history_bs.device).unsqueeze(0)
         keep_b1 = keep_len.unsqueeze(1)
         target_bt = (cache_lengths.unsqueeze(1) + torch.minimum(slot_1t, keep_b1)).clamp(max=s - 1)
