@@ -121,7 +121,9 @@ def _lean_branch(
     ]
     if PACKED_FILL["next_depths"] != 0:
         raise ValueError("the depth fill below is a zero tensor")
-    ids, depths, parents = (LEAN + "out/" + name for name in PACKED_FILL)
+    ids, depths, parents = (
+        LEAN + "out/" + name for name in ("next_input_ids", "next_depths", "next_parent_ids")
+    )
     # the next tree: the root [B, 1] -> [B, N], pad values after it; an autoregressive root's
     # depth and parent are the pad values, so those two are the fill throughout
     tail = [
@@ -138,7 +140,7 @@ def _lean_branch(
         out = LEAN + "out/" + spec.name
         if spec.name == "new_tokens":
             tail.append(helper.make_node("Pad", [LEAN + "new_tokens", LEAN + "c/pads"], [out]))
-        elif spec.name in PACKED_FILL:
+        elif spec.name in PACKED_FILL:  # made at the top of the tail
             pass
         elif spec.name == "next_beam_paths":  # never read: the next tree is a forced root
             tail.append(helper.make_node("Identity", ["beam_paths"], [out]))
@@ -163,9 +165,9 @@ def _reads(node: onnx.NodeProto) -> set[str]:
 
 
 def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """`nodes` (in order) without those whose outputs nothing reads: the autoregressive
-    step's own next-tree values, replaced by the contract-wide ones above. ONNX Runtime runs
-    every node of a graph, read or not."""
+    """`nodes` (in order) without those whose outputs nothing reads (the autoregressive
+    step's own next-tree values, replaced by the contract-wide ones above), so that no step
+    spends a kernel on them."""
     needed, kept = set(outputs), []
     for node in reversed(nodes):
         if any(name in needed for name in node.output):
