@@ -40,6 +40,7 @@ from redcompile.generation import GenerationConfig
 from redcompile.prompts import read_prompts_file
 from redcompile.runtime.loading import open_artifact
 from redcompile.runtime.session import session_options as redcompile_session_options
+from redcompile.speculation import SpeculationPolicy
 
 Batches = list[list[int]]  # token ids per prompt
 
@@ -72,13 +73,18 @@ def redcompile_system(name: str, path: Path, setting: str, max_new: int) -> Syst
     return System(name, "redcompile", run, redcompile_kernels_per_step(path, threads, max_new))
 
 
-def redcompile_kernels_per_step(path: Path, threads: int, max_new: int) -> float:
-    """Kernels ONNX Runtime runs per decoding step of the artifact (batch 1, profiled)."""
+def redcompile_kernels_per_step(
+    path: Path, threads: int | None, max_new: int, mode: str | None = None
+) -> float:
+    """Kernels ONNX Runtime runs per decoding step of the artifact (batch 1, profiled), at
+    speculation `mode` (off, chain, full; None: the library's default, full)."""
     with tempfile.TemporaryDirectory() as tmp:
         options = redcompile_session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ours")
         engine = open_artifact(path, session_options=options)
+        if mode is not None:
+            engine.speculation = SpeculationPolicy.fixed(mode)
         cfg = GenerationConfig(max_new_tokens=min(max_new, 16), batch_size=1)
         result = engine.generate_ids([[1, 2, 3, 4, 5, 6, 7, 8]], cfg)
         profile = engine.backend.session.end_profiling()

@@ -7,7 +7,8 @@ reversed order after a warm-up round. Each decoding step is timed around the ses
 (`StepBackend.step`); per round, the median step of the speculative artifact is divided by the
 autoregressive artifact's median step in the same round, and the median of those per-round
 ratios is reported with its range (pairing adjacent rounds cancels this shared machine's drift).
-Also reported: the kernels one step runs (ONNX Runtime's profiler, a separate session), and
+Also reported: the kernels one step runs (`bench/peers.py`'s profiled count, at level none),
+and
 whether the two emitted the same tokens (they must).
 
     python bench/studies/speculation_levels/none_level_step.py AR.onnx SPECULATIVE.onnx \
@@ -17,54 +18,53 @@ whether the two emitted the same tokens (they must).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import onnxruntime as ort
 
 from redcompile import api
-from redcompile.generation import GenerationConfig
+from redcompile.generation import GenerationConfig, StepObserver
 from redcompile.prompts import read_prompts_file
-from redcompile.runtime.session import session_options
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/, for peers.py
+from peers import redcompile_kernels_per_step  # after the path it lives on
 
 
-def timed(generator) -> list[float]:
-    """Wrap the generator's backend step: the returned list collects each step's seconds."""
-    seconds, step = [], generator.backend.step
+class StepTimes(StepObserver):
+    """Seconds of each batched step of the loop (around `StepBackend.step`), in `seconds`."""
 
-    def run():
-        start = time.perf_counter()
-        result = step()
-        seconds.append(time.perf_counter() - start)
-        return result
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
 
-    generator.backend.step = run
-    return seconds
+    def before_step(self, backend) -> None:
+        self._start = time.perf_counter()
+
+    def after_step(self, backend, new_tokens, num_new) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
 
 
-def kernels_per_step(path: Path, prompts: list[str], cfg: GenerationConfig) -> float:
-    """Median kernels per decoding step, from a profiled session (prefill runs excluded: a
-    decoding step runs fewer than 400 here)."""
-    generator = api.open_generator(path, speculation="off")
-    with tempfile.TemporaryDirectory() as tmp:
-        options = session_options()  # redcompile's decoding defaults, as open_generator
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        providers = generator.backend.session.get_providers()
-        generator.backend.session = ort.InferenceSession(str(path), options, providers=providers)
-        generator.generate(prompts[:1], cfg)
-        events = json.loads(Path(generator.backend.session.end_profiling()).read_text())
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
-    kernels = sorted(
-        e["ts"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-    )
-    counts = [sum(1 for k in kernels if start <= k <= end) for start, end in runs]
-    return statistics.median(c for c in counts if c < 400)
+def _alternate(generators, steps, prompts, cfg, rounds):
+    """Each generator's tokens (from the warm-up round) and its median step per timed round;
+    the order reverses every round."""
+    tokens = {
+        name: [c.token_ids for c in g.generate(prompts, cfg).result.completions]
+        for name, g in generators.items()
+    }
+    medians = {name: [] for name in generators}
+    order = list(generators)
+    for round_ in range(rounds):
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            steps[name].seconds.clear()
+            generators[name].generate(prompts, cfg)
+            medians[name].append(statistics.median(steps[name].seconds))
+    return tokens, medians
 
 
 def main() -> None:
@@ -83,18 +83,11 @@ def main() -> None:
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     paths = {"autoregressive": args.autoregressive, "none": args.speculative}
     generators = {name: api.open_generator(path, speculation="off") for name, path in paths.items()}
-    steps = {name: timed(g) for name, g in generators.items()}
-    tokens = {
-        name: [c.token_ids for c in g.generate(prompts, cfg).result.completions]
-        for name, g in generators.items()
-    }
-    medians = {name: [] for name in generators}
-    order = list(generators)
-    for round_ in range(args.rounds):
-        for name in order if round_ % 2 == 0 else order[::-1]:
-            steps[name].clear()
-            generators[name].generate(prompts, cfg)
-            medians[name].append(statistics.median(steps[name]))
+    steps = {name: StepTimes() for name in generators}
+    with contextlib.ExitStack() as stack:
+        for name, generator in generators.items():
+            stack.enter_context(generator.backend.observing(steps[name]))
+        tokens, medians = _alternate(generators, steps, prompts, cfg, args.rounds)
     ratios = sorted(n / a for n, a in zip(medians["none"], medians["autoregressive"]))
     record = {
         "question": "what level none costs per step against the autoregressive artifact",
@@ -108,7 +101,10 @@ def main() -> None:
         "step_ms": {n: round(statistics.median(m) * 1e3, 3) for n, m in medians.items()},
         "none_over_autoregressive_step": round(statistics.median(ratios), 3),
         "ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)],
-        "kernels_per_step": {n: kernels_per_step(p, prompts, cfg) for n, p in paths.items()},
+        "kernels_per_step": {
+            n: redcompile_kernels_per_step(p, None, args.max_new_tokens, mode="off")
+            for n, p in paths.items()
+        },
         "same_tokens": tokens["none"] == tokens["autoregressive"],
         "machine": f"{platform.machine()}, onnxruntime {ort.__version__}",
     }
