@@ -3,11 +3,12 @@
 Every "faster than" claim of the project cites a record of this script. For one model folder it
 builds onnxruntime-genai's models with genai's own model builder (`-p fp32|int4 -e cpu`), opens
 them and the given redcompile artifacts in one process, and decodes the same prompts (the same
-token ids, greedy, `--max-new-tokens`) with each: one warm-up pass, then `--rounds` rounds, the
-order reversed every round, per batch size and thread setting. It reports per system the median
-tokens per second, the ratio to every other system (median of the per-round ratios), kernels
-per decoding step (ONNX Runtime's profiler, one step at batch 1), and whether each system's
-tokens equal the reference system's (the first one named).
+token ids, greedy, `--max-new-tokens`) with each: one warm-up pass, then `--rounds` rounds,
+the systems interleaved one batch of prompts at a time (`measure`), per batch size and thread
+setting. It reports per system the median tokens per second, the ratio to every other system
+(median of the per-round ratios), kernels per decoding step (ONNX Runtime's profiler, one step
+at batch 1), and whether each system's tokens equal the reference system's (the first one
+named).
 
     python bench/peers.py ../shared/fixtures/pycode-lm --prompts-file P.jsonl \
         --ours ar=ar.onnx --ours ar-int4=ar_int4.onnx --genai fp32,int4 \
@@ -15,7 +16,9 @@ tokens equal the reference system's (the first one named).
 
 `--threads 0` is each runtime's default (ONNX Runtime: one thread per core, spinning);
 batch B decodes the prompts B at a time (genai: left-padded static batches, its way of
-batching; redcompile: its in-flight batching over the same prompts).
+batching; redcompile: the same groups of B, each one call of its loop, so a row that finishes
+early idles as genai's does; its in-flight batching is measured by `redcompile bench`). The
+warm-up pass, which gives the tokens compared, runs every prompt in one call.
 """
 
 from __future__ import annotations
@@ -227,15 +230,28 @@ def _until_stop(tokens: Sequence[int], stop: int | Sequence[int] | None, limit: 
 def measure(
     systems: list[System], prompts: Batches, batch: int, rounds: int, progress: Callable
 ) -> dict:
-    """Warm-up, then `rounds` alternating rounds; medians, pairwise ratios, token identity."""
+    """Warm-up (which also gives each system's tokens), then `rounds` timed rounds; medians,
+    pairwise ratios (median of per-round ratios), token identity.
+
+    A round decodes the prompts one batch of `batch` at a time, every system in turn on the
+    same batch, the order reversed from batch to batch, and adds up each system's seconds.
+    This machine's speed changes by up to 2-3x within seconds; interleaving at the grain of one
+    batch lets every system see the same machine for the same work, where whole-round
+    alternation let one system's round land in a slow spell (per-round ratios then scattered
+    by 0.2-0.3)."""
     outputs = {s.name: s.run(prompts, batch) for s in systems}  # warm-up and tokens
     seconds: dict[str, list[float]] = {s.name: [] for s in systems}
+    groups = [prompts[start : start + batch] for start in range(0, len(prompts), batch)]
     for index in range(rounds):
-        order = systems if index % 2 == 0 else systems[::-1]
-        for system in order:
-            start = time.perf_counter()
-            system.run(prompts, batch)
-            seconds[system.name].append(time.perf_counter() - start)
+        spent = {s.name: 0.0 for s in systems}
+        for number, group in enumerate(groups):
+            order = systems if (index + number) % 2 == 0 else systems[::-1]
+            for system in order:
+                start = time.perf_counter()
+                system.run(group, batch)
+                spent[system.name] += time.perf_counter() - start
+        for name, value in spent.items():
+            seconds[name].append(value)
         progress(
             f"batch {batch} round {index + 1}/{rounds}: "
             + ", ".join(f"{s.name} {seconds[s.name][-1]:.2f}s" for s in systems)
