@@ -1,6 +1,7 @@
 """`bench`'s run: build the engines (the baseline and one per beam shape) from a model folder
-or artifacts, let them decode the same prompts in turn, alternating after a warm-up round, and
-report the medians with the prompts' intervals and the profiled step split."""
+or artifacts, let them decode the same prompts after a warm-up run, interleaved slice by slice
+(`timed_rounds`), and report the medians with the prompts' intervals and the profiled step
+split."""
 
 from __future__ import annotations
 
@@ -178,6 +179,36 @@ def run_engine(
     )
 
 
+def timed_rounds(
+    engines: dict[str, Generator],
+    ids: Sequence[Sequence[int]],
+    batch: int,
+    new_tokens: int,
+    rounds: int,
+) -> dict[str, list[float]]:
+    """Seconds per round of every engine decoding all of `ids`, `rounds` rounds.
+
+    A round decodes the prompts in slices of 2 x `batch` (rows that finish take the slice's
+    next prompt: in-flight batching), every engine in turn on a slice before the next, the
+    order reversed from slice to slice, and adds each engine's seconds up. This shared
+    machine's speed changes by up to 2-3x within seconds; interleaving slices gives every
+    engine the same machine for the same work, where alternating whole rounds let one
+    engine's round land in a slow spell (per-round ratios scattered by 0.2-0.3)."""
+    width = 2 * batch
+    slices = [ids[start : start + width] for start in range(0, len(ids), width)]
+    names = list(engines)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for index in range(rounds):
+        spent = dict.fromkeys(names, 0.0)
+        for number, part in enumerate(slices):
+            order = names if (index + number) % 2 == 0 else names[::-1]
+            for name in order:
+                spent[name] += run_engine(engines[name], part, batch, new_tokens).seconds
+        for name in names:
+            seconds[name].append(spent[name])
+    return seconds
+
+
 def bench(
     source: Path | str,
     prompts: Sequence[str],
@@ -232,16 +263,11 @@ def bench(
     measurements = []
     for batch in cfg.batch_sizes:
         say(f"batch size {batch}")
-        seconds: dict[str, list[float]] = defaultdict(list)
-        last: dict[str, GenerationResult] = {}
-        names = list(engines)
-        for repeat in range(cfg.repeats + 1):
-            order = names if repeat % 2 == 0 else names[::-1]  # alternate, so drift cancels
-            for name in order:
-                result = run_engine(engines[name], ids, batch, cfg.max_new_tokens)
-                if repeat > 0:  # round 0 is the warm-up
-                    seconds[name].append(result.seconds)
-                    last[name] = result
+        last = {  # the warm-up: every prompt in one run, the run the statistics describe
+            name: run_engine(engine, ids, batch, cfg.max_new_tokens)
+            for name, engine in engines.items()
+        }
+        seconds = timed_rounds(engines, ids, batch, cfg.max_new_tokens, cfg.repeats)
         for name, engine in engines.items():
             result = last[name]
             profiled = ids[: max(4, 2 * batch)]  # enough for full rows, few enough to record
@@ -276,10 +302,14 @@ def bench(
                     level_steps=result.level_steps or None,
                 )
             )
-        reference = next(m for m in measurements if m.engine == BASELINE and m.batch_size == batch)
         for m in measurements:
-            if m.batch_size == batch:
-                m.speedup = round(m.tokens_per_second / reference.tokens_per_second, 3)
+            if m.batch_size == batch:  # median of the rounds' ratios: each round is paired
+                m.speedup = round(
+                    statistics.median(
+                        base / own for base, own in zip(seconds[BASELINE], seconds[m.engine])
+                    ),
+                    3,
+                )
     return BenchReport(
         str(source),
         runtime,
