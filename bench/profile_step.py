@@ -38,11 +38,11 @@ def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
         options.profile_file_prefix = str(Path(tmp) / "profile")
         plain = engine.backend.session
         session = ort.InferenceSession(str(artifact), options, providers=plain.get_providers())
-        engine.backend.session = session
         ids = [engine.codec.encode(prompt)]
         cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=1)
-        engine.generate_ids(ids, cfg)
-        engine.generate_ids(ids, cfg)
+        with engine.backend.using_session(session):
+            engine.generate_ids(ids, cfg)
+            engine.generate_ids(ids, cfg)
         events = json.loads(Path(session.end_profiling()).read_text())
     runs = sorted(
         (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),

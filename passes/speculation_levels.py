@@ -321,3 +321,53 @@ def with_autoregressive_branch(
     model.functions.extend(spec.functions)
     model.functions.extend(f for f in lean.functions if (f.domain, f.name) not in own)
     return model, len(lean.graph.initializer) - len(extra)
+
+
+def branch_step(model: onnx.ModelProto, autoregressive: bool) -> bytes | None:
+    """`model` (a step made by `with_autoregressive_branch`) with its level choice made: the
+    autoregressive (then) or the speculative (else) branch as the whole graph, the step's
+    inputs and outputs unchanged, only the weights that branch reads; serialized. None when
+    `model` has no levels If at its top, or keeps weights as external data.
+
+    Why: ONNX Runtime runs an If's branch as a subgraph, which costs a step ~10% on the
+    fixture's 0.3-0.5 ms step (docs/benchmarks.md, "Speculation levels") over the same nodes
+    in a graph of their own. A host knows the level before each step (it writes the input),
+    so it may run each branch as a session of its own over the same state: what
+    redcompile's ONNX Runtime host does (runtime/ort_backend.py). Every tensor the branch
+    computes is the one the If would have returned, so tokens cannot change."""
+    graph = model.graph
+    chooser = next((n for n in graph.node if n.op_type == "If" and n.name == CHOOSE_NODE), None)
+    if chooser is None or any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer
+    ):
+        return None
+    wanted = "then_branch" if autoregressive else "else_branch"
+    branch = onnx.GraphProto()
+    branch.CopyFrom(next(a.g for a in chooser.attribute if a.name == wanted))
+    _rename(branch, {value.name: out for value, out in zip(branch.output, chooser.output)})
+    outer = [n for n in graph.node if n.name != CHOOSE_NODE]
+    nodes = _live(outer + list(branch.node), set(chooser.output))
+    reads = set().union(*(_reads(n) for n in nodes))
+    head = onnx.ModelProto(
+        ir_version=model.ir_version,
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+    )
+    head.opset_import.extend(model.opset_import)
+    head.functions.extend(model.functions)
+    head.metadata_props.extend(model.metadata_props)
+    head.graph.name = graph.name
+    head.graph.node.extend(nodes)
+    head.graph.input.extend(graph.input)
+    head.graph.output.extend(graph.output)
+    head.graph.value_info.extend(branch.value_info)
+    head.graph.initializer.extend(t for t in branch.initializer if t.name in reads)
+    # The weights follow as one message each: protobuf merges concatenated messages, the way
+    # artifact files are written, so no second in-memory copy of the model is made.
+    pieces = [head.SerializeToString()]
+    for tensor in graph.initializer:
+        if tensor.name in reads:
+            piece = onnx.ModelProto()
+            piece.graph.initializer.append(tensor)
+            pieces.append(piece.SerializeToString())
+    return b"".join(pieces)

@@ -400,16 +400,18 @@ def generate_ids(
     )
     prefilling = True
 
-    while any(index is not None for index in slot_of):
-        levels.set_for(sum(index is not None for index in slot_of))
+    decoding = batch  # rows holding a prompt
+    while decoding:
+        levels.set_for(decoding)
         t0 = time.perf_counter()
         new_tokens, num_new = backend.observed_step()
         step_seconds.append(time.perf_counter() - t0)
         finished_rows = []
+        counts = num_new.tolist()
         for row, index in enumerate(slot_of):
-            if index is None or num_new[row] == 0:
+            if index is None or counts[row] == 0:
                 continue
-            tokens = new_tokens[row, : num_new[row]].tolist()
+            tokens = new_tokens[row, : counts[row]].tolist()
             if _append(
                 completions[index],
                 tokens,
@@ -427,6 +429,7 @@ def generate_ids(
                 fill(row)
             rows.store()
             backend.write(sampling.controls(slot_of))
+            decoding = sum(index is not None for index in slot_of)
         if sampling.any:
             backend.write({"sample_uniforms": sampling.uniforms(slot_of, completions)})
     seconds = time.perf_counter() - start

@@ -130,15 +130,43 @@ def open_artifact(
 
         session_options = decoding_options(threads)
     try:
-        session = ort.InferenceSession(str(path), session_options, providers=providers)
+        sessions = _level_sessions(artifact.model, session_options, providers)
+        session = sessions.get("tree") or ort.InferenceSession(
+            str(path), session_options, providers=providers
+        )
     except Exception as exc:  # ORT raises its own exception types
         raise ArtifactError(
             f"artifact: ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}"
         ) from None
-    backend = OrtBackend(session, signature_of(manifest), manifest, device=provider)
+    backend = OrtBackend(
+        session,
+        signature_of(manifest),
+        manifest,
+        device=provider,
+        none_session=sessions.get("none"),
+    )
     codec = TextCodec.from_json(artifact.tokenizer_json, _vocab_size(manifest), str(path))
     info = _info(path, manifest, "onnxruntime")
     return Generator(backend, codec, tuple(manifest["stop_token_ids"]), info)
+
+
+def _level_sessions(model: Any, options: Any, providers: list[str]) -> dict[str, Any]:
+    """For an artifact with speculation levels: its autoregressive branch ("none") and its
+    speculative branch ("tree") as sessions of their own, so that no step pays ONNX Runtime's
+    If (passes/speculation_levels.py, `branch_step`); {} for other artifacts, and for those
+    whose weights are external data (ONNX Runtime then loads the file, with the If)."""
+    import onnxruntime as ort
+
+    from redcompile.passes.speculation_levels import branch_step
+
+    sessions = {}
+    for key, autoregressive in (("none", True), ("tree", False)):
+        serialized = branch_step(model, autoregressive)
+        if serialized is None:
+            return {}
+        sessions[key] = ort.InferenceSession(serialized, options, providers=providers)
+        del serialized
+    return sessions
 
 
 def open_pt2_artifact(path: Path | str, device: str | None = None, **options: Any) -> Generator:

@@ -5,6 +5,12 @@ OrtValue becomes the next step's input without a copy, and each `present.N.*` ou
 the very buffer its `past_key_values.N.*` input came from, so KV compaction writes the accepted
 tokens into the cache in place: a step's cache work is proportional to the tokens it keeps,
 never to the cache capacity. Only `new_tokens` and `num_new_tokens` come back to the host.
+
+An artifact with speculation levels may run as two sessions over that one state: its
+autoregressive branch and its speculative branch, each as a graph of its own
+(passes/speculation_levels.py, `branch_step`). The backend then runs a step in the session of
+the level last written, and binds every input and output in both, so switching level costs
+nothing but the choice.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ import onnxruntime as ort
 
 from redcompile.artifact import tree_beams
 from redcompile.generation import StepBackend
-from redcompile.io_contract import StepSignature
+from redcompile.io_contract import SPECULATION, SPECULATION_LEVELS, StepSignature
 
 NUMPY_TYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
 
 
+NONE = SPECULATION_LEVELS["none"]
+
+
 class OrtBackend(StepBackend):
-    """Step state as OrtValues, one InferenceSession."""
+    """Step state as OrtValues, one InferenceSession (or one per level: `none_session` runs
+    the steps at level none, `session` the others)."""
 
     def __init__(
         self,
@@ -32,8 +42,13 @@ class OrtBackend(StepBackend):
         signature: StepSignature,
         manifest: dict,
         device: str = "cpu",
+        none_session: ort.InferenceSession | None = None,
     ) -> None:
-        self.session = session
+        self._sessions = {"tree": session}
+        if none_session is not None:
+            self._sessions["none"] = none_session
+        self._override: ort.InferenceSession | None = None  # using_session's
+        self._level_none = False  # whether the speculation input is level none
         self.signature = signature
         self.manifest = manifest
         self.device = device
@@ -51,6 +66,25 @@ class OrtBackend(StepBackend):
             (o, i) for o, i in signature.feedback.items() if o not in self.cache_outputs
         ]
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The session the next step runs in."""
+        return self._active()[1]
+
+    @property
+    def split_by_level(self) -> bool:
+        """Whether level none runs in a session of its own."""
+        return self._override is None and "none" in self._sessions
+
+    def _active(self) -> tuple[str, ort.InferenceSession]:
+        if self._override is not None:
+            return "override", self._override
+        key = "none" if self._level_none and "none" in self._sessions else "tree"
+        return key, self._sessions[key]
+
+    def _bound_sessions(self) -> dict[str, ort.InferenceSession]:
+        return {"override": self._override} if self._override is not None else self._sessions
+
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
@@ -62,45 +96,67 @@ class OrtBackend(StepBackend):
         its own (the shapes are fixed by the batch size): a step never writes the buffers it
         reads, never waits for an allocation, and rebinds only the inputs that changed."""
         self.state = {}
-        self.bindings = [self.session.io_binding(), self.session.io_binding()]
-        self._bound: list[dict[str, ort.OrtValue]] = [{}, {}]
+        sessions = self._bound_sessions()
+        # per turn, one binding per session, and what each has bound as inputs
+        self.bindings = {key: [s.io_binding(), s.io_binding()] for key, s in sessions.items()}
+        self._bound = {key: [{}, {}] for key in sessions}
         model = self.manifest["model"]
         for name, shape, dtype in self.signature.initial_inputs(model, batch_size, capacity):
             numpy_dtype = self.model_dtype if dtype == "model" else NUMPY_TYPES[dtype]
             value = self.signature.initial_value(name)
             self._set(name, self._to_device(np.full(shape, value, dtype=numpy_dtype)))
         self._outputs: list[dict[str, ort.OrtValue]] = [{}, {}]
-        for binding, buffers in zip(self.bindings, self._outputs):
-            for name, cache_input in self.cache_outputs.items():
-                binding.bind_ortvalue_output(name, self.state[cache_input])
-            buffers.update(self._output_buffers(batch_size, capacity))
-            for name, buffer in buffers.items():
-                binding.bind_ortvalue_output(name, buffer)
+        self._emitted: list[tuple[np.ndarray, np.ndarray] | None] = [None, None]
+        for turn in (0, 1):
+            arrays = self._output_arrays(batch_size, capacity)
+            buffers = {name: self._to_device(array) for name, array in arrays.items()}
+            for pair in self.bindings.values():
+                for name, cache_input in self.cache_outputs.items():
+                    pair[turn].bind_ortvalue_output(name, self.state[cache_input])
+                for name, buffer in buffers.items():
+                    pair[turn].bind_ortvalue_output(name, buffer)
+            self._outputs[turn] = buffers
+            if self.device == "cpu":  # the OrtValues share these arrays' memory
+                self._emitted[turn] = (arrays["new_tokens"], arrays["num_new_tokens"])
+        # Per turn, the fed-back outputs as (input name, OrtValue): what the next step reads.
+        self._feedback = [
+            [(in_name, buffers[out_name]) for out_name, in_name in self.fed_back]
+            for buffers in self._outputs
+        ]
         self._turn = 0  # the binding (and output buffers) of the next step
         self._last: dict[str, ort.OrtValue] = {}
 
-    def _output_buffers(self, batch_size: int, capacity: int) -> dict[str, ort.OrtValue]:
-        """A zeroed buffer for every output but the cache, for `batch_size` rows."""
+    def _output_arrays(self, batch_size: int, capacity: int) -> dict[str, np.ndarray]:
+        """A zeroed host array for every output but the cache, for `batch_size` rows."""
         sizes = {"batch": batch_size, "vocab": self.vocab_size, "cache": capacity}
-        buffers = {}
+        arrays = {}
         for spec in self.signature.outputs:
             if spec.name not in self.cache_outputs:
                 shape = [sizes.get(d, d) for d in spec.dims]
                 dtype = self.model_dtype if spec.dtype == "model" else NUMPY_TYPES[spec.dtype]
-                buffers[spec.name] = self._to_device(np.zeros(shape, dtype=dtype))
-        return buffers
+                arrays[spec.name] = np.zeros(shape, dtype=dtype)
+        return arrays
+
+    def _output_buffers(self, batch_size: int, capacity: int) -> dict[str, ort.OrtValue]:
+        """A zeroed device buffer for every output but the cache, for `batch_size` rows."""
+        arrays = self._output_arrays(batch_size, capacity)
+        return {name: self._to_device(array) for name, array in arrays.items()}
 
     def _set(self, name: str, value: ort.OrtValue) -> None:
         self.state[name] = value
-        for turn in (0, 1):
-            self._bind_input(turn, name, value)
+        if name == SPECULATION:
+            self._level_none = int(value.numpy().reshape(-1)[0]) == NONE
+        for key in self.bindings:
+            for turn in (0, 1):
+                self._bind_input(key, turn, name, value)
 
-    def _bind_input(self, turn: int, name: str, value: ort.OrtValue) -> None:
-        """Bind `value` as input `name` of binding `turn`, unless it is bound there already: in
-        steady decoding each binding reads the other's fixed output buffers, bound once."""
-        if self._bound[turn].get(name) is not value:
-            self.bindings[turn].bind_ortvalue_input(name, value)
-            self._bound[turn][name] = value
+    def _bind_input(self, key: str, turn: int, name: str, value: ort.OrtValue) -> None:
+        """Bind `value` as input `name` of session `key`'s binding `turn`, unless it is bound
+        there already: in steady decoding each binding reads the other turn's fixed output
+        buffers, bound once."""
+        if self._bound[key][turn].get(name) is not value:
+            self.bindings[key][turn].bind_ortvalue_input(name, value)
+            self._bound[key][turn][name] = value
 
     def write(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the named inputs with host arrays (copied to the device)."""
@@ -113,26 +169,37 @@ class OrtBackend(StepBackend):
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One step; outputs become the next inputs, the cache is updated in place."""
-        outputs = self._outputs[self._turn]
+        turn = self._turn
+        key, session = self._active()
         start = time.perf_counter()
-        self.session.run_with_iobinding(self.bindings[self._turn])
+        session.run_with_iobinding(self.bindings[key][turn])
         self.run_seconds = time.perf_counter() - start
-        self._turn = 1 - self._turn
-        self._last = outputs
-        for out_name, in_name in self.fed_back:  # only the next step's binding reads them now
-            self.state[in_name] = outputs[out_name]
-            self._bind_input(self._turn, in_name, outputs[out_name])
-        return outputs["new_tokens"].numpy().copy(), outputs["num_new_tokens"].numpy().copy()
+        self._turn = following = 1 - turn
+        self._last = outputs = self._outputs[turn]
+        state = self.state
+        feedback = self._feedback[turn]
+        for in_name, value in feedback:
+            state[in_name] = value
+        for key, pair in self.bindings.items():  # only the next turn's bindings read them
+            bound = self._bound[key][following]
+            for in_name, value in feedback:
+                if bound.get(in_name) is not value:
+                    pair[following].bind_ortvalue_input(in_name, value)
+                    bound[in_name] = value
+        emitted = self._emitted[turn]
+        if emitted is None:  # a device buffer: one copy back each
+            return outputs["new_tokens"].numpy(), outputs["num_new_tokens"].numpy()
+        return emitted[0].copy(), emitted[1].copy()
 
     @contextlib.contextmanager
     def using_session(self, session: ort.InferenceSession) -> Iterator[None]:
         """Run the steps of the block with another session of the same graph (e.g. one with
         ONNX Runtime's profiler on); the state and bindings are rebuilt by the loop's reset."""
-        plain, self.session = self.session, session
+        plain, self._override = self._override, session
         try:
             yield
         finally:
-            self.session = plain
+            self._override = plain
 
     def step_row(self, row: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One step on batch row `row` alone: the row's slice of every cache buffer is bound,
