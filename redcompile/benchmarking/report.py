@@ -69,6 +69,9 @@ class Measurement:
     # batched decoding steps per speculation level (adaptive engines: the levels their policy
     # chose; None for engines without levels and in records made before them)
     level_steps: dict[str, int] | None = None
+    # seconds of each timed round (every prompt, slices interleaved with the other engines;
+    # None in records made before them): speedup is the median of the per-round ratios
+    rounds_s: list[float] | None = None
 
 
 @dataclass

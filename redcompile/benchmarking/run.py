@@ -300,6 +300,7 @@ def bench(
                     lookup_beams=lookup,
                     draft_sources=sources,
                     level_steps=result.level_steps or None,
+                    rounds_s=[round(value, 4) for value in seconds[name]],
                 )
             )
         for m in measurements:
