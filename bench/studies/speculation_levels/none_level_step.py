@@ -2,8 +2,8 @@
 autoregressive artifact of the same model, step for step in real generation.
 
 Both artifacts decode the same prompts greedily (the speculative one with `--speculation off`,
-so every step after the prompt takes its autoregressive branch), alternating every round in
-reversed order after a warm-up round. Each decoding step is timed around the session run
+so every step after the prompt takes its autoregressive branch), after a warm-up round,
+interleaved one batch of prompts at a time (`_alternate`). Each decoding step is timed around the session run
 (`StepBackend.step`); per round, the median step of the speculative artifact is divided by the
 autoregressive artifact's median step in the same round, and the median of those per-round
 ratios is reported with its range (pairing adjacent rounds cancels this shared machine's drift).
@@ -51,18 +51,25 @@ class StepTimes(StepObserver):
 
 
 def _alternate(generators, steps, prompts, cfg, rounds):
-    """Each generator's tokens (from the warm-up round) and its median step per timed round;
-    the order reverses every round."""
+    """Each generator's tokens (from the warm-up round) and its median step per timed round.
+    A round decodes the prompts one batch at a time, both generators in turn on each batch,
+    the order reversed from batch to batch, so both see this shared machine in the same
+    state (its speed changes by 2-3x within seconds)."""
     tokens = {
         name: [c.token_ids for c in g.generate(prompts, cfg).result.completions]
         for name, g in generators.items()
     }
     medians = {name: [] for name in generators}
     order = list(generators)
+    batch = cfg.batch_size
+    groups = [prompts[start : start + batch] for start in range(0, len(prompts), batch)]
     for round_ in range(rounds):
-        for name in order if round_ % 2 == 0 else order[::-1]:
+        for name in order:
             steps[name].seconds.clear()
-            generators[name].generate(prompts, cfg)
+        for number, group in enumerate(groups):
+            for name in order if (round_ + number) % 2 == 0 else order[::-1]:
+                generators[name].generate(group, cfg)
+        for name in order:
             medians[name].append(statistics.median(steps[name].seconds))
     return tokens, medians
 
