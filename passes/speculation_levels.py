@@ -329,11 +329,12 @@ def branch_step(model: onnx.ModelProto, autoregressive: bool) -> bytes | None:
     inputs and outputs unchanged, only the weights that branch reads; serialized. None when
     `model` has no levels If at its top, or keeps weights as external data.
 
-    Why: ONNX Runtime runs an If's branch as a subgraph, which costs a step ~10% on the
-    fixture's 0.3-0.5 ms step (docs/benchmarks.md, "Speculation levels") over the same nodes
-    in a graph of their own. A host knows the level before each step (it writes the input),
-    so it may run each branch as a session of its own over the same state: what
-    redcompile's ONNX Runtime host does (runtime/ort_backend.py). Every tensor the branch
+    Why: ONNX Runtime runs an If's branch as a subgraph, which costs more than the same nodes
+    in a graph of their own (fixture, level none over the autoregressive step: 1.10x through
+    the If, 1.03x as its own graph; docs/benchmarks.md, "Speculation levels"). A host knows
+    the level before each step (it writes the input), so it may run each branch as a session
+    of its own over the same state: what redcompile's ONNX Runtime host does
+    (runtime/ort_backend.py). Every tensor the branch
     computes is the one the If would have returned, so tokens cannot change."""
     graph = model.graph
     chooser = next((n for n in graph.node if n.op_type == "If" and n.name == CHOOSE_NODE), None)

@@ -180,7 +180,8 @@ class OrtBackend(StepBackend):
         feedback = self._feedback[turn]
         for in_name, value in feedback:
             state[in_name] = value
-        for key, pair in self.bindings.items():  # only the next turn's bindings read them
+        # _bind_input, inlined on this hot path: only the next turn's bindings read them
+        for key, pair in self.bindings.items():
             bound = self._bound[key][following]
             for in_name, value in feedback:
                 if bound.get(in_name) is not value:

@@ -3,13 +3,12 @@ autoregressive artifact of the same model, step for step in real generation.
 
 Both artifacts decode the same prompts greedily (the speculative one with `--speculation off`,
 so every step after the prompt takes its autoregressive branch), after a warm-up round,
-interleaved one batch of prompts at a time (`_alternate`). Each decoding step is timed around the session run
-(`StepBackend.step`); per round, the median step of the speculative artifact is divided by the
-autoregressive artifact's median step in the same round, and the median of those per-round
-ratios is reported with its range (pairing adjacent rounds cancels this shared machine's drift).
-Also reported: the kernels one step runs (`bench/peers.py`'s profiled count, at level none),
-and
-whether the two emitted the same tokens (they must).
+interleaved one batch of prompts at a time (`_alternate`). Each decoding step is timed around
+the session run (`StepBackend.step`); per round, the median step of the speculative artifact
+is divided by the autoregressive artifact's median step in the same round, and the median of
+those per-round ratios is reported with its range. Also reported: the kernels one step runs
+(`bench/peers.py`'s profiled count, at level none), and whether the two emitted the same
+tokens (they must).
 
     python bench/studies/speculation_levels/none_level_step.py AR.onnx SPECULATIVE.onnx \
         --prompts-file DEV --prompts 4 --batch-size 1 --rounds 6 --json OUT.json
