@@ -98,10 +98,12 @@ class FunctionBuilder:
         then_branch: Callable[[], Sequence[str]],
         else_branch: Callable[[], Sequence[str]],
         output_types: Sequence[int],
+        role: str | None = None,
     ) -> Any:
         """An ONNX If on the 0-d bool `condition`: each branch is a Python function that emits
         its nodes through this builder (reading outer values freely) and returns its outputs,
-        whose element types are `output_types`. Only the branch taken runs."""
+        whose element types are `output_types`. Only the branch taken runs. A `role` names
+        the node `<Op>.<role>`, for hosts that look for it (ops/sampling.py)."""
         branches = []
         for kind, emit in (("then", then_branch), ("else", else_branch)):
             outer, self.nodes = self.nodes, []
@@ -138,13 +140,16 @@ class FunctionBuilder:
                     ],
                 )
             )
-        return self.node(
+        made = self.node(
             "If",
             [condition],
             outputs=len(output_types),
             then_branch=branches[0],
             else_branch=branches[1],
         )
+        if role is not None:
+            self.nodes[-1].name = f"{self.op.onnx_name}.{role}"
+        return made
 
     def dim(self, tensor: str, axis: int) -> str:
         """Size of `tensor` along `axis` as an int64 tensor of shape [1]."""

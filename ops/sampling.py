@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from redcompile.io_contract import GREEDY_BELOW
+from redcompile.io_contract import GREEDY_BELOW, SAMPLING_ROLE
 from redcompile.ops.onnx_builder import BOOL, FLOAT, INT64, FunctionBuilder
 
 
@@ -175,4 +175,4 @@ class OnnxSampler:
             drawn = self.draw(self.weights(logits_bnv, greedy_b), uniforms_bn())
             return [b.Where(b.Unsqueeze(greedy_b, b.const([1])), greedy_bn, drawn)]
 
-        return b.If(self.any_sampling, sampled, lambda: [argmax_bn()], [INT64])
+        return b.If(self.any_sampling, sampled, lambda: [argmax_bn()], [INT64], role=SAMPLING_ROLE)

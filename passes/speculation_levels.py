@@ -48,7 +48,7 @@ import onnx
 from onnx import helper, inliner
 
 from redcompile.io_contract import SPECULATION, SPECULATION_LEVELS, StepSignature
-from redcompile.onnx_graphs import subgraphs
+from redcompile.onnx_graphs import live, reads, rename
 from redcompile.passes.base import tensor_digest
 
 LEAN = "autoregressive/"
@@ -59,20 +59,6 @@ TRIMMED_INPUTS = ("input_ids", "parent_ids", "depths")  # packed inputs, read tr
 PACKED_FILL = {"next_input_ids": 0, "next_depths": 0, "next_parent_ids": -1}
 FULL = "speculative/"
 INT64 = onnx.TensorProto.INT64
-
-
-def _rename(graph: onnx.GraphProto, names: dict[str, str], outer: bool = True) -> None:
-    """Apply `names` to every value `graph` reads or writes; in subgraphs only to the values
-    they read from outside (a subgraph may not redefine an outer name, so those are exact)."""
-    for node in graph.node:
-        node.input[:] = [names.get(n, n) if n else n for n in node.input]
-        if outer:
-            node.output[:] = [names.get(n, n) if n else n for n in node.output]
-        for sub in subgraphs(node):
-            _rename(sub, names, outer=False)
-    if outer:
-        for value in graph.output:
-            value.name = names.get(value.name, value.name)
 
 
 def _constant(name: str, values: list[int], scalar: bool = False) -> onnx.NodeProto:
@@ -111,7 +97,7 @@ def _lean_branch(
     names["num_tokens"] = "forced"  # level none verifies the forced tokens alone
     # sample_uniforms stays the outer [B, L]: an autoregressive Accept reads a row's first
     # uniform itself, and only when some row samples (ops/acceptance.py)
-    _rename(graph, names)
+    rename(graph, names)
     head = [
         _constant(LEAN + "c/pads", [0, 0, 0, beam_length - 1]),
         _constant(LEAN + "c/tree_pads", [0, 0, 0, tree_width - 1]),
@@ -149,31 +135,9 @@ def _lean_branch(
         elif spec.name not in produced:  # an input or weight passed through
             tail.append(helper.make_node("Identity", [names.get(spec.name, spec.name)], [out]))
         outputs.append(helper.make_tensor_value_info(out, types[spec.name], None))
-    nodes = _live(head + list(graph.node) + tail, {o.name for o in outputs})
+    nodes = live(head + list(graph.node) + tail, {o.name for o in outputs})
     nodes = _trimmed(LEAN + TRIMMED, "forced", nodes) + nodes
     return helper.make_graph(nodes, "autoregressive_step", [], outputs)
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """Every value `node` reads, its subgraphs' outer reads included (a superset: names a
-    subgraph makes itself are counted too, which only keeps more nodes alive)."""
-    names = {n for n in node.input if n}
-    for sub in subgraphs(node):
-        for inner in sub.node:
-            names |= _reads(inner)
-    return names
-
-
-def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """`nodes` (in order) without those whose outputs nothing reads (the autoregressive
-    step's own next-tree values, replaced by the contract-wide ones above), so that no step
-    spends a kernel on them."""
-    needed, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed |= _reads(node)
-    return kept[::-1]
 
 
 def _tree_width(signature: StepSignature) -> int:
@@ -190,7 +154,7 @@ def _full_branch(spec: onnx.ModelProto) -> tuple[onnx.GraphProto, list[onnx.Valu
     produced = {name for node in graph.node for name in node.output if name}
     names = {v.name: FULL + "out/" + v.name for v in graph.output}
     passed = [v.name for v in graph.output if v.name not in produced]
-    _rename(graph, {**names, **{name: FULL + TRIMMED + name for name in TRIMMED_INPUTS}})
+    rename(graph, {**names, **{name: FULL + TRIMMED + name for name in TRIMMED_INPUTS}})
     nodes = _trimmed(FULL + TRIMMED, "num_tokens", list(graph.node)) + list(graph.node)
     nodes += [helper.make_node("Identity", [n], [names[n]]) for n in passed]
     outputs = [
@@ -241,7 +205,7 @@ def _dequantized_alone(spec: onnx.ModelProto, lean_reads: set[str]) -> set[str]:
 def _trimmed(prefix: str, counts: str, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """The nodes that make `prefix + name` for each packed input `nodes` read: the input
     [B, T] cut to [B, width], width = max(ReduceMax(`counts`), 1), the columns some row uses."""
-    read = set().union(*(_reads(node) for node in nodes))
+    read = set().union(*(reads(node) for node in nodes))
     wanted = [name for name in TRIMMED_INPUTS if prefix + name in read]
     if not wanted:
         return []
@@ -321,54 +285,3 @@ def with_autoregressive_branch(
     model.functions.extend(spec.functions)
     model.functions.extend(f for f in lean.functions if (f.domain, f.name) not in own)
     return model, len(lean.graph.initializer) - len(extra)
-
-
-def branch_step(model: onnx.ModelProto, autoregressive: bool) -> bytes | None:
-    """`model` (a step made by `with_autoregressive_branch`) with its level choice made: the
-    autoregressive (then) or the speculative (else) branch as the whole graph, the step's
-    inputs and outputs unchanged, only the weights that branch reads; serialized. None when
-    `model` has no levels If at its top, or keeps weights as external data.
-
-    Why: ONNX Runtime runs an If's branch as a subgraph, which costs more than the same nodes
-    in a graph of their own (fixture, level none over the autoregressive step: 1.10x through
-    the If, 1.03x as its own graph; docs/benchmarks.md, "Speculation levels"). A host knows
-    the level before each step (it writes the input), so it may run each branch as a session
-    of its own over the same state: what redcompile's ONNX Runtime host does
-    (runtime/ort_backend.py). Every tensor the branch
-    computes is the one the If would have returned, so tokens cannot change."""
-    graph = model.graph
-    chooser = next((n for n in graph.node if n.op_type == "If" and n.name == CHOOSE_NODE), None)
-    if chooser is None or any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer
-    ):
-        return None
-    wanted = "then_branch" if autoregressive else "else_branch"
-    branch = onnx.GraphProto()
-    branch.CopyFrom(next(a.g for a in chooser.attribute if a.name == wanted))
-    _rename(branch, {value.name: out for value, out in zip(branch.output, chooser.output)})
-    outer = [n for n in graph.node if n.name != CHOOSE_NODE]
-    nodes = _live(outer + list(branch.node), set(chooser.output))
-    reads = set().union(*(_reads(n) for n in nodes))
-    head = onnx.ModelProto(
-        ir_version=model.ir_version,
-        producer_name=model.producer_name,
-        producer_version=model.producer_version,
-    )
-    head.opset_import.extend(model.opset_import)
-    head.functions.extend(model.functions)
-    head.metadata_props.extend(model.metadata_props)
-    head.graph.name = graph.name
-    head.graph.node.extend(nodes)
-    head.graph.input.extend(graph.input)
-    head.graph.output.extend(graph.output)
-    head.graph.value_info.extend(branch.value_info)
-    head.graph.initializer.extend(t for t in branch.initializer if t.name in reads)
-    # The weights follow as one message each: protobuf merges concatenated messages, the way
-    # artifact files are written, so no second in-memory copy of the model is made.
-    pieces = [head.SerializeToString()]
-    for tensor in graph.initializer:
-        if tensor.name in reads:
-            piece = onnx.ModelProto()
-            piece.graph.initializer.append(tensor)
-            pieces.append(piece.SerializeToString())
-    return b"".join(pieces)

@@ -170,6 +170,11 @@ class StepBackend(ABC):
         """Whether the step drafts."""
         return self.beam_length > 1
 
+    def prepare(self, sampling: bool) -> None:
+        """Before `reset`: whether some row of the next run samples (a backend may then run a
+        step graph without the sampling work when none does); by default nothing changes."""
+        return None
+
     @abstractmethod
     def reset(self, batch_size: int, capacity: int) -> None:
         """Allocate zeroed state for `batch_size` rows and a cache of `capacity` tokens."""
@@ -354,9 +359,10 @@ def generate_ids(
         check_temperature(value, f"prompt {index}: temperature")
     check_lengths(prompts, cfg, backend.max_seq_len)
     batch = min(cfg.batch_size, len(prompts))
+    sampling = _Sampling(cfg, temps, backend.beam_length)
+    backend.prepare(sampling.any)
     backend.reset(batch, cache_capacity([len(p) for p in prompts], cfg.max_new_tokens, backend))
     completions = [Completion(prompt_ids=list(p)) for p in prompts]
-    sampling = _Sampling(cfg, temps, backend.beam_length)
     stops = set(cfg.stop_token_ids)
 
     start = time.perf_counter()
@@ -526,6 +532,7 @@ def first_step_outputs(
 ) -> dict[str, np.ndarray]:
     """Every output of the prefill step of `prompts` (one row each, greedy)."""
     capacity = cache_capacity([len(p) for p in prompts], max_new_tokens, backend)
+    backend.prepare(sampling=False)
     backend.reset(len(prompts), capacity)
     rows = _Rows(backend)
     rows.load()

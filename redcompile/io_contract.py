@@ -14,6 +14,10 @@ INT64, FLOAT32 = "int64", "float32"
 
 # Sampling semantics every runtime of an artifact shares (docs/artifact.md, "Sampling").
 GREEDY_BELOW = 1e-5  # a temperature below this (0 included) is greedy decoding
+# The If that only sampling rows need is named `<Op>.sampling` in every op body (Accept's;
+# `<Op>.sampling__N` where ONNX's inliner copied the body into a graph); a host whose rows
+# are all greedy may run its else branch in its place (docs/artifact.md).
+SAMPLING_ROLE = "sampling"
 DEFAULT_TOP_K = 50  # 0 keeps every token
 DEFAULT_TOP_P = 1.0  # 1 keeps every token
 MAX_SEED = 2**63 - 1  # seeds are 0 ... MAX_SEED

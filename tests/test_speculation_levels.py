@@ -17,7 +17,8 @@ from redcompile.api import open_generator, open_model_folder
 from redcompile.cli import main
 from redcompile.compiler import ConvertOptions
 from redcompile.errors import InputError
-from redcompile.passes.speculation_levels import CHOOSE_NODE, branch_step
+from redcompile.passes.host_graphs import step_graph
+from redcompile.passes.speculation_levels import CHOOSE_NODE
 from redcompile.speculation import SpeculationPolicy, choose_policy, read_tuning, tuning_path
 from redcompile.tuning import choose_level
 
@@ -134,14 +135,14 @@ def test_each_level_runs_in_a_session_of_its_own_and_decodes_as_the_if_does(
         model = onnx.load(str(report.out))
         outputs = [v.name for v in model.graph.output]
         weights = {}
-        for autoregressive in (True, False):
-            branch = onnx.load_from_string(branch_step(model, autoregressive))
+        for level in ("none", "tree"):
+            branch = onnx.load_from_string(step_graph(model, level, greedy=False))
             assert CHOOSE_NODE not in {n.name for n in branch.graph.node}, name
             assert [v.name for v in branch.graph.output] == outputs
             assert [v.name for v in branch.graph.input] == [v.name for v in model.graph.input]
-            weights[autoregressive] = {t.name for t in branch.graph.initializer}
-        # the autoregressive session holds no drafting weights, and no weight is in neither
-        assert weights[True] < {t.name for t in model.graph.initializer} | weights[False]
+            weights[level] = {t.name for t in branch.graph.initializer}
+        # the autoregressive session holds no drafting weights
+        assert weights["none"] < {t.name for t in model.graph.initializer}
         generator = open_generator(report.out)
         assert generator.backend.split_by_level
         the_if = ort.InferenceSession(str(report.out), providers=["CPUExecutionProvider"])
@@ -152,7 +153,7 @@ def test_each_level_runs_in_a_session_of_its_own_and_decodes_as_the_if_does(
                 via_if = generator.generate_ids(REPEATING, cfg(3))
             assert ids(via_if) == expected["greedy"]
     plain = converted(tiny_llama, ConvertOptions.of(autoregressive=True))
-    assert branch_step(onnx.load(str(plain.out)), True) is None
+    assert step_graph(onnx.load(str(plain.out)), "none", greedy=False) is None
     assert not open_generator(plain.out).backend.split_by_level
 
 

@@ -130,43 +130,68 @@ def open_artifact(
 
         session_options = decoding_options(threads)
     try:
-        sessions = _level_sessions(artifact.model, session_options, providers)
-        session = sessions.get("tree") or ort.InferenceSession(
-            str(path), session_options, providers=providers
-        )
+        sessions = StepSessions(path, artifact.model, manifest, session_options, providers)
     except Exception as exc:  # ORT raises its own exception types
         raise ArtifactError(
             f"artifact: ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}"
         ) from None
-    backend = OrtBackend(
-        session,
-        signature_of(manifest),
-        manifest,
-        device=provider,
-        none_session=sessions.get("none"),
-    )
+    backend = OrtBackend(sessions, signature_of(manifest), manifest, device=provider)
     codec = TextCodec.from_json(artifact.tokenizer_json, _vocab_size(manifest), str(path))
     info = _info(path, manifest, "onnxruntime")
     return Generator(backend, codec, tuple(manifest["stop_token_ids"]), info)
 
 
-def _level_sessions(model: Any, options: Any, providers: list[str]) -> dict[str, Any]:
-    """For an artifact with speculation levels: its autoregressive branch ("none") and its
-    speculative branch ("tree") as sessions of their own, so that no step pays ONNX Runtime's
-    If (passes/speculation_levels.py, `branch_step`); {} for other artifacts, and for those
-    whose weights are external data (ONNX Runtime then loads the file, with the If)."""
-    import onnxruntime as ort
+class StepSessions:
+    """The ONNX Runtime sessions an artifact's steps run in, by kind of step.
 
-    from redcompile.passes.speculation_levels import branch_step
+    Per kind (every row greedy, or some row sampling) the sessions are the step graphs
+    passes/host_graphs.py makes: one per level ("none", "tree") for an artifact with levels,
+    else one ("tree"); the whole artifact where there is nothing to resolve. The greedy ones
+    are made when the artifact is opened; the sampling ones when a sampling run first asks,
+    from the file again (the model is not kept in memory), and then kept: a process that
+    both samples and decodes greedily holds both, each with its own packed weights."""
 
-    sessions = {}
-    for key, autoregressive in (("none", True), ("tree", False)):
-        serialized = branch_step(model, autoregressive)
-        if serialized is None:
-            return {}
-        sessions[key] = ort.InferenceSession(serialized, options, providers=providers)
-        del serialized
-    return sessions
+    def __init__(
+        self, path: Path, model: Any, manifest: dict, options: Any, providers: list[str]
+    ) -> None:
+        from redcompile.passes.host_graphs import has_sampling_if
+
+        self.path, self.options, self.providers = path, options, providers
+        self.sha = manifest_sha256(manifest)
+        self.greedy_differs = has_sampling_if(model)
+        self._made: dict[bool, dict[str, Any]] = {True: self._build(model, True)}
+
+    def get(self, greedy: bool) -> dict[str, Any]:
+        """The sessions for steps whose rows are all greedy (`greedy`) or not."""
+        if not self.greedy_differs:
+            greedy = True
+        if greedy not in self._made:
+            artifact = read_artifact(self.path)
+            if manifest_sha256(artifact.manifest) != self.sha:
+                raise ArtifactError(
+                    f"artifact: {self.path} changed on disk since it was opened; open it again"
+                )
+            self._made[greedy] = self._build(artifact.model, greedy)
+        return self._made[greedy]
+
+    def _build(self, model: Any, greedy: bool) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        from redcompile.passes.host_graphs import step_graph
+
+        def session(source: Any) -> Any:
+            return ort.InferenceSession(source, self.options, providers=self.providers)
+
+        made = {}
+        for level in ("none", "tree"):
+            serialized = step_graph(model, level, greedy)
+            if serialized is None:
+                break
+            made[level] = session(serialized)
+        else:
+            return made
+        serialized = step_graph(model, None, greedy)
+        return {"tree": session(serialized if serialized is not None else str(self.path))}
 
 
 def open_pt2_artifact(path: Path | str, device: str | None = None, **options: Any) -> Generator:

@@ -6,11 +6,11 @@ the very buffer its `past_key_values.N.*` input came from, so KV compaction writ
 tokens into the cache in place: a step's cache work is proportional to the tokens it keeps,
 never to the cache capacity. Only `new_tokens` and `num_new_tokens` come back to the host.
 
-An artifact with speculation levels may run as two sessions over that one state: its
-autoregressive branch and its speculative branch, each as a graph of its own
-(passes/speculation_levels.py, `branch_step`). The backend then runs a step in the session of
-the level last written, and binds every input and output in both, so switching level costs
-nothing but the choice.
+The step graphs run are those passes/host_graphs.py makes from the artifact for what the host
+knows before a step (runtime/loading.py, `StepSessions`): for a run whose rows are all greedy,
+graphs without the sampling If; for an artifact with speculation levels, one session per level
+branch over the one state. A step runs in the session of the level last written, and every
+input and output is bound in each, so switching level costs nothing but the choice.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -33,20 +34,18 @@ NONE = SPECULATION_LEVELS["none"]
 
 
 class OrtBackend(StepBackend):
-    """Step state as OrtValues, one InferenceSession (or one per level: `none_session` runs
-    the steps at level none, `session` the others)."""
+    """Step state as OrtValues; the sessions of `StepSessions` (runtime/loading.py) run the
+    steps: per run, those for its kind of rows (all greedy or not), per step the level's."""
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        sessions: Any,  # runtime.loading.StepSessions
         signature: StepSignature,
         manifest: dict,
         device: str = "cpu",
-        none_session: ort.InferenceSession | None = None,
     ) -> None:
-        self._sessions = {"tree": session}
-        if none_session is not None:
-            self._sessions["none"] = none_session
+        self._step_sessions = sessions
+        self._sessions: dict[str, ort.InferenceSession] = sessions.get(greedy=True)
         self._override: ort.InferenceSession | None = None  # using_session's
         self._level_none = False  # whether the speculation input is level none
         self.signature = signature
@@ -81,6 +80,10 @@ class OrtBackend(StepBackend):
             return "override", self._override
         key = "none" if self._level_none and "none" in self._sessions else "tree"
         return key, self._sessions[key]
+
+    def prepare(self, sampling: bool) -> None:
+        """The next run's rows sample (some) or are all greedy: use that kind's sessions."""
+        self._sessions = self._step_sessions.get(greedy=not sampling)
 
     def _bound_sessions(self) -> dict[str, ort.InferenceSession]:
         return {"override": self._override} if self._override is not None else self._sessions
