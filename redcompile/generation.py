@@ -473,7 +473,10 @@ class _Sampling:
         self.cfg, self.temps, self.length = cfg, temperatures, length
         self.sampled = [is_sampling(t) for t in temperatures]
         self.any = any(self.sampled)
-        self.streams = [UniformStream(cfg.seed, i) for i in range(len(temperatures))]
+        self.streams = [  # a greedy prompt draws nothing (and a generator costs ~30 us)
+            UniformStream(cfg.seed, i) if sampled else None
+            for i, sampled in enumerate(self.sampled)
+        ]
 
     def controls(self, slot_of: Sequence[int | None]) -> dict[str, np.ndarray]:
         """temperature, top_k, top_p [B] of the prompts in `slot_of` (idle rows: greedy)."""
