@@ -22,6 +22,7 @@ from redcompile.generation import GenerationConfig
 
 FIELDS = {
     "engine",
+    "rounds_s",
     "level_steps",
     "batch_size",
     "beam_width",
@@ -85,6 +86,7 @@ def test_bench_of_artifacts_writes_every_field_and_the_plot(tiny_llama, converte
     for row in record["results"]:
         assert set(row) == FIELDS and set(row["split_ms"]) == SPLIT
         assert row["tokens_per_second"] > 0 and row["step_ms"] > 0
+        assert len(row["rounds_s"]) == 1 and row["rounds_s"][0] > 0  # --repeats 1
         low, high = row["tokens_per_step_ci95"]
         assert low <= row["tokens_per_step"] <= high and len(row["prompt_counts"]) == 3
     for row in (r for r in record["results"] if r["engine"] != "autoregressive"):
