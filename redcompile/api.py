@@ -37,11 +37,14 @@ def open_generator(
     source: Path | str,
     speculation: str = "auto",
     tuning: Path | str | None = None,
+    sampling: bool = False,
     **options: Any,
 ) -> Generator:
     """Open a model folder or an artifact file (by suffix) as a Generator that drafts at the
     levels `speculation` (--speculation: auto, off, chain, full) and `tuning` (a tuning file;
-    None: the artifact's sidecar when there is one) choose (redcompile/speculation.py)."""
+    None: the artifact's sidecar when there is one) choose (redcompile/speculation.py).
+    `sampling`: the runs will sample, so an ONNX artifact opens with its sampling step graphs
+    rather than its greedy ones (either kind is made when a run first needs it)."""
     from redcompile.speculation import check_mode, choose_policy
 
     check_mode(speculation)
@@ -53,7 +56,7 @@ def open_generator(
     else:
         from redcompile.runtime.loading import open_artifact
 
-        generator = open_artifact(path, **options)
+        generator = open_artifact(path, sampling=sampling, **options)
     generator.speculation = choose_policy(
         speculation,
         None if path.is_dir() else path,

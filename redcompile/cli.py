@@ -46,7 +46,7 @@ from redcompile.config import (
     parse_ngrams,
 )
 from redcompile.errors import EXIT_BAD_INPUT, RedcompileError
-from redcompile.generation import GenerationConfig
+from redcompile.generation import GenerationConfig, is_sampling
 
 EXIT_INTERNAL = 3
 _BENCH = BenchConfig()
@@ -235,7 +235,13 @@ def generate(
             DEFAULT_BEAM.lookup if lookup_beams is None else lookup_beams,
             parse_ngrams(lookup_ngram),
         ).validate()
-    generator = open_generator(source, speculation=speculation, tuning=tuning, **options)
+    generator = open_generator(
+        source,
+        speculation=speculation,
+        tuning=tuning,
+        sampling=is_sampling(cfg.temperature),
+        **options,
+    )
 
     streaming = not as_json and len(prompts) == 1
 

@@ -81,6 +81,7 @@ def open_artifact(
     provider: str | None = None,
     session_options: Any = None,
     threads: int | None = None,
+    sampling: bool = False,
     **options: Any,
 ) -> Generator:
     """A Generator for an artifact file: ONNX Runtime for .onnx, AOTInductor for .pt2.
@@ -89,7 +90,8 @@ def open_artifact(
     "cpu"); a .pt2 runs on the device it was compiled for, and naming another is an error.
     `session_options` (an onnxruntime.SessionOptions: threads, profiling, ...) applies to ONNX
     artifacts only; without it the session decodes with redcompile's settings
-    (runtime/session.py) and `threads` intra-op threads.
+    (runtime/session.py) and `threads` intra-op threads. `sampling`: open an ONNX artifact
+    with the step graphs of runs that sample (default: those of greedy runs; `StepSessions`).
     """
     from redcompile.pt2_artifact import is_pt2_file
 
@@ -130,7 +132,9 @@ def open_artifact(
 
         session_options = decoding_options(threads)
     try:
-        sessions = StepSessions(path, artifact.model, manifest, session_options, providers)
+        sessions = StepSessions(
+            path, artifact.model, manifest, session_options, providers, greedy=not sampling
+        )
     except Exception as exc:  # ORT raises its own exception types
         raise ArtifactError(
             f"artifact: ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}"
@@ -146,20 +150,28 @@ class StepSessions:
 
     Per kind (every row greedy, or some row sampling) the sessions are the step graphs
     passes/host_graphs.py makes: one per level ("none", "tree") for an artifact with levels,
-    else one ("tree"); the whole artifact where there is nothing to resolve. The greedy ones
-    are made when the artifact is opened; the sampling ones when a sampling run first asks,
-    from the file again (the model is not kept in memory), and then kept: a process that
-    both samples and decodes greedily holds both, each with its own packed weights."""
+    else one ("tree"); the whole artifact where there is nothing to resolve. The kind `greedy`
+    names is made when the artifact is opened; the other when a run first asks for it, from
+    the file again (the model is not kept in memory), and then kept: a process that both
+    samples and decodes greedily holds both, each with its own packed weights."""
 
     def __init__(
-        self, path: Path, model: Any, manifest: dict, options: Any, providers: list[str]
+        self,
+        path: Path,
+        model: Any,
+        manifest: dict,
+        options: Any,
+        providers: list[str],
+        greedy: bool = True,
     ) -> None:
         from redcompile.passes.host_graphs import has_sampling_if
 
         self.path, self.options, self.providers = path, options, providers
         self.sha = manifest_sha256(manifest)
         self.greedy_differs = has_sampling_if(model)
-        self._made: dict[bool, dict[str, Any]] = {True: self._build(model, True)}
+        greedy = greedy or not self.greedy_differs
+        self._made: dict[bool, dict[str, Any]] = {greedy: self._build(model, greedy)}
+        self.opened_greedy = greedy
 
     def get(self, greedy: bool) -> dict[str, Any]:
         """The sessions for steps whose rows are all greedy (`greedy`) or not."""

@@ -45,7 +45,7 @@ class OrtBackend(StepBackend):
         device: str = "cpu",
     ) -> None:
         self._step_sessions = sessions
-        self._sessions: dict[str, ort.InferenceSession] = sessions.get(greedy=True)
+        self._sessions: dict[str, ort.InferenceSession] = sessions.get(sessions.opened_greedy)
         self._override: ort.InferenceSession | None = None  # using_session's
         self._level_none = False  # whether the speculation input is level none
         self.signature = signature

@@ -61,3 +61,21 @@ def test_greedy_and_sampling_runs_decode_as_the_whole_artifact(tiny_llama, artif
     with generator.backend.using_session(whole):
         assert ids(generator.generate_ids(REPEATING, cfg(2))) == greedy
         assert ids(generator.generate_ids(REPEATING, cfg(2, temperature=0.9, seed=3))) == sampled
+
+
+def test_a_generator_opened_for_sampling_makes_only_the_sampling_graphs_first(
+    tiny_llama, artifacts
+):
+    generator = open_generator(artifacts["lookup"].out, sampling=True)
+    sessions = generator.backend._step_sessions
+    assert set(sessions._made) == {False}
+    reference = open_model_folder(tiny_llama, autoregressive=True)
+    sampled = cfg(2, temperature=0.9, seed=3)
+    assert ids(generator.generate_ids(REPEATING, sampled)) == ids(
+        reference.generate_ids(REPEATING, sampled)
+    )
+    assert set(sessions._made) == {False}
+    assert ids(generator.generate_ids(REPEATING, cfg(2))) == ids(
+        reference.generate_ids(REPEATING, cfg(2))
+    )
+    assert set(sessions._made) == {True, False}
