@@ -25,7 +25,7 @@ import re
 import onnx
 
 from redcompile.io_contract import SAMPLING_ROLE
-from redcompile.onnx_graphs import live, reads, rename
+from redcompile.onnx_graphs import all_graphs, live, reads, rename
 from redcompile.passes.speculation_levels import CHOOSE_NODE
 
 BRANCHES = {"none": "then_branch", "tree": "else_branch"}  # the levels If's, by level
@@ -73,14 +73,8 @@ def _greedy_function(function: onnx.FunctionProto) -> onnx.FunctionProto | None:
 
 def has_sampling_if(model: onnx.ModelProto) -> bool:
     """Whether `model` names a sampling If (artifacts made before the name have none)."""
-    bodies = [model.graph.node, *(f.node for f in model.functions)]
-    found = [n for body in bodies for n in body if _is_sampling_if(n)]
-    if found:
-        return True
-    chooser = next((n for n in model.graph.node if n.name == CHOOSE_NODE), None)
-    if chooser is None:
-        return False
-    return any(_is_sampling_if(n) for a in chooser.attribute for n in a.g.node)
+    bodies = [*(g.node for g in all_graphs(model.graph)), *(f.node for f in model.functions)]
+    return any(_is_sampling_if(n) for body in bodies for n in body)
 
 
 def step_graph(model: onnx.ModelProto, level: str | None, greedy: bool) -> bytes | None:
@@ -102,12 +96,13 @@ def step_graph(model: onnx.ModelProto, level: str | None, greedy: bool) -> bytes
         branch = next(a.g for a in chooser.attribute if a.name == BRANCHES[level])
         nodes = [n for n in nodes if n is not chooser] + _resolved(chooser, BRANCHES[level])
         value_info, own = list(branch.value_info), list(branch.initializer)
-    functions = list(model.functions)
-    if greedy and has_sampling_if(model):
-        nodes, _ = _greedy_nodes(nodes)
+    functions, resolved_any = list(model.functions), level is not None
+    if greedy:
+        nodes, found = _greedy_nodes(nodes)
         resolved = [_greedy_function(f) for f in functions]
         functions = [new or old for new, old in zip(resolved, functions)]
-    elif level is None:
+        resolved_any = resolved_any or found or any(resolved)
+    if not resolved_any:
         return None
     nodes = live(nodes, set(outputs))
     read = set().union(*(reads(n) for n in nodes))
