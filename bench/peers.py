@@ -8,7 +8,10 @@ the systems interleaved one batch of prompts at a time (`measure`), per batch si
 setting. It reports per system the median tokens per second, the ratio to every other system
 (median of the per-round ratios), kernels per decoding step (ONNX Runtime's profiler, one step
 at batch 1), and whether each system's tokens equal the reference system's (the first one
-named).
+named). It also splits each system's time: its decoding steps (the median step, and how many
+per round) and the rest (per request: genai's Generator set-up, the prompt's prefill, the
+host's work outside the steps), so a ratio says whether it comes from the step or from what
+surrounds it; the split depends on the CPU (the record names its model and vector ISA).
 
     python bench/peers.py ../shared/fixtures/pycode-lm --prompts-file P.jsonl \
         --ours ar=ar.onnx --ours ar-int4=ar_int4.onnx --genai fp32,int4 \
@@ -39,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from redcompile.benchmarking.run import cpu_description
 from redcompile.generation import GenerationConfig
 from redcompile.prompts import read_prompts_file
 from redcompile.runtime.loading import open_artifact
@@ -49,12 +53,21 @@ Batches = list[list[int]]  # token ids per prompt
 
 
 @dataclass
+class Decoded:
+    """What one `System.run` call gives: the generated ids per prompt and the seconds of each
+    decoding step it ran (the prompts' prefill left out; None where the system cannot say)."""
+
+    outputs: Batches
+    step_seconds: list[float] | None = None
+
+
+@dataclass
 class System:
-    """One decoder under test: `run(prompt_ids, batch)` -> generated ids per prompt."""
+    """One decoder under test: `run(prompt_ids, batch)` -> `Decoded`."""
 
     name: str
     kind: str  # "redcompile", "genai" or "transformers"
-    run: Callable[[Batches, int], Batches]
+    run: Callable[[Batches, int], Decoded]
     kernels_per_step: float | None = None
 
 
@@ -69,9 +82,12 @@ def redcompile_system(name: str, path: Path, setting: str, max_new: int) -> Syst
     threads, spinning = parse_threads(setting)
     engine = open_artifact(path, session_options=redcompile_session_options(threads, spinning))
 
-    def run(prompts: Batches, batch: int) -> Batches:
+    def run(prompts: Batches, batch: int) -> Decoded:
         cfg = GenerationConfig(max_new_tokens=max_new, batch_size=batch)
-        return [c.token_ids for c in engine.generate_ids(prompts, cfg).completions]
+        result = engine.generate_ids(prompts, cfg)
+        # step 0 prefills every row; a call of at most `batch` prompts admits none later
+        steps = result.step_seconds[1:] if len(prompts) <= batch else None
+        return Decoded([c.token_ids for c in result.completions], steps)
 
     return System(name, "redcompile", run, redcompile_kernels_per_step(path, threads, max_new))
 
@@ -140,8 +156,9 @@ def genai_system(name: str, folder: Path, threads: int, max_new: int, pad_id: in
         config.overlay(json.dumps(overlay))
     model = og.Model(config)
 
-    def run(prompts: Batches, batch: int) -> Batches:
+    def run(prompts: Batches, batch: int) -> Decoded:
         outputs: Batches = []
+        steps: list[float] = []
         for start in range(0, len(prompts), batch):
             group = prompts[start : start + batch]
             width = max(len(p) for p in group)
@@ -153,13 +170,15 @@ def genai_system(name: str, folder: Path, threads: int, max_new: int, pad_id: in
                 max_length=width + max_new, do_sample=False, batch_size=len(group)
             )
             generator = og.Generator(model, params)
-            generator.append_tokens(padded)
+            generator.append_tokens(padded)  # the prefill
             while not generator.is_done():
-                generator.generate_next_token()
+                begin = time.perf_counter()
+                generator.generate_next_token()  # pick a token, run the model on it
+                steps.append(time.perf_counter() - begin)
             for row in range(len(group)):
                 sequence = list(generator.get_sequence(row))[width:]
                 outputs.append(_until_stop(sequence, pad_id, max_new))
-        return outputs
+        return Decoded(outputs, steps)
 
     return System(name, "genai", run, genai_kernels_per_step(folder, threads))
 
@@ -199,7 +218,7 @@ def transformers_system(name: str, model_dir: Path, threads: int, max_new: int) 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     eos = model.generation_config.eos_token_id
 
-    def run(prompts: Batches, batch: int) -> Batches:
+    def run(prompts: Batches, batch: int) -> Decoded:
         outputs: Batches = []
         with torch.inference_mode():
             for ids in prompts:  # one at a time: padding would change transformers' numerics
@@ -211,7 +230,7 @@ def transformers_system(name: str, model_dir: Path, threads: int, max_new: int) 
                     eos_token_id=eos,
                 )
                 outputs.append(_until_stop(out[0, len(ids) :].tolist(), eos, max_new))
-        return outputs
+        return Decoded(outputs)
 
     return System(name, "transformers", run)
 
@@ -239,19 +258,29 @@ def measure(
     batch lets every system see the same machine for the same work, where whole-round
     alternation let one system's round land in a slow spell (per-round ratios then scattered
     by 0.2-0.3)."""
-    outputs = {s.name: s.run(prompts, batch) for s in systems}  # warm-up and tokens
+    outputs = {s.name: s.run(prompts, batch).outputs for s in systems}  # warm-up and tokens
     seconds: dict[str, list[float]] = {s.name: [] for s in systems}
+    # per system, every timed decoding step, and per round the seconds outside them
+    steps: dict[str, list[float] | None] = {s.name: [] for s in systems}
+    rest: dict[str, list[float]] = {s.name: [] for s in systems}
     groups = [prompts[start : start + batch] for start in range(0, len(prompts), batch)]
     for index in range(rounds):
         spent = {s.name: 0.0 for s in systems}
+        stepped = {s.name: 0.0 for s in systems}
         for number, group in enumerate(groups):
             order = systems if (index + number) % 2 == 0 else systems[::-1]
             for system in order:
                 start = time.perf_counter()
-                system.run(group, batch)
+                decoded = system.run(group, batch)
                 spent[system.name] += time.perf_counter() - start
+                if decoded.step_seconds is None or steps[system.name] is None:
+                    steps[system.name] = None
+                else:
+                    steps[system.name].extend(decoded.step_seconds)
+                    stepped[system.name] += sum(decoded.step_seconds)
         for name, value in spent.items():
             seconds[name].append(value)
+            rest[name].append(value - stepped[name])
         progress(
             f"batch {batch} round {index + 1}/{rounds}: "
             + ", ".join(f"{s.name} {seconds[s.name][-1]:.2f}s" for s in systems)
@@ -271,6 +300,7 @@ def measure(
             if system.kernels_per_step is None
             else round(system.kernels_per_step, 1),
             "prompts_identical_to_reference": f"{same}/{len(prompts)}",
+            **_step_split(steps[system.name], rest[system.name], rounds),
         }
     ratios = {}
     for a in systems:
@@ -301,9 +331,22 @@ def measure(
     }
 
 
+def _step_split(steps: list[float] | None, rest: list[float], rounds: int) -> dict:
+    """A system's time split: decoding steps per round, the median step, and the median
+    round's seconds outside the steps (set-up, prefill, host work between calls)."""
+    if not steps:
+        return {"decode_steps": None, "decode_step_us": None, "outside_steps_s": None}
+    return {
+        "decode_steps": round(len(steps) / rounds),
+        "decode_step_us": round(1e6 * statistics.median(steps), 1),
+        "outside_steps_s": round(statistics.median(rest), 4),
+    }
+
+
 def markdown_table(configs: list[dict]) -> str:
     """One row per (threads, batch, system): tokens/s, ratio to each genai model, kernels per
-    step, prompts identical to the reference system."""
+    step, the time split (median decoding step, steps per round, seconds outside the steps),
+    prompts identical to the reference system."""
     genai = sorted({n for c in configs for n, v in c["systems"].items() if v["kind"] == "genai"})
     head = [
         "threads",
@@ -312,6 +355,9 @@ def markdown_table(configs: list[dict]) -> str:
         "tokens/s",
         *[f"/ {g}" for g in genai],
         "kernels/step",
+        "step us",
+        "steps",
+        "outside steps s",
         "= reference",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -328,6 +374,9 @@ def markdown_table(configs: list[dict]) -> str:
                 f"{row['tokens_per_second']:.0f}",
                 *ratios,
                 str(row["kernels_per_step"]),
+                str(row["decode_step_us"]),
+                str(row["decode_steps"]),
+                str(row["outside_steps_s"]),
                 row["prompts_identical_to_reference"],
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -411,6 +460,7 @@ def main() -> None:
     record = {
         "command": " ".join([os.path.basename(sys.argv[0]), *map(_portable, sys.argv[1:])]),
         "machine": {
+            "cpu": cpu_description(),
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "onnxruntime": ort.__version__,

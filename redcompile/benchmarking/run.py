@@ -31,14 +31,46 @@ from redcompile.runtime.generator import Generator
 Progress = Callable[[str], None]
 
 
+# The vector instruction sets ONNX Runtime's CPU kernels (MLAS) pick their code paths by: two
+# machines with the same core count can rank the same kernels differently.
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the vector instruction sets it has ('AMD EPYC (avx2 avx512f
+    ...)'), for a record's machine field; the platform's processor name where /proc/cpuinfo
+    is not there."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    flags = next(
+        (
+            set(line.split(":", 1)[1].split())
+            for line in info.splitlines()
+            if line.startswith("flags")
+        ),
+        set(),
+    )
+    present = [flag for flag in VECTOR_FLAGS if flag in flags]
+    return f"{model} ({' '.join(present)})" if present else model
+
+
 def machine_info(runtime: str) -> dict[str, Any]:
     """Device and versions for the record."""
     import onnxruntime as ort
     import torch
 
-    cpu = platform.processor() or platform.machine()
     return {
-        "device": f"CPU {cpu}, {torch.get_num_threads()} threads",
+        "device": f"CPU {cpu_description()}, {torch.get_num_threads()} threads",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,

@@ -1,5 +1,6 @@
 """bench/peers.py without the peer installed: redcompile systems measured side by side, the
-record's ratios and token identity, kernels per step from ONNX Runtime's profile, the table."""
+record's ratios and token identity, kernels per step from ONNX Runtime's profile, the time
+split between decoding steps and the rest, the table."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def test_two_artifacts_side_by_side(peers, tiny_llama, converted):
     assert result["systems"]["ar"]["prompts_identical_to_reference"] == "4/4"
     assert set(result["tokens_per_second_ratio"]) == {"ar/ar-int8", "ar-int8/ar"}
     assert all(len(r["rounds_s"]) == 2 for r in result["systems"].values())
+    for row in result["systems"].values():  # the split: steps inside each round's seconds
+        assert row["decode_steps"] >= 1 and row["decode_step_us"] > 0
+        assert 0 < row["outside_steps_s"] < max(row["rounds_s"])
     table = peers.markdown_table([{"threads": "1", **result}])
     assert table.count("\n") == 3 and "| 1 | 2 | ar |" in table
 
