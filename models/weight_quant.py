@@ -133,12 +133,14 @@ def fake_quantize(w_nk: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
 
 # The base model's weights (`convert --weights`): the same arithmetic, with block size and
 # ONNX Runtime's accuracy level as options. Blocks of 32 inputs, as onnxruntime-genai's int4
-# models. Accuracy level 1 (float32 products of the dequantized weights) by default: it is the
-# level at which ReDrafter decodes exactly as autoregressive decoding with the same weights.
-# Level 4 (int8 activations, integer products) is ONNX Runtime's fastest CPU path, but its
-# rounding turns the last-bit differences between verifying one token and verifying a chain
-# into different tokens (measured: 31 of 32 fixture prompts identical), so it is offered for
-# autoregressive artifacts only (docs/cli.md, benchmarks in docs/benchmarks.md).
+# models. Accuracy level 1 (float32 products of the dequantized weights) by default: at it
+# every beam shape decodes exactly as autoregressive decoding with the same weights. Level 4
+# (int8 activations, integer products) is ONNX Runtime's fastest CPU path; its rounding turns
+# any last-bit difference between verifying one token and verifying it in a tree into other
+# tokens, so it is offered where every row is a chain (autoregressive, one drafter beam, one
+# lookup beam), whose attention fuse-chain-attention then makes the same computation for both
+# (116 of 140 fixture prompts identical without that, 140 with it:
+# bench/studies/exact_int8_activations; docs/cli.md).
 BASE_WEIGHT_FORMAT_NAMES = (FLOAT, "int8", "int4")
 DEFAULT_BASE_BLOCK_SIZE = 32
 DEFAULT_ACCURACY_LEVEL = 1
@@ -161,6 +163,11 @@ class BaseWeights:
     def name(self) -> str:
         """The `--weights` name: float, int8 or int4."""
         return FLOAT if self.fmt is None else self.fmt.name
+
+    @property
+    def rounds_activations(self) -> bool:
+        """Whether the products round their inputs to int8 (quantized weights at level 4)."""
+        return self.fmt is not None and self.accuracy_level == INT8_ACTIVATIONS
 
     def to_manifest(self) -> dict:
         """The manifest's `base_weights` entry."""

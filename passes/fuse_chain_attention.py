@@ -27,6 +27,22 @@ same attention, the same rotation (cos/sin tables made by the model's own RoPE c
 Only for ONNX Runtime (GroupQueryAttention is its contrib op, >= 1.32 for `query_seqlens`), and
 only where ONNX Runtime's CPU kernel takes the shape: head size a multiple of 16. Otherwise the
 layer keeps TreeAttention, recorded as a rejection.
+
+With `pad_queries` every row gets one more query: a zero token after its last, counted in
+`query_seqlens`, its output dropped by a Slice:
+
+    qkv ── Pad(T -> T + 1) ── GroupQueryAttention(query_seqlens = num_tokens + 1) ── Slice(:T) ── y
+
+ONNX Runtime's CPU kernel computes a row of one query by another path than a row of two or
+more (last-bit differences, measured: bench/studies/exact_int8_activations), and it does not
+round the same way for a token verified alone (autoregressive) and one verified in a chain
+(ReDrafter). With rounded activations (MatMulNBits at accuracy level 4, which rounds each
+block to int8 and is otherwise the same for any number of rows) those last bits become
+different tokens; with every row at two queries or more, a token's attention is the same
+computation in both, so ReDrafter decodes exactly as autoregressive decoding. The pad writes
+its key and value one slot past the row's tokens, a slot no query reads before the next step
+overwrites it (the next step's tokens start at or before it), so a host sizes the cache for
+it: `cache_lengths + T + 1 <= S` (docs/artifact.md, "Cache sizing").
 """
 
 from __future__ import annotations
@@ -113,9 +129,11 @@ class FuseChainAttention(GraphPass):
 
     name = "fuse-chain-attention"
 
-    def __init__(self, cos_pd: np.ndarray, sin_pd: np.ndarray) -> None:
-        """`cos_pd`/`sin_pd` [positions, head_dim / 2]: the model's RoPE at every position."""
+    def __init__(self, cos_pd: np.ndarray, sin_pd: np.ndarray, pad_queries: bool = False) -> None:
+        """`cos_pd`/`sin_pd` [positions, head_dim / 2]: the model's RoPE at every position;
+        `pad_queries`: one more (discarded) query per row, so that no row has one query."""
         self.cos_pd, self.sin_pd = cos_pd, sin_pd
+        self.pad_queries = pad_queries
         self._shared: dict[str, gs.Tensor] = {}
         self._shared_graph: int | None = None  # id() of the graph `_shared` was made in
 
@@ -183,6 +201,14 @@ class FuseChainAttention(GraphPass):
             node.outputs.clear()
         y = b["y"]
         y.inputs.clear()
+        if self.pad_queries:
+            qkv = [self._padded(graph, t) if t.name else t for t in qkv]
+            y_padded = gs.Variable(f"{y.name}/padded", dtype=y.dtype)
+            ends = gs.Constant(f"{y.name}/drop_pad", np.array([-1], dtype=np.int64))
+            starts = gs.Constant(f"{y.name}/from", np.array([0], dtype=np.int64))
+            axes = gs.Constant(f"{y.name}/tokens", np.array([1], dtype=np.int64))
+            graph.layer(op="Slice", inputs=[y_padded, starts, ends, axes], outputs=[y])
+            y = y_padded
         graph.layer(
             op=GQA,
             domain=MS_DOMAIN,
@@ -207,6 +233,14 @@ class FuseChainAttention(GraphPass):
                 "rotary_interleaved": 0,
             },
         )
+
+    @staticmethod
+    def _padded(graph: gs.Graph, x_btc: gs.Tensor) -> gs.Tensor:
+        """x [B, T, C] with one zero token appended: [B, T + 1, C]."""
+        pads = gs.Constant(f"{x_btc.name}/pad_one", np.array([0, 0, 0, 0, 1, 0], dtype=np.int64))
+        out = gs.Variable(f"{x_btc.name}/padded", dtype=x_btc.dtype)
+        graph.layer(op="Pad", inputs=[x_btc, pads], outputs=[out])
+        return out
 
     def _packed_qkv(
         self, graph: gs.Graph, q: gs.Tensor, k: gs.Tensor, v: gs.Tensor, ctx: PassContext
@@ -245,7 +279,9 @@ class FuseChainAttention(GraphPass):
     ) -> dict[str, gs.Tensor]:
         """The inputs every layer's GroupQueryAttention shares, made once per graph:
         seqlens_k = max(cache_lengths + num_tokens - 1, 0), query_seqlens = num_tokens and
-        total_sequence_length = max(max(cache_lengths + num_tokens), T) as int32, the tables."""
+        total_sequence_length = max(max(cache_lengths + num_tokens), T) as int32, the tables.
+        With `pad_queries` each row has one more query: seqlens_k = cache_lengths + num_tokens,
+        query_seqlens = num_tokens + 1, total_sequence_length = max(...) + 1."""
         if self._shared_graph == id(graph):
             return self._shared
         prefix = f"{GQA}.shared"
@@ -263,14 +299,19 @@ class FuseChainAttention(GraphPass):
         one = const("one", np.array(1, dtype=np.int64))
         zero = const("zero", np.array(0, dtype=np.int64))
         total_b = node("Add", "total_b", cache_lengths, num_tokens)
-        seqlens = node("Max", "seqlens_b", node("Sub", "last_b", total_b, one), zero)
         # [1]: GroupQueryAttention takes a one-element total_sequence_length as a scalar
         widest = node("ReduceMax", "widest", total_b, keepdims=1)
         total = node("Max", "total64", widest, node("Shape", "tokens", input_ids, start=1, end=2))
+        if self.pad_queries:  # the pad is the row's last token: one more of everything
+            seqlens, queries = total_b, node("Add", "queries_b", num_tokens, one)
+            total = node("Add", "total64_padded", total, one)
+        else:
+            seqlens = node("Max", "seqlens_b", node("Sub", "last_b", total_b, one), zero)
+            queries = num_tokens
         self._shared_graph = id(graph)
         self._shared = {
             "seqlens_k": int32(seqlens, "seqlens_k"),
-            "query_seqlens": int32(num_tokens, "query_seqlens"),
+            "query_seqlens": int32(queries, "query_seqlens"),
             "total": int32(total, "total_sequence_length"),
             "cos": const("cos_cache", np.ascontiguousarray(self.cos_pd)),
             "sin": const("sin_cache", np.ascontiguousarray(self.sin_pd)),

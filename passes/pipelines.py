@@ -36,16 +36,19 @@ def pipeline(
 
     `rope_tables` (cos, sin [positions, head_dim / 2]) are given for artifacts whose every row
     is a chain (autoregressive, single beam): ONNX Runtime then fuses their attention into
-    GroupQueryAttention. `base_weights` with a format adds quantize-weights (MatMulNBits)."""
+    GroupQueryAttention, every row padded to two queries or more where the weights round
+    activations to int8 (passes/fuse_chain_attention.py says why). `base_weights` with a format
+    adds quantize-weights (MatMulNBits)."""
     if target not in ("onnxruntime", "tensorrt"):
         raise ValueError(f"no ONNX pipeline for target {target!r}")
     fmt = weight_format(drafter_weights)
     chain_attention = target == "onnxruntime" and rope_tables is not None
+    pad_queries = base_weights is not None and base_weights.rounds_activations
     return [
         FuseTreeAttention(),  # first: later passes see TreeAttention, not Attention + Concat
         ShareWeights(),  # after fusion: the cache Concats are gone, weights are final
         # After share-weights (it reads the final q/k/v weights to concatenate them).
-        *([FuseChainAttention(*rope_tables)] if chain_attention else []),
+        *([FuseChainAttention(*rope_tables, pad_queries)] if chain_attention else []),
         PackQkv(),  # after fuse-chain-attention: the attention it left; the same packed matrix
         *([FuseSkipRmsNorm()] if target == "onnxruntime" else []),
         FoldConstants(),  # after rewrites that may leave constant shape arithmetic

@@ -307,6 +307,8 @@ def convert(
                 model, lean, workdir, signature, manifest, target, o, say, base_weights
             )
             manifest["autoregressive_branch"] = shared
+        if base_weights.rounds_activations and manifest["mode"] != "autoregressive":
+            _check_chain_attention(model)
         times["passes"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -345,16 +347,17 @@ def _min_onnxruntime(model: onnx.ModelProto) -> str:
 
 def _check_base_weights(f: ModelFolderOptions, target: str) -> BaseWeights:
     """--weights / --weight-block-size / --accuracy-level (parsed by parse_base_weights):
-    int8 activations only without a tree, and quantized weights only where MatMulNBits runs
-    (ONNX Runtime)."""
-    from redcompile.models.weight_quant import INT8_ACTIVATIONS
-
+    int8 activations only where every row is a chain (a tree's attention is not the same
+    computation for a token verified alone and in the tree; `_check_chain_attention` checks
+    after the passes that every layer of such a step is GroupQueryAttention), and quantized
+    weights only where MatMulNBits runs (ONNX Runtime)."""
     base = f.base_weights or BaseWeights(None)
-    if base.fmt is not None and base.accuracy_level == INT8_ACTIVATIONS and not f.autoregressive:
+    if base.rounds_activations and not f.autoregressive and f.beam.beams != 1:
         raise InputError(
-            "--accuracy-level 4 rounds activations to int8, and ONNX Runtime's rounding then "
-            "depends on how many tokens a step verifies, so ReDrafter would not decode exactly "
-            "as autoregressive decoding; use --accuracy-level 1 (the default) or --autoregressive"
+            f"--accuracy-level 4 rounds activations to int8, and ReDrafter then decodes exactly "
+            f"as autoregressive decoding only where every row is one chain; this tree has "
+            f"{f.beam.beams} beams: use one beam (--beam-width 1 --lookup-beams 0, or "
+            f"--beam-width 0 --lookup-beams 1) or --accuracy-level 1"
         )
     if base.fmt is not None and target != "onnxruntime":
         raise InputError(
@@ -567,6 +570,25 @@ def _inline_index_tables(model: onnx.ModelProto, weights_dir: Path) -> None:
             tensor.ClearField("external_data")
             tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = raw
+
+
+def _check_chain_attention(model: onnx.ModelProto) -> None:
+    """A speculative step with int8 activations must attend with GroupQueryAttention in every
+    layer (passes/fuse_chain_attention.py: only there is a token's attention the same
+    computation in a chain and alone); a layer the pass left as TreeAttention is refused."""
+    from redcompile.onnx_graphs import all_graphs
+    from redcompile.ops import TREE_ATTENTION
+    from redcompile.passes.fuse_chain_attention import HEAD_SIZE_MULTIPLE
+
+    for graph in all_graphs(model.graph):
+        for node in graph.node:
+            if node.op_type == TREE_ATTENTION.onnx_name:
+                raise InputError(
+                    f"--accuracy-level 4: layer {node.name} cannot attend with ONNX Runtime's "
+                    f"GroupQueryAttention (it needs a head size that is a multiple of "
+                    f"{HEAD_SIZE_MULTIPLE}), and without it ReDrafter would not decode exactly "
+                    f"as autoregressive decoding; use --accuracy-level 1"
+                )
 
 
 def _chain_rope_tables(step):

@@ -11,6 +11,8 @@ from dataclasses import replace
 import onnx
 import pytest
 from click.testing import CliRunner
+from test_lookup import LOOKUP_ONLY, REPEATING, cfg, ids
+from test_speculation_levels import Cycling
 
 from redcompile.api import open_generator, open_model_folder
 from redcompile.artifact import read_artifact
@@ -19,7 +21,8 @@ from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig
 from redcompile.models.weight_quant import parse_base_weights
-from redcompile.verification import verify
+from redcompile.speculation import SpeculationPolicy
+from redcompile.verification import kept_cache, verify
 from support import PROMPTS, branch_graphs, save_tiny_model
 
 CHAIN_OPS = {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"}
@@ -57,6 +60,12 @@ def lean(tiny_models, converted):
     # one speculative quantized artifact: MatMulNBits computes int8 and int4 alike
     int4_w1 = replace(w1, folder=replace(w1.folder, base_weights=parse_base_weights("int4", 32, 1)))
     made["llama-w1-int4"] = converted(llama, int4_w1).out
+    # int8 activations where every row is a chain: a drafter's beam, a lookup beam
+    int4_l4 = parse_base_weights("int4", 32, 4)
+    w1_l4 = replace(w1, folder=replace(w1.folder, base_weights=int4_l4))
+    made["llama-w1-int4-l4"] = converted(llama, w1_l4).out
+    lookup_l4 = ConvertOptions.of(beam=LOOKUP_ONLY, max_seq_len=128, base_weights=int4_l4)
+    made["llama-lookup-int4-l4"] = converted(llama, lookup_l4).out
     return made
 
 
@@ -142,23 +151,58 @@ def test_reference_without_int8_activations_would_not_match(lean, tiny_models):
     from redcompile.runtime.loading import open_artifact
 
     ids = [p for p in PROMPTS[:2]]
-    got = first_step_outputs(open_artifact(lean["llama-ar-int4-l4"]).backend, ids, 8)
+    got = kept_cache(first_step_outputs(open_artifact(lean["llama-ar-int4-l4"]).backend, ids, 8))
     for level, close in ((4, True), (1, False)):
         reference = open_model_folder(
             tiny_models["llama"],
             autoregressive=True,
             base_weights=parse_base_weights("int4", 32, level),
         )
-        want = first_step_outputs(reference.backend, ids, 8)
+        want = kept_cache(first_step_outputs(reference.backend, ids, 8))
         diff = abs(got["present.0.key"] - want["present.0.key"]).max()
         assert (diff < 1e-4) == close, (level, diff)
 
 
-def test_int8_activations_are_refused_for_redrafter(tiny_models, tmp_path):
+def test_int8_activations_speculate_exactly_where_every_row_is_a_chain(lean):
+    """Every GroupQueryAttention row padded to two queries (fuse-chain-attention): a token's
+    attention is then the same computation verified alone and in a chain, and the int8
+    rounding of the activations has no last-bit difference to turn into another token."""
+    types = op_types(lean["llama-w1-int4-l4"])
+    assert types["GroupQueryAttention"] == 2 and types["Pad"] >= 2
+    want = tokens(lean["llama-ar-int4-l4"], batch=1)
+    assert tokens(lean["llama-w1-int4-l4"], batch=1) == want
+    assert tokens(lean["llama-w1-int4-l4"], batch=4) == want
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_lookup_with_int8_activations_is_exact_while_the_level_alternates(lean, batch_size):
+    want = ids(open_generator(lean["llama-ar-int4-l4"]).generate_ids(REPEATING, cfg(1)))
+    generator = open_generator(lean["llama-lookup-int4-l4"])
+    generator.speculation = SpeculationPolicy.fixed("full")
+    full = generator.generate_ids(REPEATING, cfg(batch_size))
+    assert ids(full) == want and full.tokens_per_step > 1.5  # the lookup beams do accept
+    generator.speculation = Cycling(["none", "full", "full"])
+    assert ids(generator.generate_ids(REPEATING, cfg(batch_size))) == want
+
+
+def test_int8_activations_are_refused_for_trees(tiny_models, tmp_path):
     out = tmp_path / "m.onnx"
     args = ["convert", str(tiny_models["llama"]), str(out), "--random-drafter"]
     result = CliRunner().invoke(main, [*args, "--weights", "int4", "--accuracy-level", "4"])
     assert result.exit_code == 2 and "--accuracy-level 1" in result.output
+    assert "one beam" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_int8_activations_are_refused_where_attention_stays_a_tree_op(tmp_path):
+    folder = save_tiny_model(tmp_path / "d8", "llama", head_dim=8, num_attention_heads=8)
+    out = tmp_path / "w1.onnx"
+    args = ["convert", str(folder), str(out), "--random-drafter", "--beam-width", "1"]
+    args += ["--lookup-beams", "0", "--weights", "int4", "--accuracy-level", "4"]
+    args += ["--weight-block-size", "16"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "GroupQueryAttention" in result.output and "multiple of 16" in result.output
     assert not out.exists()
 
 
