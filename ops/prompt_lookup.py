@@ -28,6 +28,7 @@ one-hot draft log-probability), so acceptance tests it against the base model al
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from redcompile.ops.onnx_builder import FunctionBuilder
@@ -85,70 +86,71 @@ def prompt_lookup_fake(history, lengths, ngrams, num_beams, beam_length):
 
 
 def build_prompt_lookup_body(spec: BodySpec):
-    """The rule in standard ops: one shifted Equal per token of the longest n-gram, their
-    running And as the nested matches, a level * S + q score, one TopK for the ranking, the
-    periodic copy by GatherElements."""
+    """The rule in standard ops, lean (every op is a kernel ONNX Runtime launches each step):
+    the history shifted right by d for d < D as Slices of one padded copy, one Equal per
+    token of the longest n-gram against the row's last tokens, their running And as the
+    nested matches, a level * (S + 1) + (q + 1) score whose maximum (TopK for several beams)
+    ranks the candidates and whose remainder is the continuation's start, and one
+    GatherElements copying root and drafts (indices may be -1 only for idle rows, which are
+    zeroed)."""
     b = FunctionBuilder(PROMPT_LOOKUP, spec)
     sizes = sorted({int(k) for k in spec.attributes["ngrams"]})
     num_beams, length = int(spec.attributes["num_beams"]), int(spec.attributes["beam_length"])
-    history = b.input("history")
-    batch, s = b.dim(history, 0), b.dim(history, 1)
-    s_scalar = b.Squeeze(s, b.const([0]))
-    last_slot = b.Sub(s_scalar, b.const(1))
-    m = b.Unsqueeze(b.Clip(b.input("lengths"), b.const(0), s_scalar), b.const([1]))  # [B, 1]
-    positions = b.Unsqueeze(b.Range(b.const(0), s_scalar, b.const(1)), b.const([0]))  # [1, S]
-
-    # the row's last tokens, x[M - 1 - d] for every d at once ([B, D]); rows too short for d
-    # read x[0] but can never match: position q - d would be negative, where `back` holds -1
     depth = sizes[-1]
-    tail_idx = b.Clip(
-        b.Sub(b.Sub(m, b.const(1)), b.const([list(range(depth))])), b.const(0), last_slot
+    history = b.input("history")  # [B, S]
+    s = b.dim(history, 1)  # [1]
+    s1 = b.Add(s, b.const([1]))  # [1]: S + 1, the score's unit for one level
+    s1_scalar = b.Squeeze(s1, b.const([0]))
+    m = b.Min(b.Max(b.Unsqueeze(b.input("lengths"), b.const([1])), b.const(0)), s)  # [B, 1]
+    after = b.Range(b.const(1), s1_scalar, b.const(1))  # [S]: q + 1, where a continuation starts
+    root_idx = b.Sub(m, b.const(1))  # [B, 1]: x[M - 1]
+    match = b.Less(after, m)  # q <= M - 2: the continuation starts before the end
+    # x[M - 1 - d] for every d at once ([B, D]), from a copy padded with -2 in front, so a row
+    # shorter than d + 1 reads -2, which no token and no -1 fill below equals
+    lead = depth - 1
+    tail_from = b.const([[lead - 1 - d for d in range(depth)]])
+    tail = b.GatherElements(
+        b.Pad(history, b.const([0, lead, 0, 0]), b.const(-2)), b.Add(m, tail_from), axis=1
     )
-    tail = b.GatherElements(history, tail_idx, axis=1)
-    fill = b.Expand(b.const(-1), b.Concat(batch, b.Min(b.const([depth]), s), axis=0))  # [B, D]
-    match = b.LessOrEqual(positions, b.Sub(m, b.const(2)))
+    shifted = b.Pad(history, b.const([0, lead, 0, 0]), b.const(-1)) if lead else history
     level = None
     for d in range(depth):
-        back = history
-        if d:
-            end = b.Max(b.Sub(s, b.const([d])), b.const([0]))
-            shifted = b.Slice(history, b.const([0]), end, b.const([1]))
-            back = b.Concat(
-                b.Slice(fill, b.const([0]), b.const([d]), b.const([1])), shifted, axis=1
-            )
+        # x[q - d] at every q, -1 where q - d < 0
+        back = (
+            history
+            if d == 0
+            else b.Slice(shifted, b.const([lead - d]), b.const([-d]), b.const([1]))
+        )
         column = b.Slice(tail, b.const([d]), b.const([d + 1]), b.const([1]))
         match = b.And(match, b.Equal(back, column))
         if d + 1 in sizes:
-            step = b.Cast(match, to=7)
-            level = step if level is None else b.Add(level, step)
-    score = b.Where(b.Greater(level, b.const(0)), b.Add(b.Mul(level, s), positions), b.const(-1))
-    padded = b.Concat(
-        score, b.Expand(b.const(-1), b.Concat(batch, b.const([num_beams]), axis=0)), axis=1
-    )
-    ranked, _ = b.TopK(padded, b.const([num_beams]), axis=1, outputs=2)  # [B, K], best first
-    first = b.Slice(ranked, b.const([0]), b.const([1]), b.const([1]))
-    ranked = b.Where(b.GreaterOrEqual(ranked, b.const(0)), ranked, first)
+            count = b.Cast(match, to=7)
+            level = count if level is None else b.Add(level, count)
+    # level 0 scores q + 1 <= S; a candidate (level >= 1) scores above S, the latest highest
+    score = b.Add(b.Mul(level, s1), after)  # [B, S]
+    if num_beams == 1:
+        ranked = b.ReduceMax(score, b.const([1]), keepdims=1)  # [B, 1]
+    else:
+        # a row may have fewer than K positions: pad with non-candidates for TopK
+        padded = b.Pad(score, b.const([0, 0, 0, num_beams]), b.const(-1))
+        ranked, _ = b.TopK(padded, b.const([num_beams]), axis=1, outputs=2)  # best first
+        first = b.Slice(ranked, b.const([0]), b.const([1]), b.const([1]))
+        ranked = b.Where(b.Greater(ranked, s), ranked, first)  # missing: the best candidate's
     start = b.Where(
-        b.GreaterOrEqual(ranked, b.const(0)),
-        b.Add(b.Mod(ranked, s), b.const(1)),
-        b.Sub(m, b.const(1)),
-    )
+        b.Greater(ranked, s), b.Mod(ranked, s1), root_idx
+    )  # [B, K]; the root itself when there is no candidate (then every draft repeats it)
 
     start = b.Unsqueeze(start, b.const([2]))  # [B, K, 1]
     m_3d = b.Unsqueeze(m, b.const([2]))
     period = b.Max(b.Sub(m_3d, start), b.const(1))
-    offsets = b.const([[list(range(length - 1))]])  # [1, 1, L - 1]
-    index = b.Clip(b.Add(start, b.Mod(offsets, period)), b.const(0), last_slot)
-    flat = b.Concat(batch, b.const([-1]), axis=0)
-    drafts = b.Reshape(
-        b.GatherElements(history, b.Reshape(index, flat), axis=1),
-        b.Concat(batch, b.const([num_beams, length - 1]), axis=0),
+    # slot 0 the root, slot i >= 1 the (i - 1)-th token of the periodic continuation
+    drafted = b.Add(start, b.Mod(b.const([[list(range(-1, length - 1))]]), period))
+    is_root = b.const([[[True] + [False] * (length - 1)]], dtype=np.bool_)
+    index = b.Where(is_root, b.Unsqueeze(root_idx, b.const([2])), drafted)  # [B, K, L]
+    beams = b.Reshape(
+        b.GatherElements(history, b.Flatten(index, axis=1), axis=1),
+        b.const([0, num_beams, length]),
     )
-    root = b.Slice(tail, b.const([0]), b.const([1]), b.const([1]))  # x[M - 1], [B, 1]
-    roots = b.Expand(
-        b.Unsqueeze(root, b.const([2])), b.Concat(batch, b.const([num_beams, 1]), axis=0)
-    )
-    beams = b.Concat(roots, drafts, axis=2)
     return b.build({"beams": b.Where(b.Greater(m_3d, b.const(0)), beams, b.const(0))})
 
 
