@@ -10,7 +10,12 @@ Two such facts, both inputs the host writes itself:
   the If's greedy branch.
 
 Each graph has the artifact's inputs and outputs and computes, for the inputs it is run on,
-the tensors the whole graph computes, so tokens cannot change. What it saves is ONNX Runtime's
+the tensors the whole graph computes, so tokens cannot change, with one exception a host must
+ask for (`history=False`): a level-`none` graph that passes the token history through
+unchanged instead of appending the step's tokens to it. A host that runs it holds every row's
+prompt and emitted tokens, which is the history (ops/prompt_lookup.py), and writes it before
+the next step that drafts (generation.py); a lookup artifact's level-`none` step then costs
+what an autoregressive step does. What it saves is ONNX Runtime's
 If, which runs a branch as a subgraph: on the fixture a level-`none` step cost 1.10x the
 autoregressive artifact's step through the levels If and 1.03x as a graph of its own, and an
 autoregressive step without its sampling If decoded 5% faster (docs/benchmarks.md).
@@ -24,7 +29,7 @@ import re
 
 import onnx
 
-from redcompile.io_contract import SAMPLING_ROLE
+from redcompile.io_contract import HISTORY, SAMPLING_ROLE
 from redcompile.onnx_graphs import all_graphs, live, reads, rename
 from redcompile.passes.speculation_levels import CHOOSE_NODE
 
@@ -77,13 +82,16 @@ def has_sampling_if(model: onnx.ModelProto) -> bool:
     return any(_is_sampling_if(n) for body in bodies for n in body)
 
 
-def step_graph(model: onnx.ModelProto, level: str | None, greedy: bool) -> bytes | None:
+def step_graph(
+    model: onnx.ModelProto, level: str | None, greedy: bool, history: bool = True
+) -> bytes | None:
     """`model` (an artifact's step) serialized with the choices made: `level` "none" or
     "tree" takes that branch of the levels If (None: the graph keeps it, or has none),
     `greedy` resolves every sampling If to its greedy branch (where the artifact names
-    them). None when there is nothing to resolve (no levels If for a `level`; neither a level
-    nor a sampling If for `greedy`) or the weights are external data (ONNX Runtime then loads
-    the file itself)."""
+    them), `history` False makes level `none` pass the token history through unchanged
+    (the module docstring says when a host may). None when there is nothing to resolve (no
+    levels If for a `level`; neither a level nor a sampling If for `greedy`) or the weights
+    are external data (ONNX Runtime then loads the file itself)."""
     graph = model.graph
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
         return None
@@ -104,6 +112,10 @@ def step_graph(model: onnx.ModelProto, level: str | None, greedy: bool) -> bytes
         resolved_any = resolved_any or found or any(resolved)
     if not resolved_any:
         return None
+    next_history = f"next_{HISTORY}"
+    if level == "none" and not history and next_history in outputs:
+        nodes = [n for n in nodes if next_history not in n.output]
+        nodes.append(onnx.helper.make_node("Identity", [HISTORY], [next_history]))
     nodes = live(nodes, set(outputs))
     read = set().union(*(reads(n) for n in nodes))
     head = onnx.ModelProto(

@@ -141,6 +141,11 @@ class StepBackend(ABC):
     # is host work: binding, feedback, copying the emitted tokens back).
     run_seconds: float = 0.0
     observers: tuple[StepObserver, ...] = ()
+    # Whether a step at level none appends its tokens to the token history, as the artifact's
+    # graph does; a backend that runs level none without that work says False, and the loop
+    # then writes each row's history (its prompt and emitted tokens) before the next drafting
+    # step (runtime/ort_backend.py, passes/host_graphs.py).
+    history_at_none: bool = True
 
     @contextlib.contextmanager
     def observing(self, observer: StepObserver) -> Iterator[StepObserver]:
@@ -296,6 +301,12 @@ class _Rows:
         """Row `row`'s state becomes the next state a batch of one produced for it."""
         self._put(row, {name: outputs[f"next_{name}"] for name in self.names})
 
+    def write_history(self, row: int, tokens: Sequence[int]) -> None:
+        """Row `row`'s token history becomes `tokens` (its prompt and emitted tokens: what the
+        step's own upkeep would hold, ops/prompt_lookup.py); later slots are never read."""
+        history = self.arrays[HISTORY]
+        history[row, : len(tokens)] = tokens
+
     def idle(self, row: int) -> None:
         """Stop computing for `row`."""
         for name in ("num_tokens", "forced", "cache_lengths"):
@@ -319,15 +330,18 @@ class _Levels:
     def _input(self) -> dict[str, np.ndarray]:
         return {SPECULATION: np.array(SPECULATION_LEVELS[self.current], dtype=np.int64)}
 
-    def set_for(self, rows: int) -> None:
-        """Make the next step's level the policy's for `rows` decoding rows."""
+    def set_for(self, rows: int) -> bool:
+        """Make the next step's level the policy's for `rows` decoding rows; whether it rises
+        from none to a drafting level."""
         if not self.active:
-            return
+            return False
         level = self.policy.level(rows)
+        rises = self.current == "none" and level != "none"
         if level != self.current:
             self.current = level
             self.backend.write(self._input())
         self.steps[level] = self.steps.get(level, 0) + 1
+        return rises
 
     def row_inputs(self) -> dict[str, np.ndarray]:
         """The level input of a batch of one (`StepBackend.step_row`): the batch's."""
@@ -407,8 +421,15 @@ def generate_ids(
     prefilling = True
 
     decoding = batch  # rows holding a prompt
+    rebuild_history = HISTORY in rows.names and not backend.history_at_none
     while decoding:
-        levels.set_for(decoding)
+        if levels.set_for(decoding) and rebuild_history:
+            # the none steps left the history as it was: write what they would have appended
+            rows.load()
+            for row, index in enumerate(slot_of):
+                if index is not None:
+                    rows.write_history(row, [*prompts[index], *completions[index].token_ids])
+            rows.store()
         t0 = time.perf_counter()
         new_tokens, num_new = backend.observed_step()
         step_seconds.append(time.perf_counter() - t0)

@@ -297,3 +297,26 @@ def test_bench_reports_the_adaptive_engine(artifacts, converted, tiny_llama, tmp
     assert adaptive[0]["level_steps"].keys() == {"full"}
     assert adaptive[1]["level_steps"].keys() == {"none"}
     assert np.isclose(adaptive[1]["tokens_per_step"], 1.0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_the_history_level_none_leaves_is_written_before_lookup_drafts_again(artifacts, batch_size):
+    """Our level-none session skips the token-history upkeep; the loop writes each row's
+    history back before the next drafting step, so lookup drafts what it drafts when the whole
+    artifact (which keeps the history itself) runs every step: the same steps per prompt."""
+    import onnxruntime as ort
+
+    path = artifacts["lookup"].out
+    generator = open_generator(path)
+    assert not generator.backend.history_at_none
+    levels = ["none", "none", "full", "full"]
+    generator.speculation = Cycling(levels)
+    split = generator.generate_ids(REPEATING, cfg(batch_size))
+    whole = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with generator.backend.using_session(whole):
+        assert generator.backend.history_at_none
+        generator.speculation = Cycling(levels)
+        kept = generator.generate_ids(REPEATING, cfg(batch_size))
+    assert ids(split) == ids(kept)
+    assert [c.steps for c in split.completions] == [c.steps for c in kept.completions]
+    assert split.tokens_per_step > 1.2  # the lookup beams accept: the drafts matter

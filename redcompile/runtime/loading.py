@@ -153,7 +153,8 @@ class StepSessions:
     else one ("tree"); the whole artifact where there is nothing to resolve. The kind `greedy`
     names is made when the artifact is opened; the other when a run first asks for it, from
     the file again (the model is not kept in memory), and then kept: a process that both
-    samples and decodes greedily holds both, each with its own packed weights."""
+    samples and decodes greedily holds both, each with its own packed weights. A level-`none`
+    session passes the token history through (host_graphs `history=False`)."""
 
     def __init__(
         self,
@@ -196,7 +197,9 @@ class StepSessions:
 
         made = {}
         for level in ("none", "tree"):
-            serialized = step_graph(model, level, greedy)
+            # level none without the history upkeep: generation.py writes the history
+            # before a drafting step follows a none step (StepBackend.history_at_none)
+            serialized = step_graph(model, level, greedy, history=False)
             if serialized is None:
                 break
             made[level] = session(serialized)

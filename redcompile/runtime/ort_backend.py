@@ -75,6 +75,11 @@ class OrtBackend(StepBackend):
         """Whether level none runs in a session of its own."""
         return self._override is None and "none" in self._sessions
 
+    @property
+    def history_at_none(self) -> bool:
+        """A level-none session of its own passes the token history through (StepSessions)."""
+        return not self.split_by_level
+
     def _active(self) -> tuple[str, ort.InferenceSession]:
         if self._override is not None:
             return "override", self._override
