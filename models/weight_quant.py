@@ -133,22 +133,24 @@ def fake_quantize(w_nk: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
 
 # The base model's weights (`convert --weights`): the same arithmetic, with block size and
 # ONNX Runtime's accuracy level as options. Blocks of 32 inputs, as onnxruntime-genai's int4
-# models. Accuracy level 1 (float32 products of the dequantized weights) by default: at it
-# every beam shape decodes exactly as autoregressive decoding with the same weights. Level 4
-# (int8 activations, integer products) is ONNX Runtime's fastest CPU path; its rounding turns
-# any last-bit difference between verifying one token and verifying it in a tree into other
+# models. Accuracy level 1 (float32 products of the dequantized weights): every beam shape
+# decodes exactly as autoregressive decoding with the same weights. Level 4 (int8
+# activations, integer products) is ONNX Runtime's fastest CPU path; its rounding turns any
+# last-bit difference between verifying one token and verifying it in a tree into other
 # tokens, so it is offered where every row is a chain (autoregressive, one drafter beam, one
 # lookup beam), whose attention fuse-chain-attention then makes the same computation for both
 # (116 of 140 fixture prompts identical without that, 140 with it:
-# bench/studies/exact_int8_activations; docs/cli.md).
+# bench/studies/exact_int8_activations; docs/cli.md). The default (None) is the fastest exact
+# level for the artifact: 4 where every row is a chain, 1 for a tree (`BaseWeights.resolved`).
 BASE_WEIGHT_FORMAT_NAMES = (FLOAT, "int8", "int4")
 DEFAULT_BASE_BLOCK_SIZE = 32
-DEFAULT_ACCURACY_LEVEL = 1
+DEFAULT_ACCURACY_LEVEL = None
 # ONNX Runtime's MatMulNBits compute: 1 float32; 4 int8 activations (each block of
 # `block_size` inputs rounded to int8 with its own scale, `round_activations`), integer products.
 # The other levels (fp16, bf16 compute) are not offered: the reference could not match them.
 ACCURACY_LEVELS = (1, 4)
 INT8_ACTIVATIONS = 4
+FLOAT_PRODUCTS = 1
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,21 @@ class BaseWeights:
     the ONNX Runtime compute accuracy of its products."""
 
     fmt: WeightFormat | None
-    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
+    accuracy_level: int | None = DEFAULT_ACCURACY_LEVEL  # None: chosen by `resolved`
 
     @property
     def name(self) -> str:
         """The `--weights` name: float, int8 or int4."""
         return FLOAT if self.fmt is None else self.fmt.name
+
+    def resolved(self, chains_only: bool) -> BaseWeights:
+        """These weights with the default accuracy level made concrete for an artifact whose
+        rows are all chains (`chains_only`: int8 activations, exact there) or not (float32
+        products); a level given explicitly stays."""
+        if self.accuracy_level is not None:
+            return self
+        level = INT8_ACTIVATIONS if chains_only else FLOAT_PRODUCTS
+        return BaseWeights(self.fmt, level)
 
     @property
     def rounds_activations(self) -> bool:
@@ -185,10 +196,11 @@ class BaseWeights:
 def parse_base_weights(
     name: str,
     block_size: int = DEFAULT_BASE_BLOCK_SIZE,
-    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    accuracy_level: int | None = DEFAULT_ACCURACY_LEVEL,
 ) -> BaseWeights:
-    """`--weights`, `--weight-block-size` and `--accuracy-level` as a BaseWeights, refusing
-    values no ONNX Runtime kernel takes in one line for users."""
+    """`--weights`, `--weight-block-size` and `--accuracy-level` (None: the artifact's fastest
+    exact level, `BaseWeights.resolved`) as a BaseWeights, refusing values no ONNX Runtime
+    kernel takes in one line for users."""
     if name not in BASE_WEIGHT_FORMAT_NAMES:
         raise InputError(
             f"--weights must be one of {', '.join(BASE_WEIGHT_FORMAT_NAMES)}, got {name!r}"
@@ -198,7 +210,7 @@ def parse_base_weights(
             f"--weight-block-size must be a power of two of at least 16 (MatMulNBits' "
             f"blocks), got {block_size}"
         )
-    if accuracy_level not in ACCURACY_LEVELS:
+    if accuracy_level is not None and accuracy_level not in ACCURACY_LEVELS:
         raise InputError(
             f"--accuracy-level must be 1 (float32) or 4 (int8 activations), got {accuracy_level}"
         )

@@ -261,10 +261,11 @@ def base_weights_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--accuracy-level",
             type=int,
             default=DEFAULT_ACCURACY_LEVEL,
-            show_default=True,
-            help="ONNX Runtime's MatMulNBits compute: 1 float32 (exact: ReDrafter decodes as "
-            "autoregressive decoding); 4 int8 activations, faster on CPU, autoregressive "
-            "artifacts only.",
+            help="ONNX Runtime's MatMulNBits compute: 1 float32 (every beam shape decodes "
+            "exactly as autoregressive decoding); 4 int8 activations, ONNX Runtime's fastest "
+            "CPU path, for autoregressive and single-chain artifacts (one drafter beam with "
+            "--lookup-beams 0, or one lookup beam alone), where it is exact too. Default: the "
+            "fastest exact level, 4 for those artifacts and 1 for trees.",
         ),
     ]
     for option in reversed(options):

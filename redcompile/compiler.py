@@ -351,7 +351,7 @@ def _check_base_weights(f: ModelFolderOptions, target: str) -> BaseWeights:
     computation for a token verified alone and in the tree; `_check_chain_attention` checks
     after the passes that every layer of such a step is GroupQueryAttention), and quantized
     weights only where MatMulNBits runs (ONNX Runtime)."""
-    base = f.base_weights or BaseWeights(None)
+    base = (f.base_weights or BaseWeights(None)).resolved(f.autoregressive or f.beam.beams == 1)
     if base.rounds_activations and not f.autoregressive and f.beam.beams != 1:
         raise InputError(
             f"--accuracy-level 4 rounds activations to int8, and ReDrafter then decodes exactly "

@@ -44,16 +44,15 @@ def build_step(model_dir: Path | str, options: ModelFolderOptions | None = None)
     """The step module of `model_dir` as `options` describe it (see ModelFolderOptions)."""
     from redcompile.models.loader import check_model_dir, load_decoder
     from redcompile.models.step import SpeculativeStep
-    from redcompile.models.weight_quant import INT8_ACTIVATIONS, parse_drafter_weights
+    from redcompile.models.weight_quant import parse_drafter_weights
 
     o = options or ModelFolderOptions()
     model_dir = check_model_dir(Path(model_dir))
     beam = o.beam.validate()
     base = load_decoder(model_dir, dtype=o.dtype, max_seq_len=o.max_seq_len)
     if o.base_weights is not None and o.base_weights.fmt is not None:
-        base.quantize_weights(
-            o.base_weights.fmt, int8_activations=o.base_weights.accuracy_level == INT8_ACTIVATIONS
-        )
+        weights = o.base_weights.resolved(o.autoregressive or beam.beams == 1)
+        base.quantize_weights(weights.fmt, int8_activations=weights.rounds_activations)
     max_len = o.max_seq_len or base.config.max_position_embeddings
     codec = TextCodec.from_file(model_dir / "tokenizer.json", base.config.vocab_size)
     if o.autoregressive:

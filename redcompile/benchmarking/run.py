@@ -89,6 +89,11 @@ def model_folder_engines(
     from redcompile.step_builder import reference_generator
 
     shapes = [(beam, vocab) for beam in cfg.beams for vocab in cfg.draft_vocabs]
+    if options.get("base_weights") is not None:
+        # one accuracy level for every engine, so each is exact against the same baseline:
+        # int8 activations only when every shape is a chain (models/weight_quant.py)
+        chains = all(beam.beams == 1 for beam in cfg.beams)
+        options = {**options, "base_weights": options["base_weights"].resolved(chains)}
     if cfg.runtime == "torch":
         engines = {
             BASELINE: reference_generator(

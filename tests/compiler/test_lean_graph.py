@@ -129,6 +129,17 @@ def test_a_tied_head_is_quantized_with_the_rest(tiny_models, tmp_path):
     report = convert(tiny_models["llama_tied"], tmp_path / "tied.onnx", options=options)
     assert op_types(report.out)["MatMulNBits"] == 2 * 5 + 1
     assert verify(report.out, tiny_models["llama_tied"]).passed
+    # no --accuracy-level: the fastest exact level, int8 activations for a chain
+    assert read_artifact(report.out).manifest["base_weights"]["accuracy_level"] == 4
+
+
+def test_the_default_accuracy_level_of_a_tree_is_float_products(tiny_models, tmp_path):
+    options = ConvertOptions.of(
+        beam=BeamShape(2, 3, lookup=0), random_drafter=True, base_weights=parse_base_weights("int4")
+    )
+    report = convert(tiny_models["llama"], tmp_path / "w2.onnx", options=options)
+    assert read_artifact(report.out).manifest["base_weights"]["accuracy_level"] == 1
+    assert "Pad" not in op_types(report.out)  # no padded attention rows: nothing rounds
 
 
 def test_verify_holds_int8_weights_to_the_dequantized_reference(lean, tiny_models):
