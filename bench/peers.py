@@ -332,13 +332,21 @@ def measure(
 
 
 def _step_split(steps: list[float] | None, rest: list[float], rounds: int) -> dict:
-    """A system's time split: decoding steps per round, the median step, and the median
-    round's seconds outside the steps (set-up, prefill, host work between calls)."""
+    """A system's time split: decoding steps per round, the median step and the mean one
+    (steps add up by their mean: a mean well above the median is a tail of slow steps, as
+    when pool threads compete with the host for the cores), and the median round's seconds
+    outside the steps (set-up, prefill, host work between calls)."""
     if not steps:
-        return {"decode_steps": None, "decode_step_us": None, "outside_steps_s": None}
+        return {
+            "decode_steps": None,
+            "decode_step_us": None,
+            "decode_step_mean_us": None,
+            "outside_steps_s": None,
+        }
     return {
         "decode_steps": round(len(steps) / rounds),
         "decode_step_us": round(1e6 * statistics.median(steps), 1),
+        "decode_step_mean_us": round(1e6 * statistics.fmean(steps), 1),
         "outside_steps_s": round(statistics.median(rest), 4),
     }
 
@@ -356,6 +364,7 @@ def markdown_table(configs: list[dict]) -> str:
         *[f"/ {g}" for g in genai],
         "kernels/step",
         "step us",
+        "mean step us",
         "steps",
         "outside steps s",
         "= reference",
@@ -375,6 +384,7 @@ def markdown_table(configs: list[dict]) -> str:
                 *ratios,
                 str(row["kernels_per_step"]),
                 str(row["decode_step_us"]),
+                str(row["decode_step_mean_us"]),
                 str(row["decode_steps"]),
                 str(row["outside_steps_s"]),
                 row["prompts_identical_to_reference"],
