@@ -41,6 +41,7 @@ def test_two_artifacts_side_by_side(peers, tiny_llama, converted):
     assert all(len(r["rounds_s"]) == 2 for r in result["systems"].values())
     for row in result["systems"].values():  # the split: steps inside each round's seconds
         assert row["decode_steps"] >= 1 and row["decode_step_us"] > 0
+        assert row["decode_step_mean_us"] > 0
         assert 0 < row["outside_steps_s"] < max(row["rounds_s"])
     table = peers.markdown_table([{"threads": "1", **result}])
     assert table.count("\n") == 3 and "| 1 | 2 | ar |" in table
