@@ -351,8 +351,8 @@ def _check_base_weights(f: ModelFolderOptions, target: str) -> BaseWeights:
     computation for a token verified alone and in the tree; `_check_chain_attention` checks
     after the passes that every layer of such a step is GroupQueryAttention), and quantized
     weights only where MatMulNBits runs (ONNX Runtime)."""
-    base = (f.base_weights or BaseWeights(None)).resolved(f.autoregressive or f.beam.beams == 1)
-    if base.rounds_activations and not f.autoregressive and f.beam.beams != 1:
+    base = (f.base_weights or BaseWeights(None)).resolved(f.rows_are_chains)
+    if base.rounds_activations and not f.rows_are_chains:
         raise InputError(
             f"--accuracy-level 4 rounds activations to int8, and ReDrafter then decodes exactly "
             f"as autoregressive decoding only where every row is one chain; this tree has "

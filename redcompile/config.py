@@ -60,6 +60,11 @@ class BeamShape:
         return self.width + self.lookup
 
     @property
+    def is_chain(self) -> bool:
+        """Whether every decoding row is one chain (a single beam, drafter's or lookup's)."""
+        return self.beams == 1
+
+    @property
     def tree_tokens(self) -> int:
         """Packed tokens of a decoding row before deduplication: beams * drafts + 1."""
         return self.beams * self.drafts + 1
@@ -149,6 +154,12 @@ class ModelFolderOptions:
         "drafter_weights",
         "base_weights",
     )
+
+    @property
+    def rows_are_chains(self) -> bool:
+        """Whether every packed row of the step is a chain: autoregressive or a single beam
+        (what exact int8 activations need, models/weight_quant.py)."""
+        return self.autoregressive or self.beam.is_chain
 
     @classmethod
     def of(cls, beam: BeamShape | None = None, **options: Any) -> ModelFolderOptions:

@@ -51,7 +51,7 @@ def build_step(model_dir: Path | str, options: ModelFolderOptions | None = None)
     beam = o.beam.validate()
     base = load_decoder(model_dir, dtype=o.dtype, max_seq_len=o.max_seq_len)
     if o.base_weights is not None and o.base_weights.fmt is not None:
-        weights = o.base_weights.resolved(o.autoregressive or beam.beams == 1)
+        weights = o.base_weights.resolved(o.rows_are_chains)
         base.quantize_weights(weights.fmt, int8_activations=weights.rounds_activations)
     max_len = o.max_seq_len or base.config.max_position_embeddings
     codec = TextCodec.from_file(model_dir / "tokenizer.json", base.config.vocab_size)

@@ -319,13 +319,7 @@ def verify(
     ids = [artifact.codec.encode(p) for p in (prompts or list(DEFAULT_PROMPTS))]
     got = kept_cache(first_step_outputs(artifact.backend, ids, max_new_tokens))
     want = kept_cache(first_step_outputs(reference.backend, ids, max_new_tokens))
-    from redcompile.models.weight_quant import INT8_ACTIVATIONS
-
-    flips = (
-        ROUNDING_FLIP_SHARE
-        if base_weights.fmt and base_weights.accuracy_level == INT8_ACTIVATIONS
-        else 0.0
-    )
+    flips = ROUNDING_FLIP_SHARE if base_weights.rounds_activations else 0.0
     first = [compare_output(name, got[name], want[name], atol, rtol, flips) for name in want]
     if quantized or skipped:
         for check in first:

@@ -92,7 +92,7 @@ def model_folder_engines(
     if options.get("base_weights") is not None:
         # one accuracy level for every engine, so each is exact against the same baseline:
         # int8 activations only when every shape is a chain (models/weight_quant.py)
-        chains = all(beam.beams == 1 for beam in cfg.beams)
+        chains = all(beam.is_chain for beam in cfg.beams)
         options = {**options, "base_weights": options["base_weights"].resolved(chains)}
     if cfg.runtime == "torch":
         engines = {
