@@ -2,8 +2,9 @@
 
 Every "faster than" claim of the project cites a record of this script. For one model folder it
 builds onnxruntime-genai's models with genai's own model builder (`-p fp32|int4 -e cpu`), opens
-them and the given redcompile artifacts in one process, and decodes the same prompts (the same
-token ids, greedy, `--max-new-tokens`) with each: one warm-up pass, then `--rounds` rounds,
+them and the given redcompile artifacts, each in a process of its own (`--processes one`: all in
+this one), and decodes the same prompts (the same token ids, greedy, `--max-new-tokens`) with
+each, driven from here: one warm-up pass, then `--rounds` rounds,
 the systems interleaved one batch of prompts at a time (`measure`), per batch size and thread
 setting. It reports per system the median tokens per second, the ratio to every other system
 (median of the per-round ratios), kernels per decoding step (ONNX Runtime's profiler, one step
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -59,16 +61,57 @@ class Decoded:
 
     outputs: Batches
     step_seconds: list[float] | None = None
+    seconds: float | None = None  # the whole call, timed where it ran (None: by the caller)
 
 
 @dataclass
 class System:
-    """One decoder under test: `run(prompt_ids, batch)` -> `Decoded`."""
+    """One decoder under test: `run(prompt_ids, batch)` -> `Decoded`; `close()` ends it."""
 
     name: str
     kind: str  # "redcompile", "genai" or "transformers"
     run: Callable[[Batches, int], Decoded]
     kernels_per_step: float | None = None
+    close: Callable[[], None] = lambda: None
+
+
+def _serve(connection, factory: str, arguments: tuple) -> None:
+    """A system's own process: build it (FACTORIES[factory](*arguments)), report its kernels
+    per step, then decode each (prompts, batch) request, timed here, until None arrives."""
+    system = FACTORIES[factory](*arguments)
+    connection.send(system.kernels_per_step)
+    while (request := connection.recv()) is not None:
+        start = time.perf_counter()
+        decoded = system.run(*request)
+        decoded.seconds = time.perf_counter() - start
+        connection.send(decoded)
+
+
+def isolated_system(factory: str, *arguments) -> System:
+    """The system FACTORIES[factory](name, ...) built and run in a process of its own, driven
+    from here: no other system's session (its thread pool, spinning or not, its memory)
+    shares the process it decodes in, and while the others decode it waits blocked on its
+    pipe. Its calls are timed inside its process, so the pipe is not in the figures."""
+    context = multiprocessing.get_context("spawn")  # a fork would copy thread pools
+    here, there = context.Pipe()
+    process = context.Process(target=_serve, args=(there, factory, arguments), daemon=True)
+    process.start()
+    there.close()
+    try:
+        kernels = here.recv()
+    except EOFError:
+        process.join()
+        raise SystemExit(f"{arguments[0]}: its process ended while opening it") from None
+
+    def run(prompts: Batches, batch: int) -> Decoded:
+        here.send((prompts, batch))
+        return here.recv()
+
+    def close() -> None:
+        here.send(None)
+        process.join(timeout=60)
+
+    return System(arguments[0], factory, run, kernels, close)  # the factory names its kind
 
 
 def parse_threads(setting: str) -> tuple[int, bool | None]:
@@ -272,7 +315,8 @@ def measure(
             for system in order:
                 start = time.perf_counter()
                 decoded = system.run(group, batch)
-                spent[system.name] += time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                spent[system.name] += elapsed if decoded.seconds is None else decoded.seconds
                 if decoded.step_seconds is None or steps[system.name] is None:
                     steps[system.name] = None
                 else:
@@ -351,6 +395,13 @@ def _step_split(steps: list[float] | None, rest: list[float], rounds: int) -> di
     }
 
 
+FACTORIES = {  # by the kind of system each builds
+    "redcompile": redcompile_system,
+    "genai": genai_system,
+    "transformers": transformers_system,
+}
+
+
 def markdown_table(configs: list[dict]) -> str:
     """One row per (threads, batch, system): tokens/s, ratio to each genai model, kernels per
     step, the time split (median decoding step, steps per round, seconds outside the steps),
@@ -393,6 +444,11 @@ def markdown_table(configs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _in_process(factory: str, *arguments) -> System:
+    """The system FACTORIES[factory](name, ...) built in this process (--processes one)."""
+    return FACTORIES[factory](*arguments)
+
+
 def _portable(arg: str) -> str:
     """A command-line argument as the record keeps it: absolute paths (this machine's) by their
     file name, NAME=PATH as NAME=file name."""
@@ -424,6 +480,14 @@ def main() -> None:
         help="Comma-separated intra-op thread settings: N, 0 (the runtime's default) or N-nospin "
         "(N threads that do not spin between kernels; redcompile only, genai spins)",
     )
+    parser.add_argument(
+        "--processes",
+        choices=("one-per-system", "one"),
+        default="one-per-system",
+        help="Run each system in a process of its own (default), or all in this one (their "
+        "sessions' thread pools then share it: two sessions of one artifact at default "
+        "threads decoded at 0.87-0.90x each other)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, required=True)
@@ -447,23 +511,25 @@ def main() -> None:
     pad_id = json.loads((args.model_dir / "config.json").read_text()).get("eos_token_id", 0)
     pad_id = pad_id[0] if isinstance(pad_id, list) else pad_id
 
+    build = isolated_system if args.processes == "one-per-system" else _in_process
     configs = []
     for setting in args.threads.split(","):
         threads = parse_threads(setting)[0]
-        systems = [redcompile_system(n, Path(p), setting, args.max_new_tokens) for n, p in ours]
+        max_new = args.max_new_tokens
+        systems = [build("redcompile", n, Path(p), setting, max_new) for n, p in ours]
         systems += [
-            genai_system(f"genai-{p}", f, threads, args.max_new_tokens, pad_id)
+            build("genai", f"genai-{p}", f, threads, max_new, pad_id)
             for p, f in genai_folders.items()
         ]
         if args.transformers:
-            systems.append(
-                transformers_system("transformers", args.model_dir, threads, args.max_new_tokens)
-            )
+            systems.append(build("transformers", "transformers", args.model_dir, threads, max_new))
         for batch in [int(b) for b in args.batch_size.split(",")]:
             progress(f"threads {threads}, batch {batch}: {len(systems)} systems")
             result = measure(systems, prompts, batch, args.rounds, progress)
             configs.append({"threads": setting, **result})
             progress(json.dumps(configs[-1]["tokens_per_second_ratio"]))
+        for system in systems:
+            system.close()
 
     import onnxruntime_genai as og
 
@@ -481,6 +547,7 @@ def main() -> None:
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
+        "processes": args.processes,
         "artifacts": {n: {"file": Path(p).name, "bytes": Path(p).stat().st_size} for n, p in ours},
         "configs": configs,
     }

@@ -56,3 +56,17 @@ def test_threads_settings_parse(peers):
 def test_tokens_after_a_stop_are_cut_as_redcompile_cuts_them(peers):
     assert peers._until_stop([4, 5, 0, 7], 0, 10) == [4, 5]
     assert peers._until_stop([4, 5, 6], [9], 2) == [4, 5]
+
+
+def test_a_system_in_its_own_process_decodes_as_it_does_here(peers, tiny_llama, converted):
+    ar = converted(tiny_llama, ConvertOptions.of(autoregressive=True))
+    here = peers.redcompile_system("here", ar.out, "1", 8)
+    there = peers.isolated_system("redcompile", "there", ar.out, "1", 8)
+    try:
+        assert there.kind == "redcompile" and there.kernels_per_step == here.kernels_per_step
+        result = peers.measure([here, there], PROMPTS[:3], batch=2, rounds=1, progress=print)
+        assert result["identical_prompts"] == {"here=there": "3/3"}
+        decoded = there.run([[5, 6, 7, 8]], 1)
+        assert decoded.seconds > 0 and decoded.outputs == here.run([[5, 6, 7, 8]], 1).outputs
+    finally:
+        there.close()
