@@ -79,7 +79,13 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import save_file
 
-from redcompile.models.weight_quant import WEIGHT_FORMAT_NAMES
+from redcompile.config import BeamShape
+from redcompile.models.weight_quant import (
+    BASE_WEIGHT_FORMAT_NAMES,
+    FLOAT,
+    WEIGHT_FORMAT_NAMES,
+    parse_base_weights,
+)
 from redcompile.training.trainer import TrainConfig
 
 # random_llama.py is a fixture builder, in bench/fixtures/
@@ -100,6 +106,7 @@ PROJECTED_FIELDS = (
     "projected_step_ms",
     "projected_speedup",
     "projected_speedup_ci95",
+    "projected_vs_peer",
 )
 
 
@@ -236,13 +243,14 @@ def drafter_shape(drafter: dict | None) -> tuple[float, int, str]:
 
 
 def fixture_measurements(records: list[dict]) -> dict[tuple, dict]:
-    """Fixture results by (width, length, fraction of the vocabulary drafted from, drafter
-    shape)."""
+    """Fixture results by (width, length, lookup beams, fraction of the vocabulary drafted
+    from, drafter shape); records made before lookup beams existed had none."""
     vocab = 4096  # pycode-lm's vocabulary
     return {
         (
             r["beam_width"],
             r["beam_length"],
+            r.get("lookup_beams") or 0,
             round((r.get("draft_vocab") or vocab) / vocab, 4),
             drafter_shape(record.get("drafter")),
         ): r
@@ -285,7 +293,9 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
                 "quantized": row.get("drafter_weights"),
             }
         )
-        measured = fixture.get((row["beam_width"], row["beam_length"], fraction, drafter))
+        lookup = row.get("lookup_beams") or 0  # records before lookup beams had none
+        key = (row["beam_width"], row["beam_length"], lookup, fraction, drafter)
+        measured = fixture.get(key)
         for key in PROJECTED_FIELDS:  # a re-projection replaces the old figures
             row.pop(key, None)
         if not measured:
@@ -307,6 +317,30 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
     return record
 
 
+def peer_ratio(peers: dict, pair: str, threads: int) -> dict:
+    """Tokens per second of OURS over PEER (`pair` "OURS/PEER") at batch 1 and `threads` in
+    a bench/peers.py record, with where it came from."""
+    ours, peer = pair.split("/")
+    for config in peers["configs"]:
+        if config["batch_size"] == 1 and str(config["threads"]) == str(threads):
+            systems = config["systems"]
+            ratio = systems[ours]["tokens_per_second"] / systems[peer]["tokens_per_second"]
+            return {"ours": ours, "peer": peer, "threads": threads, "ratio": round(ratio, 3)}
+    raise SystemExit(f"the peers record has no batch-1 configuration at {threads} threads")
+
+
+def project_against_peer(record: dict, peers_path: Path, pair: str) -> dict:
+    """Carry every projection over to the peer: projected_vs_peer = projected_speedup (over
+    our autoregressive artifact) x our autoregressive artifact's tokens/s over the peer's,
+    MEASURED end to end by bench/peers.py on the same shapes, batch 1, same threads."""
+    ratio = peer_ratio(json.loads(peers_path.read_text()), pair, record.get("threads", 0))
+    record["peer"] = {"record": str(peers_path), **ratio}
+    for row in record["shapes_tried"]:
+        if "projected_speedup" in row:
+            row["projected_vs_peer"] = round(row["projected_speedup"] * ratio["ratio"], 3)
+    return record
+
+
 def shapes_to_try(args: argparse.Namespace) -> list[tuple[tuple[int, int], int | None, int | None]]:
     """Every ((W, L), draft vocab, exit dim) the arguments ask for (None: whole vocabulary,
     Apple's width)."""
@@ -316,29 +350,43 @@ def shapes_to_try(args: argparse.Namespace) -> list[tuple[tuple[int, int], int |
     return [(b, v, e) for e in exit_dims for b in beams for v in vocabularies]
 
 
+def base_weights(args: argparse.Namespace):
+    """The base weights of every artifact of the study: --base-weights at one accuracy level
+    for all (as `redcompile bench` picks it), int8 activations only if every beam is a chain,
+    so that the autoregressive curve and the steps compute alike."""
+    chains_only = all(
+        BeamShape(width, length, lookup=args.lookup_beams).is_chain
+        for (width, length), _, _ in shapes_to_try(args)
+    )
+    return parse_base_weights(args.base_weights).resolved(chains_only)
+
+
 def convert_all(args: argparse.Namespace) -> tuple[Path, dict]:
     """Convert what --scratch lacks: (autoregressive artifact,
     {((W, L), draft vocab, exit dim): path})."""
     from redcompile.compiler import ConvertOptions, convert
-    from redcompile.config import BeamShape
 
     folder = args.scratch / f"llama-{args.size}"
     write_model(folder, SIZES[args.size])
-    ar = args.scratch / f"llama-{args.size}-ar.onnx"
+    base = base_weights(args)
+    base_suffix = "" if args.base_weights == FLOAT else f"-base-{args.base_weights}"
+    ar = args.scratch / f"llama-{args.size}-ar{base_suffix}.onnx"
     if not ar.exists():
-        convert(folder, ar, options=ConvertOptions.of(autoregressive=True))
+        convert(folder, ar, options=ConvertOptions.of(autoregressive=True, base_weights=base))
     paths = {}
     for (width, length), draft_vocab, exit_dim in shapes_to_try(args):
         suffix = (f"-V{draft_vocab}" if draft_vocab else "") + drafter_suffix(exit_dim, args.layers)
         if args.drafter_weights != "float":
             suffix += f"-{args.drafter_weights}"
+        suffix += (f"-K{args.lookup_beams}" if args.lookup_beams else "") + base_suffix
         path = args.scratch / f"llama-{args.size}-W{width}-L{length}{suffix}.onnx"
         if not path.exists():
             options = ConvertOptions.of(
                 drafter_dir=drafter_folder(folder, exit_dim, args.layers),
-                beam=BeamShape(width, length),
+                beam=BeamShape(width, length, lookup=args.lookup_beams),
                 draft_vocab=draft_vocab,
                 drafter_weights=args.drafter_weights,
+                base_weights=base,
             )
             convert(folder, path, options=options)
         paths[(width, length), draft_vocab, exit_dim] = path
@@ -404,15 +452,13 @@ def torch_steps(args: argparse.Namespace) -> tuple[object, dict[tuple, Callable]
     steps built in memory on --device in --dtype (bench/torch_steps.py)."""
     from torch_steps import random_decoder, random_drafter_for, step_generator
 
-    from redcompile.config import BeamShape
-
     base = random_decoder(SIZES[args.size], args.dtype, args.device)
     ar_backend = step_generator(base, None, BeamShape()).backend
 
     def opener(width: int, length: int, draft_vocab: int | None, exit_dim: int | None):
         def make():
             drafter = random_drafter_for(base, args.layers, exit_dim, draft_vocab)
-            return step_generator(base, drafter, BeamShape(width, length))
+            return step_generator(base, drafter, BeamShape(width, length, lookup=args.lookup_beams))
 
         return make
 
@@ -461,6 +507,7 @@ def measure(args: argparse.Namespace) -> dict:
             {
                 "beam_width": width,
                 "beam_length": length,
+                "lookup_beams": args.lookup_beams,
                 "draft_vocab": draft_vocab,
                 "exit_dim": exit_dim or 2 * shapes["hidden_size"],
                 "num_draft_layers": args.layers,
@@ -485,6 +532,8 @@ def measure(args: argparse.Namespace) -> dict:
         "for; the host loop is excluded for both engines",
         "runtime": args.runtime,
         "dtype": args.dtype,
+        "base_weights": base_weights(args).to_manifest(),
+        "threads": args.threads,
         "cuda_graphs": bool(args.cuda_graphs and args.device == "cuda"),
         "kernels": args.kernels_used,
         "measured": [
@@ -518,7 +567,15 @@ def command_line(args: argparse.Namespace) -> str:
     return (
         f"python bench/cost_study.py {where}--size {args.size} --beams {args.beams} "
         f"--draft-vocab {args.draft_vocab} --exit-dim {args.exit_dim} --layers {args.layers} "
-        f"--drafter-weights {args.drafter_weights} --out {args.out}"
+        f"--drafter-weights {args.drafter_weights} --lookup-beams {args.lookup_beams} "
+        f"--base-weights {args.base_weights} "
+        f"--threads {args.threads}"
+        + (
+            f" --peers-record {args.peers_record} --peers-pair {args.peers_pair}"
+            if args.peers_record
+            else ""
+        )
+        + f" --out {args.out}"
     )
 
 
@@ -528,10 +585,10 @@ def check_runtime_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         if args.device != "cpu" or args.dtype != "float32":
             parser.error("--device and --dtype apply to --runtime torch (artifacts are fp32, CPU)")
     else:
-        if args.drafter_weights != "float":
+        if args.drafter_weights != "float" or args.base_weights != FLOAT:
             parser.error(
-                "--drafter-weights applies to --runtime onnxruntime: the torch step keeps "
-                "float matrices (it would time a float drafter as a quantized one)"
+                "--drafter-weights and --base-weights apply to --runtime onnxruntime: the torch "
+                "step keeps float matrices (it would time float weights as quantized ones)"
             )
         if args.convert_only:
             parser.error("--convert-only applies to --runtime onnxruntime")
@@ -565,6 +622,38 @@ def main() -> None:
         choices=WEIGHT_FORMAT_NAMES,
         default="float",
         help="How the drafters' matrices are stored (convert --drafter-weights)",
+    )
+    parser.add_argument(
+        "--lookup-beams",
+        type=int,
+        default=0,
+        help="Lookup beams in every tree besides the drafter's (convert --lookup-beams; "
+        "default 0, as in the single-chain acceptance records)",
+    )
+    parser.add_argument(
+        "--base-weights",
+        choices=BASE_WEIGHT_FORMAT_NAMES,
+        default=FLOAT,
+        help="How the base model's matrices are stored in every artifact (convert --weights, "
+        "at convert's default accuracy level)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="Intra-op threads of the shared ONNX Runtime pool (0: ONNX Runtime's default)",
+    )
+    parser.add_argument(
+        "--peers-record",
+        type=Path,
+        help="A bench/peers.py record of the same model shapes: each projection is also "
+        "carried over to the peer (--peers-pair) at batch 1 and the same --threads",
+    )
+    parser.add_argument(
+        "--peers-pair",
+        default="ar-int4-l4/genai-int4",
+        help="OURS/PEER: the peers record's system with this study's autoregressive artifact "
+        "and the peer to project against",
     )
     parser.add_argument(
         "--shapes-record",
@@ -618,7 +707,7 @@ def main() -> None:
     if args.convert_only:
         convert_all(args)
         return
-    ort.capi._pybind_state.set_global_thread_pool_sizes(0, 0)  # before any session
+    ort.capi._pybind_state.set_global_thread_pool_sizes(args.threads, 0)  # before any session
     if args.reproject:
         record = json.loads(args.out.read_text())
     elif args.scratch is None and args.runtime == "onnxruntime":
@@ -627,6 +716,8 @@ def main() -> None:
         record = measure(args)
     record = project(record, [json.loads(p.read_text()) for p in args.shapes_record])
     record["shapes_records"] = [str(p) for p in args.shapes_record]
+    if args.peers_record:
+        record = project_against_peer(record, args.peers_record, args.peers_pair)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 
