@@ -89,7 +89,8 @@ def test_torch_runtime_times_steps_side_by_side_and_projects(tmp_path):
     assert wide["projected_speedup"] > 0 and len(wide["projected_speedup_ci95"]) == 2
 
 
-def test_torch_runtime_refuses_quantized_drafters_it_would_time_as_float(tmp_path):
+@pytest.mark.parametrize("flag", ["--drafter-weights", "--base-weights"])
+def test_torch_runtime_refuses_quantized_weights_it_would_time_as_float(tmp_path, flag):
     done = subprocess.run(
         [
             sys.executable,
@@ -98,7 +99,7 @@ def test_torch_runtime_refuses_quantized_drafters_it_would_time_as_float(tmp_pat
             "torch",
             "--size",
             "tiny",
-            "--drafter-weights",
+            flag,
             "int4",
             "--out",
             str(tmp_path / "x.json"),
@@ -108,9 +109,8 @@ def test_torch_runtime_refuses_quantized_drafters_it_would_time_as_float(tmp_pat
         text=True,
         timeout=120,
     )
-    assert (
-        done.returncode == 2 and "--drafter-weights applies to --runtime onnxruntime" in done.stderr
-    )
+    assert done.returncode == 2
+    assert "--drafter-weights and --base-weights apply to --runtime onnxruntime" in done.stderr
     assert not (tmp_path / "x.json").exists()
 
 
@@ -162,3 +162,30 @@ def test_cuda_graph_replay_equals_the_eager_step(bench_path):
     for graph_tokens, graph_counts in replayed:
         np.testing.assert_array_equal(graph_tokens, tokens)
         np.testing.assert_array_equal(graph_counts, counts)
+
+
+def test_a_projection_is_carried_to_the_peer_by_the_measured_ratio(bench_path, tmp_path):
+    import cost_study
+
+    peers = {
+        "configs": [
+            {"threads": "1", "batch_size": 8, "systems": {}},
+            {
+                "threads": "1",
+                "batch_size": 1,
+                "systems": {
+                    "ar-int4-l4": {"tokens_per_second": 45.0},
+                    "genai-int4": {"tokens_per_second": 50.0},
+                },
+            },
+        ]
+    }
+    path = tmp_path / "peers.json"
+    path.write_text(json.dumps(peers))
+    record = {"threads": 1, "shapes_tried": [{"projected_speedup": 1.5}, {"beam_width": 4}]}
+    out = cost_study.project_against_peer(record, path, "ar-int4-l4/genai-int4")
+    assert out["peer"]["ratio"] == 0.9 and out["peer"]["threads"] == 1
+    assert out["shapes_tried"][0]["projected_vs_peer"] == 1.35
+    assert "projected_vs_peer" not in out["shapes_tried"][1]  # nothing projected, nothing carried
+    with pytest.raises(SystemExit, match="no batch-1 configuration at 0 threads"):
+        cost_study.project_against_peer({**record, "threads": 0}, path, "ar-int4-l4/genai-int4")
