@@ -1,9 +1,12 @@
 """Where an ONNX Runtime artifact's decoding step spends its time, per op type (CPU profile).
 
-Generates twice from one prompt with ONNX Runtime's profiler on and reports the decoding steps
-of the second run only: the same tokens, so the embedding rows and every weight page are
-already resident (the first run of a freshly loaded artifact also pays page faults on the
-memory-mapped weights); its prefill, which processes the whole prompt, is reported on its own.
+Generates twice from one prompt with ONNX Runtime's profiler on, in the sessions redcompile's
+host runs (the greedy step graphs of passes/host_graphs.py, at the level the default
+speculation policy picks for one row), and reports the decoding steps of the second run
+only: the same tokens, so the embedding rows and every weight page are already resident (the
+first run of a freshly loaded artifact also pays page faults on the memory-mapped weights);
+its prefill, which processes the whole prompt, is reported on its own. The profiler costs
+every kernel a few microseconds: read the figures as shares and counts, not as step times.
 Per step: the split categories of `redcompile bench`, the time and calls of each op type
 within every category (in the base model, the ops of the inlined tree attention bodies are
 named `TreeAttention:<op>`), and the session time no node accounts for
@@ -26,24 +29,24 @@ import onnxruntime as ort
 from redcompile.benchmarking.step_split import kernel_events, node_category
 from redcompile.generation import GenerationConfig
 from redcompile.runtime.loading import open_artifact
+from redcompile.runtime.session import session_options
 
 
 def profile(artifact: Path, prompt: str, new_tokens: int) -> dict:
     """Milliseconds per decoding step by category and by op type within each category, from
     the second run (its prefill, which processes the whole prompt, is left out of them)."""
-    engine = open_artifact(artifact)
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
+        options = session_options()  # generate's settings, profiled
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        plain = engine.backend.session
-        session = ort.InferenceSession(str(artifact), options, providers=plain.get_providers())
+        # the sessions redcompile's host runs (the host step graphs: greedy, at the
+        # speculation level the default policy picks for one row)
+        engine = open_artifact(artifact, session_options=options)
         ids = [engine.codec.encode(prompt)]
         cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=1)
-        with engine.backend.using_session(session):
-            engine.generate_ids(ids, cfg)
-            engine.generate_ids(ids, cfg)
-        events = json.loads(Path(session.end_profiling()).read_text())
+        engine.generate_ids(ids, cfg)
+        engine.generate_ids(ids, cfg)
+        events = json.loads(Path(engine.backend.session.end_profiling()).read_text())
     runs = sorted(
         (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
         key=lambda e: e["ts"],
