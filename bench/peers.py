@@ -49,6 +49,7 @@ from redcompile.generation import GenerationConfig
 from redcompile.prompts import read_prompts_file
 from redcompile.runtime.loading import open_artifact
 from redcompile.runtime.session import session_options as redcompile_session_options
+from redcompile.runtime.session import wait_until_idle
 from redcompile.speculation import SpeculationPolicy
 
 Batches = list[list[int]]  # token ids per prompt
@@ -87,32 +88,6 @@ def _serve(connection, factory: str, arguments: tuple) -> None:
         connection.send(decoded)
 
 
-def _cpu_nanoseconds(pid: int) -> int | None:
-    """CPU time so far of every thread of process `pid` (Linux /proc; None where unknown)."""
-    total = 0
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            total += int((task / "schedstat").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return total
-
-
-def _wait_until_idle(pid: int, window: float = 0.01, timeout: float = 0.5) -> None:
-    """Return once process `pid` uses under 2% of a core over `window` seconds, or after
-    `timeout`: an ONNX Runtime pool spins one thread at a full core for ~30 ms after a run
-    before it sleeps (measured here). The window spans several scheduler ticks, because a
-    running thread's CPU time is only brought up to date at ticks (every 4 ms here)."""
-    before = _cpu_nanoseconds(pid)
-    deadline = time.perf_counter() + timeout
-    while before is not None and time.perf_counter() < deadline:
-        time.sleep(window)
-        now = _cpu_nanoseconds(pid)
-        if now is None or now - before < 0.02 * window * 1e9:
-            return
-        before = now
-
-
 def isolated_system(factory: str, *arguments) -> System:
     """The system FACTORIES[factory](name, ...) built and run in a process of its own, driven
     from here: no other system's session (its thread pool, spinning or not, its memory)
@@ -133,7 +108,7 @@ def isolated_system(factory: str, *arguments) -> System:
     def run(prompts: Batches, batch: int) -> Decoded:
         here.send((prompts, batch))
         decoded = here.recv()
-        _wait_until_idle(process.pid)  # its pool may still spin: not while the next decodes
+        wait_until_idle(process.pid)  # its pool may still spin: not while the next decodes
         return decoded
 
     def close() -> None:

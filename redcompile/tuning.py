@@ -24,6 +24,7 @@ from typing import Any
 from redcompile.errors import InputError
 from redcompile.generation import GenerationConfig
 from redcompile.runtime.generator import Generator
+from redcompile.runtime.session import wait_until_idle
 from redcompile.speculation import (
     TUNING_FORMAT,
     TUNING_VERSION,
@@ -104,6 +105,7 @@ def tune(
             for level in levels:
                 generator.speculation = policies[level]
                 result = generator.generate_ids(rows, cfg)
+                wait_until_idle()  # the level's session pool must not spin into the next's
                 tokens = [c.token_ids for c in result.completions]
                 if reference is None:
                     reference = tokens

@@ -27,6 +27,7 @@ from redcompile.config import BeamShape, ModelFolderOptions
 from redcompile.errors import InputError
 from redcompile.generation import GenerationConfig, GenerationResult
 from redcompile.runtime.generator import Generator
+from redcompile.runtime.session import wait_until_idle
 
 Progress = Callable[[str], None]
 
@@ -230,7 +231,9 @@ def timed_rounds(
     order reversed from slice to slice, and adds each engine's seconds up. This shared
     machine's speed changes by up to 2-3x within seconds; interleaving slices gives every
     engine the same machine for the same work, where alternating whole rounds let one
-    engine's round land in a slow spell (per-round ratios scattered by 0.2-0.3)."""
+    engine's round land in a slow spell (per-round ratios scattered by 0.2-0.3). Between two
+    slices the process waits until no pool thread of the last engine's session still spins
+    (runtime/session.py), untimed."""
     width = 2 * batch
     slices = [ids[start : start + width] for start in range(0, len(ids), width)]
     names = list(engines)
@@ -241,6 +244,7 @@ def timed_rounds(
             order = names if (index + number) % 2 == 0 else names[::-1]
             for name in order:
                 spent[name] += run_engine(engines[name], part, batch, new_tokens).seconds
+                wait_until_idle()  # its pool's spin must not slow the next engine's slice
         for name in names:
             seconds[name].append(spent[name])
     return seconds
