@@ -45,7 +45,7 @@ def open_generator(
     None: the artifact's sidecar when there is one) choose (redcompile/speculation.py).
     `sampling`: the runs will sample, so an ONNX artifact opens with its sampling step graphs
     rather than its greedy ones (either kind is made when a run first needs it)."""
-    from redcompile.speculation import check_mode, choose_policy
+    from redcompile.speculation import check_mode
 
     check_mode(speculation)
     path = Path(source)
@@ -57,11 +57,35 @@ def open_generator(
         from redcompile.runtime.loading import open_artifact
 
         generator = open_artifact(path, sampling=sampling, **options)
-    generator.speculation = choose_policy(
-        speculation,
-        None if path.is_dir() else path,
-        generator.info.get("manifest_sha256"),
-        None if tuning is None else Path(tuning),
-    )
+    generator.speculation = _policy(generator, path, speculation, tuning)
     generator.info["speculation"] = generator.speculation.to_json()
     return generator
+
+
+def _policy(generator: Generator, path: Path, mode: str, tuning: Path | str | None):
+    """The speculation policy `--speculation MODE [--tuning FILE]` gives `generator`'s steps,
+    reporting what they do: an autoregressive step never drafts, and an artifact converted
+    before speculation levels (format 4) drafts its whole tree every step. A mode or tuning
+    the source cannot follow is refused rather than reported and ignored."""
+    from redcompile.speculation import SpeculationPolicy, choose_policy
+
+    fixed = None
+    if generator.info.get("mode") == "autoregressive":
+        fixed, allowed, why = "none", ("auto", "off"), "an autoregressive source never drafts"
+        fix = "drop the option"
+    elif not path.is_dir() and not generator.info.get("speculation_levels"):
+        fixed, allowed = "full", ("auto", "full")
+        why = "an artifact converted before speculation levels (format 4) drafts every step"
+        fix = "re-convert it, or drop the option"
+    if fixed is None:
+        tuning_path = None if tuning is None else Path(tuning)
+        return choose_policy(
+            mode,
+            None if path.is_dir() else path,
+            generator.info.get("manifest_sha256"),
+            tuning_path,
+        )
+    if mode not in allowed or tuning is not None:
+        asked = f"--speculation {mode}" if tuning is None else "--tuning"
+        raise InputError(f"{asked}: {path.name} cannot follow it: {why}; {fix}")
+    return SpeculationPolicy(((1, fixed),), why)

@@ -244,10 +244,16 @@ def test_tune_writes_the_policy_generate_follows(artifacts, tiny_llama, converte
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["speculation"]["source"].startswith("tuned")
 
-    # a tuning file of another artifact, and values no run can use: one line, exit 2
+    # an autoregressive artifact reports that it never drafts, and refuses to be told to
     other = converted(tiny_llama, ConvertOptions.of(autoregressive=True)).out
+    result = invoke("generate", other, "--prompt", "ab", "--max-new-tokens", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["speculation"]["levels"] == {"1": "none"}
+
+    # a tuning file of another artifact, and values no run can use: one line, exit 2
     for args in (
         ("generate", other, "--prompt", "ab", "--tuning", tuning_path(artifact)),
+        ("generate", other, "--prompt", "ab", "--speculation", "full"),
         ("generate", artifact, "--prompt", "ab", "--speculation", "sometimes"),
         (
             "generate",
