@@ -67,7 +67,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
+import os
 import statistics
 import sys
 import time
@@ -406,7 +406,9 @@ def device_words(device: str) -> str:
     """The machine a record was measured on."""
     if device == "cuda":
         return f"GPU {torch.cuda.get_device_name()}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    from redcompile.benchmarking.run import cpu_description
+
+    return f"CPU {cpu_description()}, {os.cpu_count()} cores"
 
 
 def versions(runtime: str) -> dict[str, str]:
