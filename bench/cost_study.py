@@ -406,7 +406,7 @@ def device_words(device: str) -> str:
     """The machine a record was measured on."""
     if device == "cuda":
         return f"GPU {torch.cuda.get_device_name()}"
-    from redcompile.benchmarking.run import cpu_description
+    from redcompile.benchmarking.machine import cpu_description
 
     return f"CPU {cpu_description()}, {os.cpu_count()} cores"
 
@@ -571,7 +571,8 @@ def command_line(args: argparse.Namespace) -> str:
         f"--draft-vocab {args.draft_vocab} --exit-dim {args.exit_dim} --layers {args.layers} "
         f"--drafter-weights {args.drafter_weights} --lookup-beams {args.lookup_beams} "
         f"--base-weights {args.base_weights} "
-        f"--threads {args.threads}"
+        f"--threads {args.threads} "
+        f"--shapes-record {' '.join(str(p) for p in args.shapes_record)}"
         + (
             f" --peers-record {args.peers_record} --peers-pair {args.peers_pair}"
             if args.peers_record

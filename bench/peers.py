@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from redcompile.benchmarking.run import cpu_description
+from redcompile.benchmarking.machine import cpu_description
 from redcompile.generation import GenerationConfig
 from redcompile.prompts import read_prompts_file
 from redcompile.runtime.loading import open_artifact

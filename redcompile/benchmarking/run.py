@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from redcompile.benchmarking.intervals import prompt_counts, tokens_per_step_interval
+from redcompile.benchmarking.machine import cpu_description
 from redcompile.benchmarking.report import (
     ADAPTIVE_SUFFIX,
     BASELINE,
@@ -30,39 +31,6 @@ from redcompile.runtime.generator import Generator
 from redcompile.runtime.session import wait_until_idle
 
 Progress = Callable[[str], None]
-
-
-# The vector instruction sets ONNX Runtime's CPU kernels (MLAS) pick their code paths by: two
-# machines with the same core count can rank the same kernels differently.
-VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_description() -> str:
-    """The CPU's model name and the vector instruction sets it has ('AMD EPYC (avx2 avx512f
-    ...)'), for a record's machine field; the platform's processor name where /proc/cpuinfo
-    is not there."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in info.splitlines()
-            if line.startswith("model name")
-        ),
-        platform.machine(),
-    )
-    flags = next(
-        (
-            set(line.split(":", 1)[1].split())
-            for line in info.splitlines()
-            if line.startswith("flags")
-        ),
-        set(),
-    )
-    present = [flag for flag in VECTOR_FLAGS if flag in flags]
-    return f"{model} ({' '.join(present)})" if present else model
 
 
 def machine_info(runtime: str) -> dict[str, Any]:

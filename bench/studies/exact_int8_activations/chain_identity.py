@@ -38,7 +38,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from redcompile.benchmarking.run import cpu_description
+from redcompile.benchmarking.machine import cpu_description
 from redcompile.compiler import ConvertOptions, convert
 from redcompile.config import BeamShape
 from redcompile.generation import GenerationConfig

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from redcompile.benchmarking.run import cpu_description
+from redcompile.benchmarking.machine import cpu_description
 
 SETTINGS = ("1", "0")  # --threads: one thread, then ONNX Runtime's default
 

@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 
 from redcompile.artifact import read_artifact
-from redcompile.benchmarking.run import cpu_description
+from redcompile.benchmarking.machine import cpu_description
 from redcompile.passes.host_graphs import step_graph
 from redcompile.runtime.session import session_options
 
