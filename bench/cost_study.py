@@ -319,12 +319,15 @@ def project(record: dict, shapes_records: list[dict]) -> dict:
 
 def peer_ratio(peers: dict, pair: str, threads: int) -> dict:
     """Tokens per second of OURS over PEER (`pair` "OURS/PEER") at batch 1 and `threads` in
-    a bench/peers.py record, with where it came from."""
+    a bench/peers.py record (the median of its per-round ratios), with where it came from."""
     ours, peer = pair.split("/")
     for config in peers["configs"]:
         if config["batch_size"] == 1 and str(config["threads"]) == str(threads):
-            systems = config["systems"]
-            ratio = systems[ours]["tokens_per_second"] / systems[peer]["tokens_per_second"]
+            paired = config.get("tokens_per_second_ratio", {}).get(f"{ours}/{peer}")
+            systems = config["systems"]  # records without per-round ratios: the medians'
+            ratio = paired or (
+                systems[ours]["tokens_per_second"] / systems[peer]["tokens_per_second"]
+            )
             return {"ours": ours, "peer": peer, "threads": threads, "ratio": round(ratio, 3)}
     raise SystemExit(f"the peers record has no batch-1 configuration at {threads} threads")
 

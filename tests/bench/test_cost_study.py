@@ -167,16 +167,19 @@ def test_cuda_graph_replay_equals_the_eager_step(bench_path):
 def test_a_projection_is_carried_to_the_peer_by_the_measured_ratio(bench_path, tmp_path):
     import cost_study
 
+    systems = {
+        "ar-int4-l4": {"tokens_per_second": 45.0},
+        "genai-int4": {"tokens_per_second": 50.0},
+    }
     peers = {
         "configs": [
             {"threads": "1", "batch_size": 8, "systems": {}},
+            {"threads": "1", "batch_size": 1, "systems": systems},
             {
-                "threads": "1",
+                "threads": "0",
                 "batch_size": 1,
-                "systems": {
-                    "ar-int4-l4": {"tokens_per_second": 45.0},
-                    "genai-int4": {"tokens_per_second": 50.0},
-                },
+                "systems": systems,
+                "tokens_per_second_ratio": {"ar-int4-l4/genai-int4": 1.5},
             },
         ]
     }
@@ -187,5 +190,10 @@ def test_a_projection_is_carried_to_the_peer_by_the_measured_ratio(bench_path, t
     assert out["peer"]["ratio"] == 0.9 and out["peer"]["threads"] == 1
     assert out["shapes_tried"][0]["projected_vs_peer"] == 1.35
     assert "projected_vs_peer" not in out["shapes_tried"][1]  # nothing projected, nothing carried
-    with pytest.raises(SystemExit, match="no batch-1 configuration at 0 threads"):
-        cost_study.project_against_peer({**record, "threads": 0}, path, "ar-int4-l4/genai-int4")
+    # the paired per-round ratio where the record has one, not the ratio of the medians
+    paired = cost_study.project_against_peer(
+        {**record, "threads": 0}, path, "ar-int4-l4/genai-int4"
+    )
+    assert paired["peer"]["ratio"] == 1.5
+    with pytest.raises(SystemExit, match="no batch-1 configuration at 2 threads"):
+        cost_study.project_against_peer({**record, "threads": 2}, path, "ar-int4-l4/genai-int4")
