@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from redcompile.benchmarking.machine import cpu_description
+from redcompile.benchmarking.machine import cpu_description, portable_argument
 from redcompile.generation import GenerationConfig
 from redcompile.prompts import read_prompts_file
 from redcompile.runtime.loading import open_artifact
@@ -453,15 +453,6 @@ def _in_process(factory: str, *arguments) -> System:
     return FACTORIES[factory](*arguments)
 
 
-def _portable(arg: str) -> str:
-    """A command-line argument as the record keeps it: absolute paths (this machine's) by their
-    file name, NAME=PATH as NAME=file name."""
-    name, sep, value = arg.rpartition("=")
-    if value.startswith("/"):
-        return f"{name}{sep}{Path(value).name}"
-    return arg
-
-
 def main() -> None:
     """Parse options, build and open every system, measure, print and write the record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -538,7 +529,7 @@ def main() -> None:
     import onnxruntime_genai as og
 
     record = {
-        "command": " ".join([os.path.basename(sys.argv[0]), *map(_portable, sys.argv[1:])]),
+        "command": " ".join([os.path.basename(sys.argv[0]), *map(portable_argument, sys.argv[1:])]),
         "machine": {
             "cpu": cpu_description(),
             "cpu_count": os.cpu_count(),

@@ -1,5 +1,6 @@
-"""The machine a benchmark record was measured on, in words (stdlib only: scripts that must not
-import the compiler, such as the cost study's PyTorch runtime, name the CPU too)."""
+"""What a benchmark record says about where it was measured: the machine in words, and its
+command line without this machine's paths (stdlib only: scripts that must not import the
+compiler, such as the cost study's PyTorch runtime, use it too)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,12 @@ def cpu_description() -> str:
     )
     present = [flag for flag in VECTOR_FLAGS if flag in flags]
     return f"{model} ({' '.join(present)})" if present else model
+
+
+def portable_argument(arg: str) -> str:
+    """A command-line argument as a record keeps it: an absolute path (this machine's), also
+    as NAME=PATH, by its file name; anything else as it is."""
+    name, sep, value = arg.rpartition("=")
+    if value.startswith("/"):
+        return f"{name}{sep}{Path(value).name}"
+    return arg

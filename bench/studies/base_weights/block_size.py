@@ -34,6 +34,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from redcompile.benchmarking.machine import portable_argument
 from redcompile.generation import GenerationConfig
 from redcompile.models.weight_quant import base_weights_of, fake_quantize, round_activations
 from redcompile.prompts import read_prompts_file
@@ -107,12 +108,6 @@ def timed(engines: dict, ids: list[list[int]], rounds: int, new_tokens: int) -> 
     return seconds
 
 
-def _portable(arg: str) -> str:
-    """An argument as the record keeps it: an absolute path (NAME=PATH too) by its file name."""
-    name, sep, value = arg.rpartition("=")
-    return f"{name}{sep}{Path(value).name}" if value.startswith("/") else arg
-
-
 def main() -> None:
     """Parse options, measure speed and closeness, print and write the record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,7 +150,7 @@ def main() -> None:
     record = {
         "question": "what --weight-block-size trades: step speed against closeness to float",
         "command": "python bench/studies/base_weights/block_size.py "
-        + " ".join(_portable(a) for a in sys.argv[1:]),
+        + " ".join(portable_argument(a) for a in sys.argv[1:]),
         "model": str(args.model_dir),
         "prompts": len(ids),
         "max_new_tokens": args.max_new_tokens,

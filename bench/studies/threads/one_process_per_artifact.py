@@ -30,7 +30,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from redcompile.benchmarking.machine import cpu_description
+from redcompile.benchmarking.machine import cpu_description, portable_argument
 
 SETTINGS = ("1", "0")  # --threads: one thread, then ONNX Runtime's default
 
@@ -72,12 +72,6 @@ def measure(artifact: Path, args: argparse.Namespace) -> dict:
     }
 
 
-def _portable(arg: str) -> str:
-    """An argument as the record keeps it: a path (or NAME=PATH) by its file name."""
-    name, sep, value = arg.rpartition("=")
-    return f"{name}{sep}{Path(value).name}" if value.startswith("/") else arg
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", action="append", required=True, metavar="NAME=PATH")
@@ -108,7 +102,7 @@ def main() -> None:
         },
         "command": " ".join(
             ["python", "bench/studies/threads/one_process_per_artifact.py"]
-            + [_portable(a) for a in sys.argv[1:]]
+            + [portable_argument(a) for a in sys.argv[1:]]
         ),
         "prompts": args.prompts_file.name,
         "max_new_tokens": args.max_new_tokens,

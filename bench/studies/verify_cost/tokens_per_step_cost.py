@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 
 from redcompile.artifact import read_artifact
-from redcompile.benchmarking.machine import cpu_description
+from redcompile.benchmarking.machine import cpu_description, portable_argument
 from redcompile.passes.host_graphs import step_graph
 from redcompile.runtime.session import session_options
 
@@ -65,12 +65,6 @@ def _binding(session: ort.InferenceSession, tokens: int) -> ort.IOBinding:
     for spec in session.get_outputs():
         binding.bind_output(spec.name)
     return binding
-
-
-def _portable(arg: str) -> str:
-    """An argument as the record keeps it: NAME=PATH as NAME=file name."""
-    name, sep, value = arg.rpartition("=")
-    return f"{name}{sep}{Path(value).name}" if "/" in value else arg
 
 
 def main() -> None:
@@ -110,7 +104,7 @@ def main() -> None:
         }
         print(name, results[name]["step_us"], results[name]["over_one_token"])
     record = {
-        "command": " ".join(["tokens_per_step_cost.py", *map(_portable, sys.argv[1:])]),
+        "command": " ".join(["tokens_per_step_cost.py", *map(portable_argument, sys.argv[1:])]),
         "machine": {
             "cpu": cpu_description(),
             "onnxruntime": ort.__version__,
