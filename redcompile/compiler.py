@@ -214,7 +214,7 @@ def convert(
     """Compile `model_dir` (+ drafter: `options.folder.drafter_dir`, default MODEL_DIR/drafter)
     into the artifact `out`; see the module docstring."""
     from redcompile.models.loader import check_model_dir
-    from redcompile.step_builder import check_lookup_only
+    from redcompile.step_builder import check_lookup_only, resolve_lookup_only
 
     o = options or ConvertOptions()
     f = o.folder
@@ -228,7 +228,12 @@ def convert(
     elif o.device is not None:
         raise InputError(f"--device applies to the torch (.pt2) target, not to {target}")
     if not f.autoregressive:
-        f.beam.validate()
+        # the shape actually built, before anything depends on it: with no drafter, lookup
+        # beams make a lookup-only tree, a chain when one lookup beam (the default accuracy
+        # level of --weights is chosen by that)
+        beam = resolve_lookup_only(model_dir, f.drafter_dir, f.random_drafter, f.beam.validate())
+        o = replace(o, folder=replace(f, beam=beam))
+        f = o.folder
     dtype = DTYPE_NAMES.get(f.dtype) if f.dtype else None
     if f.dtype and dtype is None:
         raise InputError(f"--dtype must be fp32, fp16 or bf16, got {f.dtype!r}")

@@ -49,6 +49,9 @@ def build_step(model_dir: Path | str, options: ModelFolderOptions | None = None)
     o = options or ModelFolderOptions()
     model_dir = check_model_dir(Path(model_dir))
     beam = o.beam.validate()
+    if not o.autoregressive:  # the shape built decides which rows are chains
+        beam = resolve_lookup_only(model_dir, o.drafter_dir, o.random_drafter, beam)
+        o = replace(o, beam=beam)
     base = load_decoder(model_dir, dtype=o.dtype, max_seq_len=o.max_seq_len)
     if o.base_weights is not None and o.base_weights.fmt is not None:
         weights = o.base_weights.resolved(o.rows_are_chains)
@@ -66,7 +69,6 @@ def build_step(model_dir: Path | str, options: ModelFolderOptions | None = None)
             "drafter": None,
         }
     else:
-        beam = resolve_lookup_only(model_dir, o.drafter_dir, o.random_drafter, beam)
         drafter, draft_vocab = None, o.draft_vocab
         if beam.lookup_only:
             check_lookup_only(o.drafter_dir, o.random_drafter, o.draft_vocab, o.drafter_weights)

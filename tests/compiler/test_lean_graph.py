@@ -133,6 +133,24 @@ def test_a_tied_head_is_quantized_with_the_rest(tiny_models, tmp_path):
     assert read_artifact(report.out).manifest["base_weights"]["accuracy_level"] == 4
 
 
+def test_lookup_beams_without_a_drafter_default_to_the_chain_accuracy_level(
+    tiny_models, tmp_path, lean
+):
+    """The default shape (four drafter beams) with one lookup beam and no drafter folder is a
+    lookup-only chain, and --weights int4 with no --accuracy-level must then round activations
+    as it does for --beam-width 0: the level is chosen on the shape actually built, or the
+    artifact would hold other products than the autoregressive artifact of the same weights."""
+    assert not (tiny_models["llama"] / "drafter").exists()
+    options = ConvertOptions.of(
+        beam=BeamShape(length=4, lookup=1), max_seq_len=128, base_weights=parse_base_weights("int4")
+    )
+    report = convert(tiny_models["llama"], tmp_path / "lookup.onnx", options=options)
+    manifest = read_artifact(report.out).manifest
+    assert manifest["beam"]["width"] == 0
+    assert manifest["base_weights"]["accuracy_level"] == 4
+    assert tokens(report.out, batch=2) == tokens(lean["llama-ar-int4-l4"], batch=1)
+
+
 def test_the_default_accuracy_level_of_a_tree_is_float_products(tiny_models, tmp_path):
     options = ConvertOptions.of(
         beam=BeamShape(2, 3, lookup=0), random_drafter=True, base_weights=parse_base_weights("int4")
