@@ -19,6 +19,7 @@ from redcompile.passes.fuse_chain_attention import FuseChainAttention
 from redcompile.passes.fuse_skip_rms_norm import FuseSkipRmsNorm
 from redcompile.passes.fuse_tree_attention import FuseTreeAttention
 from redcompile.passes.pack_qkv import PackQkv
+from redcompile.passes.pad_lone_token import PadLoneToken
 from redcompile.passes.quantize_drafter import QuantizeDrafter
 from redcompile.passes.quantize_weights import QuantizeWeights
 from redcompile.passes.share_weights import ShareWeights
@@ -37,8 +38,9 @@ def pipeline(
     `rope_tables` (cos, sin [positions, head_dim / 2]) are given for artifacts whose every row
     is a chain (autoregressive, single beam): ONNX Runtime then fuses their attention into
     GroupQueryAttention, every row padded to two queries or more where the weights round
-    activations to int8 (passes/fuse_chain_attention.py says why). `base_weights` with a format
-    adds quantize-weights (MatMulNBits)."""
+    activations to int8 (passes/fuse_chain_attention.py says why), and a step of one token in
+    one row then carries that pad through every product (passes/pad_lone_token.py).
+    `base_weights` with a format adds quantize-weights (MatMulNBits)."""
     if target not in ("onnxruntime", "tensorrt"):
         raise ValueError(f"no ONNX pipeline for target {target!r}")
     fmt = weight_format(drafter_weights)
@@ -59,6 +61,8 @@ def pipeline(
             if base_weights is not None and base_weights.fmt is not None
             else []
         ),
+        # After quantize-weights (it finds the lm_head as a MatMulNBits): no product of one row.
+        *([PadLoneToken()] if chain_attention and pad_queries else []),
         # Bodies last among rewrites: they are specialised to the final input types.
         # TensorRT keeps them too: its parser prefers a plugin named like the op, else the body.
         AttachFunctionBodies(),
