@@ -4,20 +4,23 @@ to int8 (`--weights int4 --accuracy-level 4`)? What decides it, and what the fix
 Part 1, the kernels (ONNX Runtime's CPU ops in isolation, one thread, random data): whether a
 row's result depends on how many rows share the call.
 - MatMulNBits (int4, blocks of 32) at accuracy levels 1 and 4: each of 16 rows computed alone
-  against the same rows in products of M = 1 ... 16 rows; elements that differ.
+  against the same rows in products of M = 1 ... 16 rows; elements that differ. And at level
+  4 the products of M rows against one product of all 16 (whether two rows or more agree).
 - GroupQueryAttention (RoPE, shared past/present cache, `query_seqlens`): six tokens as one
   chain against each token decoded alone, (a) as a row of one query, (b) padded with a zero
   token to two queries counting one of them, (c) padded and counting both (what
   fuse-chain-attention's `pad_queries` does); elements that differ per token.
 
 Part 2, the tokens: an autoregressive and a lookup-only artifact (W0-L5-K1, one chain per
-row, attending with GroupQueryAttention) of MODEL at `--weights int4 --accuracy-level 4`, with
-the attention rows unpadded (as before `pad_queries`; built here by switching the pass option
-off and the compiler's refusal of it) and padded (what `convert` now writes); the prompts
-decoded greedily by both at batch 1 and 8, prompts whose tokens are identical.
+row, attending with GroupQueryAttention) of MODEL at `--weights int4 --accuracy-level 4`,
+unpadded (as before `pad_queries`; built here by switching the pass option off and the
+compiler's refusal of it), with only the attention rows padded (as before pad-lone-token) and
+padded both ways (what `convert` writes); the prompts decoded greedily by both at batch 1 and
+8, prompts whose tokens are identical; and each autoregressive artifact at batch 1 against
+itself at batch 8.
 
-Part 3, the cost: the padded and unpadded autoregressive artifacts step by step at batch 1,
-one thread, taking turns prompt by prompt; median seconds per decoding step of each.
+Part 3, the cost: the three autoregressive artifacts step by step at batch 1, one thread,
+taking turns prompt by prompt; median seconds per decoding step of each.
 
     python bench/studies/exact_int8_activations/chain_identity.py MODEL \
         --prompts-file P.jsonl [--prompts-file Q.jsonl] --work-dir W --json OUT.json
@@ -58,9 +61,12 @@ def _session(nodes, inputs, outputs, initializers) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options)
 
 
-def matmulnbits_rows(level: int, k: int = 768, n: int = 256, block: int = 32) -> list[int]:
+def matmulnbits_rows(
+    level: int, k: int = 768, n: int = 256, block: int = 32, against: str = "alone"
+) -> list[int]:
     """Per M = 1 ... 16: elements of an [M, n] MatMulNBits product that differ from the same
-    rows computed one at a time."""
+    rows computed one at a time (`against` "alone") or in one product of all 16 ("sixteen":
+    whether products of two rows or more agree among themselves)."""
     rng = np.random.default_rng(0)
     packed = rng.integers(0, 256, size=(n, k // block, block // 2), dtype=np.uint8)
     scales = (rng.random(n * (k // block)) * 0.05).astype(np.float32)
@@ -82,8 +88,11 @@ def matmulnbits_rows(level: int, k: int = 768, n: int = 256, block: int = 32) ->
         [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")],
     )
     a = rng.standard_normal((16, k)).astype(np.float32)
-    alone = np.stack([session.run(None, {"A": a[i : i + 1]})[0][0] for i in range(16)])
-    return [int((session.run(None, {"A": a[:m]})[0] != alone[:m]).sum()) for m in range(1, 17)]
+    if against == "alone":
+        want = np.stack([session.run(None, {"A": a[i : i + 1]})[0][0] for i in range(16)])
+    else:
+        want = session.run(None, {"A": a})[0]
+    return [int((session.run(None, {"A": a[:m]})[0] != want[:m]).sum()) for m in range(1, 17)]
 
 
 def attention_rows(heads: int = 8, kv_heads: int = 4, head_dim: int = 32) -> dict[str, list]:
@@ -145,10 +154,15 @@ def attention_rows(heads: int = 8, kv_heads: int = 4, head_dim: int = 32) -> dic
     return out
 
 
-def build(model_dir: Path, work: Path, name: str, beam: BeamShape | None, pad: bool) -> Path:
-    """An int4, accuracy level 4 artifact of MODEL, its attention rows padded or not."""
+PADS = ("unpadded", "attention-padded", "padded")  # padded: attention and lone tokens
+
+
+def build(model_dir: Path, work: Path, name: str, beam: BeamShape | None, pad: str) -> Path:
+    """An int4, accuracy level 4 artifact of MODEL: its rows `pad` (PADS): not at all, only
+    its attention rows (fuse-chain-attention's pad_queries, without pad-lone-token), or both
+    (what `convert` writes)."""
     import redcompile.compiler as compiler
-    from redcompile.passes import fuse_chain_attention
+    from redcompile.passes import fuse_chain_attention, pad_lone_token
 
     out = work / f"{name}.onnx"
     if out.exists():
@@ -161,26 +175,38 @@ def build(model_dir: Path, work: Path, name: str, beam: BeamShape | None, pad: b
     )
     plain_init = fuse_chain_attention.FuseChainAttention.__init__
     plain_check = compiler._check_base_weights
-    if not pad:  # the step as it was before pad_queries: no padding, and no refusal of it
+    plain_match = pad_lone_token.PadLoneToken.match
+    plain_verify = pad_lone_token.PadLoneToken.verify
+    if pad == "unpadded":  # the step as it was before pad_queries, and no refusal of it
 
         def unpadded(self, cos, sin, pad_queries=False):
             plain_init(self, cos, sin, False)
 
         fuse_chain_attention.FuseChainAttention.__init__ = unpadded
         compiler._check_base_weights = lambda f, target: f.base_weights
+    if pad != "padded":  # the step as it was before pad-lone-token
+        pad_lone_token.PadLoneToken.match = lambda self, graph, ctx: iter(())
+        pad_lone_token.PadLoneToken.verify = lambda self, graph, ctx: None
     try:
         convert(model_dir, out, options)
     finally:
         fuse_chain_attention.FuseChainAttention.__init__ = plain_init
         compiler._check_base_weights = plain_check
+        pad_lone_token.PadLoneToken.match = plain_match
+        pad_lone_token.PadLoneToken.verify = plain_verify
     return out
 
 
-def identical(a: Path, b: Path, prompts: list[list[int]], batch: int) -> dict:
-    """Prompts whose greedy tokens are the same from artifacts a and b."""
-    cfg = GenerationConfig(max_new_tokens=128, batch_size=batch)
+def identical(
+    a: Path, b: Path, prompts: list[list[int]], batch: int, batch_a: int | None = None
+) -> dict:
+    """Prompts whose greedy tokens are the same from artifacts a (at `batch_a` rows, default
+    `batch`) and b (at `batch`)."""
     runs = [open_artifact(p, session_options=session_options(1)) for p in (a, b)]
-    first, second = (r.generate_ids(prompts, cfg) for r in runs)
+    first, second = (
+        r.generate_ids(prompts, GenerationConfig(max_new_tokens=128, batch_size=size))
+        for r, size in zip(runs, (batch_a or batch, batch))
+    )
     same = sum(x.token_ids == y.token_ids for x, y in zip(first.completions, second.completions))
     return {
         "identical": f"{same}/{len(prompts)}",
@@ -224,27 +250,34 @@ def main() -> None:
         "matmulnbits_elements_differing_per_rows": {
             f"level {level}": matmulnbits_rows(level) for level in (1, 4)
         },
+        "matmulnbits_elements_differing_from_sixteen_rows": {
+            "level 4": matmulnbits_rows(4, against="sixteen")
+        },
         "attention_elements_differing_per_token": attention_rows(),
     }
     say(json.dumps(kernels))
     lookup = BeamShape(0, 5, lookup=1)
     paths = {
-        f"{kind}-{'padded' if pad else 'unpadded'}": build(
-            args.model_dir, args.work_dir, f"{kind}-{'padded' if pad else 'unpadded'}", beam, pad
-        )
+        f"{kind}-{pad}": build(args.model_dir, args.work_dir, f"{kind}-{pad}", beam, pad)
         for kind, beam in (("ar", None), ("lookup", lookup))
-        for pad in (False, True)
+        for pad in PADS
     }
     texts = [t for f in args.prompts_file for t in read_prompts_file(f)]
     codec = open_artifact(paths["ar-padded"]).codec
     prompts = [codec.encode(t) for t in texts]
     tokens = {}
-    for pad in ("unpadded", "padded"):
+    for pad in PADS:
         for batch in (1, 8):
             key = f"{pad}, batch {batch}"
             tokens[key] = identical(paths[f"ar-{pad}"], paths[f"lookup-{pad}"], prompts, batch)
             say(f"lookup vs autoregressive, {key}: {tokens[key]}")
-    cost = step_cost({n: paths[n] for n in ("ar-unpadded", "ar-padded")}, prompts[:32], args.rounds)
+    # the reference itself: the autoregressive artifact at batch 1 against batch 8
+    batches = {
+        pad: identical(paths[f"ar-{pad}"], paths[f"ar-{pad}"], prompts, 8, batch_a=1)["identical"]
+        for pad in PADS
+    }
+    say(f"autoregressive at batch 1 vs batch 8: {batches}")
+    cost = step_cost({f"ar-{pad}": paths[f"ar-{pad}"] for pad in PADS}, prompts[:32], args.rounds)
     say(json.dumps(cost))
     record = {
         "command": " ".join(["chain_identity.py", *[Path(a).name for a in sys.argv[1:]]]),
@@ -258,6 +291,7 @@ def main() -> None:
         "prompts": len(prompts),
         "kernels": kernels,
         "lookup_vs_autoregressive_tokens": tokens,
+        "autoregressive_batch_1_vs_8": batches,
         "autoregressive_step_cost": cost,
         "seconds": round(time.process_time(), 1),
     }
