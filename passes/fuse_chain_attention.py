@@ -58,6 +58,8 @@ from redcompile.passes.base import GraphPass, Match, PassContext, attr, constant
 from redcompile.passes.contrib import GROUP_QUERY_ATTENTION as GQA
 from redcompile.passes.contrib import MS_DOMAIN
 
+ONE_MORE_TOKEN = (0, 0, 0, 0, 1, 0)  # Pad's pads for [B, T, C]: one token after the last
+
 HEAD_SIZE_MULTIPLE = 16  # ONNX Runtime's CPU GroupQueryAttention refuses other head sizes
 TRANSPOSE_BHTD = [0, 2, 1, 3]
 
@@ -237,7 +239,7 @@ class FuseChainAttention(GraphPass):
     @staticmethod
     def _padded(graph: gs.Graph, x_btc: gs.Tensor) -> gs.Tensor:
         """x [B, T, C] with one zero token appended: [B, T + 1, C]."""
-        pads = gs.Constant(f"{x_btc.name}/pad_one", np.array([0, 0, 0, 0, 1, 0], dtype=np.int64))
+        pads = gs.Constant(f"{x_btc.name}/pad_one", np.array(ONE_MORE_TOKEN, dtype=np.int64))
         out = gs.Variable(f"{x_btc.name}/padded", dtype=x_btc.dtype)
         graph.layer(op="Pad", inputs=[x_btc, pads], outputs=[out])
         return out

@@ -38,8 +38,9 @@ import onnx_graphsurgeon as gs
 from redcompile.passes.base import GraphPass, Match, PassContext, attr, replace_input
 from redcompile.passes.contrib import GROUP_QUERY_ATTENTION as GQA
 from redcompile.passes.contrib import MATMUL_NBITS
+from redcompile.passes.fuse_chain_attention import ONE_MORE_TOKEN
 
-ONE_MORE = [0, 0, 0, 0, 1, 0]  # fuse-chain-attention's pads: one token after the last
+ONE_MORE = list(ONE_MORE_TOKEN)  # fuse-chain-attention's pads, as Pad's values compare
 
 
 class PadLoneToken(GraphPass):
@@ -97,7 +98,7 @@ class PadLoneToken(GraphPass):
 
     def rewrite(self, graph: gs.Graph, match: Match, ctx: PassContext) -> None:
         """Pad the stream by e, attention by 1 - e, slice the lm_head's output back to T."""
-        prefix = f"{self.name}"
+        prefix = self.name
 
         def node(op: str, name: str, *inputs: gs.Tensor, dtype=np.int64, **attrs) -> gs.Tensor:
             out = gs.Variable(f"{prefix}/{name}", dtype=dtype)
@@ -142,7 +143,7 @@ class PadLoneToken(GraphPass):
             inputs=[logits_padded, const("from", [0]), tokens, tokens_axis],
             outputs=[logits],
         )
-        _forget_shapes(graph, padded)
+        _forget_shapes(graph, padded, tokens)
 
     @staticmethod
     def _slice_other_readers(
@@ -176,7 +177,7 @@ def _logits_writer(head: gs.Node) -> gs.Node:
     return head
 
 
-def _forget_shapes(graph: gs.Graph, start: gs.Tensor) -> None:
+def _forget_shapes(graph: gs.Graph, start: gs.Tensor, tokens: gs.Tensor) -> None:
     """Drop the recorded shapes of the stream from `start` to the lm_head's output: shape
     inference named their token axis after `input_ids`' (T), which it no longer is, and ONNX
     Runtime plans buffers by those names. What the Slices give back has T tokens again and
@@ -191,11 +192,6 @@ def _forget_shapes(graph: gs.Graph, start: gs.Tensor) -> None:
         if isinstance(tensor, gs.Variable) and id(tensor) not in outputs:
             tensor.shape = None
         for reader in tensor.outputs:
-            if reader.op == "Slice" and _ends_at_tokens(reader):
+            if reader.op == "Slice" and reader.inputs[2] is tokens:  # back at T tokens
                 continue
             todo.extend(reader.outputs)
-
-
-def _ends_at_tokens(node: gs.Node) -> bool:
-    """A Slice this pass wrote back to T tokens (the lm_head's output, the drafter's state)."""
-    return node.inputs[2].name == f"{PadLoneToken.name}/tokens"
