@@ -40,8 +40,6 @@ from redcompile.passes.contrib import GROUP_QUERY_ATTENTION as GQA
 from redcompile.passes.contrib import MATMUL_NBITS
 from redcompile.passes.fuse_chain_attention import ONE_MORE_TOKEN
 
-ONE_MORE = list(ONE_MORE_TOKEN)  # fuse-chain-attention's pads, as Pad's values compare
-
 
 class PadLoneToken(GraphPass):
     """Pad the residual stream of a one-token, one-row step to two tokens (see module)."""
@@ -81,7 +79,7 @@ class PadLoneToken(GraphPass):
                 pad is None
                 or pad.op != "Pad"
                 or not isinstance(pad.inputs[1], gs.Constant)
-                or pad.inputs[1].values.tolist() != ONE_MORE
+                or tuple(pad.inputs[1].values.tolist()) != ONE_MORE_TOKEN
                 or len(reads) != 1
                 or reads[0].op != "Slice"
             ):
@@ -131,8 +129,8 @@ class PadLoneToken(GraphPass):
             pad.inputs.extend([attention_pads, gs.Variable.empty(), tokens_axis])
             drop.inputs[2] = streamed
         head = match.nodes[0]
-        stream_end = head.inputs[0]
-        self._slice_other_readers(graph, stream_end, head, tokens, tokens_axis)
+        start = const("from", [0])
+        self._slice_other_readers(graph, head.inputs[0], head, start, tokens, tokens_axis)
         last = _logits_writer(head)
         logits = last.outputs[0]
         logits_padded = gs.Variable(f"{logits.name}/lone_padded", dtype=logits.dtype)
@@ -140,14 +138,19 @@ class PadLoneToken(GraphPass):
         last.outputs.append(logits_padded)
         graph.layer(
             op="Slice",
-            inputs=[logits_padded, const("from", [0]), tokens, tokens_axis],
+            inputs=[logits_padded, start, tokens, tokens_axis],
             outputs=[logits],
         )
         _forget_shapes(graph, padded, tokens)
 
     @staticmethod
     def _slice_other_readers(
-        graph: gs.Graph, h: gs.Tensor, head: gs.Node, tokens: gs.Tensor, axis: gs.Tensor
+        graph: gs.Graph,
+        h: gs.Tensor,
+        head: gs.Node,
+        start: gs.Tensor,
+        tokens: gs.Tensor,
+        axis: gs.Tensor,
     ) -> None:
         """Readers of the final hidden state other than the lm_head (a drafter) get it back at
         T tokens."""
@@ -155,7 +158,6 @@ class PadLoneToken(GraphPass):
         if not others:
             return
         sliced = gs.Variable(f"{h.name}/tokens", dtype=h.dtype)
-        start = gs.Constant(f"{h.name}/from", np.array([0], dtype=np.int64))
         graph.layer(op="Slice", inputs=[h, start, tokens, axis], outputs=[sliced])
         for reader in others:
             replace_input(reader, h, sliced)
@@ -164,7 +166,7 @@ class PadLoneToken(GraphPass):
         """No attention pads a constant token any more: the stream's pad decides."""
         for node in graph.nodes:
             if node.op == "Pad" and isinstance(node.inputs[1], gs.Constant):
-                if node.inputs[1].values.tolist() == ONE_MORE:
+                if tuple(node.inputs[1].values.tolist()) == ONE_MORE_TOKEN:
                     raise self.fail(f"{node.name} still pads attention by a constant token")
 
 
